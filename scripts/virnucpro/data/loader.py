@@ -1,0 +1,123 @@
+"""Packed batches as tensors, produced by DataLoader workers.
+
+The batch plan (which input indices go together) is fixed in the main process; a worker only turns one
+planned batch into tensors. Workers never touch CUDA: pinning and the host-to-device copy happen in the
+main process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def _alphabet():
+    from esm.data import Alphabet  # fair-esm defines ESM-2's vocabulary: use it, don't copy it
+
+    return Alphabet.from_architecture("ESM-1b")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Byte -> token id lookup built from fair-esm's ESM-2 alphabet."""
+
+    lut: np.ndarray
+    cls_idx: int
+    eos_idx: int
+    padding_idx: int
+    mask_idx: int
+    size: int
+
+    @classmethod
+    def esm2(cls) -> "Vocabulary":
+        alphabet = _alphabet()
+        lut = np.full(256, alphabet.unk_idx, dtype=np.int64)
+        for tok, idx in alphabet.tok_to_idx.items():
+            if len(tok) == 1:
+                lut[ord(tok)] = idx
+        return cls(lut, alphabet.cls_idx, alphabet.eos_idx, alphabet.padding_idx, alphabet.mask_idx, len(alphabet))
+
+
+@dataclass
+class PackedBatch:
+    """One padding-free batch: all tokens concatenated, with sequence boundaries."""
+
+    tokens: torch.Tensor  # (T,) int64
+    positions: torch.Tensor  # (T,) int64, restarting at 0 for each sequence
+    cu_seqlens: torch.Tensor  # (B+1,) int32
+    seq_ids: torch.Tensor  # (T,) int64, which sequence of the batch each token belongs to
+    indices: torch.Tensor  # (B,) int64, input order index of each sequence
+    max_len: int
+    num_tokens: int
+
+    def pin_memory(self) -> "PackedBatch":
+        return PackedBatch(self.tokens.pin_memory(), self.positions.pin_memory(), self.cu_seqlens.pin_memory(),
+                           self.seq_ids.pin_memory(), self.indices, self.max_len, self.num_tokens)
+
+    def to(self, device: torch.device, non_blocking: bool = True) -> "PackedBatch":
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return PackedBatch(move(self.tokens), move(self.positions), move(self.cu_seqlens), move(self.seq_ids),
+                           self.indices, self.max_len, self.num_tokens)
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.indices.numel())
+
+
+def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary) -> PackedBatch:
+    """Tokenize the given sequences as <cls> residues <eos>, concatenated."""
+    lengths = np.fromiter((len(seqs[i]) + 2 for i in indices), dtype=np.int64, count=len(indices))
+    cu = np.zeros(len(indices) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu[1:])
+    total = int(cu[-1])
+    tokens = np.empty(total, dtype=np.int64)
+    for start, i in zip(cu[:-1], indices):
+        s = seqs[i]
+        tokens[start] = vocab.cls_idx
+        tokens[start + 1 : start + 1 + len(s)] = vocab.lut[np.frombuffer(s, dtype=np.uint8)]
+        tokens[start + 1 + len(s)] = vocab.eos_idx
+    positions = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths)
+    seq_ids = np.repeat(np.arange(len(indices), dtype=np.int64), lengths)
+    return PackedBatch(
+        tokens=torch.from_numpy(tokens),
+        positions=torch.from_numpy(positions),
+        cu_seqlens=torch.from_numpy(cu.astype(np.int32)),
+        seq_ids=torch.from_numpy(seq_ids),
+        indices=torch.as_tensor(np.asarray(indices, dtype=np.int64)),
+        max_len=int(lengths.max()),
+        num_tokens=total,
+    )
+
+
+class PackedBatchDataset(Dataset):
+    """Map-style dataset over a fixed batch plan: item k is planned batch k, so nothing is lost or repeated."""
+
+    def __init__(self, seqs: Sequence[bytes], batches: Sequence[Sequence[int]], vocab: Vocabulary | None = None):
+        self.seqs = seqs
+        self.batches = batches
+        self.vocab = vocab or Vocabulary.esm2()
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> PackedBatch:
+        return collate(self.seqs, self.batches[k], self.vocab)
+
+
+def make_loader(dataset: PackedBatchDataset, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader yielding PackedBatch objects in plan order (prefetch only applies with workers)."""
+    if num_workers < 0:
+        raise ValueError("num_workers must be >= 0")
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"prefetch_factor": max(1, prefetch_factor), "persistent_workers": False}
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+                      collate_fn=_identity, **kwargs)
+
+
+def _identity(x):
+    return x

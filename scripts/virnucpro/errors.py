@@ -1,0 +1,13 @@
+"""Exit codes and the user-facing error type: one line on stderr, no traceback."""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an unexpected error (a bug): traceback shown
+EXIT_USAGE = 2  # bad input or bad options
+EXIT_OOM = 3  # out of memory (CUDA or host); status.json says so
+EXIT_PREEMPTED = 75  # SIGTERM received, checkpoint flushed: rerun the same command to resume
+
+
+class UserError(Exception):
+    """A problem with the user's input or options; the message is the whole explanation."""
+
+    exit_code = EXIT_USAGE

@@ -1,0 +1,172 @@
+"""Where ESM-2 weights come from: a fair-esm checkpoint file, the torch hub cache, or explicit random weights.
+
+Weights are returned as a state dict with fair-esm's module names (prefixes `encoder.sentence_encoder.` and
+`encoder.` stripped, as fair-esm does), plus the architecture read from the checkpoint's own config, plus
+provenance for the output files. Random weights are never a fallback: they must be asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from virnucpro.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    token_dropout: bool = True
+    vocab_size: int = 33  # fair-esm's ESM-1b alphabet, used by every ESM-2
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.attention_heads
+
+
+#: fair-esm's published ESM-2 models.
+ARCHITECTURES = {
+    "esm2_t6_8M_UR50D": ModelSpec(6, 320, 20),
+    "esm2_t12_35M_UR50D": ModelSpec(12, 480, 20),
+    "esm2_t30_150M_UR50D": ModelSpec(30, 640, 20),
+    "esm2_t33_650M_UR50D": ModelSpec(33, 1280, 20),
+    "esm2_t36_3B_UR50D": ModelSpec(36, 2560, 40),
+    "esm2_t48_15B_UR50D": ModelSpec(48, 5120, 40),
+}
+
+_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
+#: What real fair-esm checkpoints pickle besides tensors; nothing else is allowed to load.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+@dataclass
+class Weights:
+    spec: ModelSpec
+    state_dict: dict[str, torch.Tensor]
+    provenance: dict  # {"weights": "random"|"checkpoint", "path", "sha256", "seed", ...}
+
+
+def sha256_file(path: Path, block: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _spec_from_cfg(cfg, path: Path) -> ModelSpec:
+    try:
+        return ModelSpec(int(cfg.encoder_layers), int(cfg.encoder_embed_dim), int(cfg.encoder_attention_heads),
+                         bool(getattr(cfg, "token_dropout", True)))
+    except AttributeError as exc:
+        raise UserError(f"{path}: not an ESM-2 checkpoint (its cfg lacks {exc.name})") from None
+
+
+def load_checkpoint(path: str | Path) -> Weights:
+    """Load a fair-esm ESM-2 checkpoint (`esm2_*.pt`) with `weights_only=True`.
+
+    The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file not found")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # pickle errors, truncated files, foreign globals: all say the same to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{path}: cannot load as a fair-esm checkpoint ({first})") from None
+    if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
+        raise UserError(f"{path}: not a fair-esm checkpoint (expected keys 'cfg' and 'model')")
+    cfg = data["cfg"]["model"] if isinstance(data["cfg"], dict) else getattr(data["cfg"], "model", None)
+    spec = _spec_from_cfg(cfg, path)
+    state = {_PREFIX.sub("", k): v for k, v in data["model"].items()}
+    missing = [k for k in required_keys(spec) if k not in state]
+    if missing:
+        raise UserError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {missing[0]}")
+    return Weights(spec, state, {"weights": "checkpoint", "path": str(path.resolve()), "sha256": sha256_file(path)})
+
+
+def hub_checkpoint_path(model_name: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{model_name}.pt"
+
+
+def required_keys(spec: ModelSpec) -> list[str]:
+    """The fair-esm state-dict keys the embedding forward needs (no LM or contact head)."""
+    keys = ["embed_tokens.weight", "emb_layer_norm_after.weight", "emb_layer_norm_after.bias"]
+    for i in range(spec.num_layers):
+        p = f"layers.{i}."
+        for mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2",
+                    "self_attn_layer_norm", "final_layer_norm"):
+            keys += [p + mod + ".weight", p + mod + ".bias"]
+    return keys
+
+
+def random_state_dict(spec: ModelSpec, seed: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Deterministic random weights (fp32) for throughput work: same seed and device type, same weights.
+
+    Built directly on `device` (a 3B model takes seconds on a GPU). Linear weights ~ N(0, 0.02), biases
+    ~ N(0, 0.02), layer norms around 1: activations stay in range through 48 layers.
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    d, ff = spec.embed_dim, 4 * spec.embed_dim
+    shapes = {"embed_tokens.weight": (spec.vocab_size, d)}
+    for i in range(spec.num_layers):
+        p = f"layers.{i}."
+        for mod in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"self_attn.{mod}.weight"] = (d, d)
+            shapes[p + f"self_attn.{mod}.bias"] = (d,)
+        shapes.update({p + "fc1.weight": (ff, d), p + "fc1.bias": (ff,), p + "fc2.weight": (d, ff),
+                       p + "fc2.bias": (d,)})
+        for ln in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes[p + ln + ".weight"] = (d,)
+            shapes[p + ln + ".bias"] = (d,)
+    shapes["emb_layer_norm_after.weight"] = (d,)
+    shapes["emb_layer_norm_after.bias"] = (d,)
+    state = {}
+    for name, shape in shapes.items():  # dict order is fixed, so the generator stream is too
+        t = torch.randn(shape, generator=gen, device=device) * 0.02
+        if "layer_norm" in name and name.endswith(".weight"):
+            t += 1.0
+        state[name] = t
+    return state
+
+
+def resolve_weights(model_name: str | None, checkpoint: str | None, random_weights: bool, seed: int,
+                    device: torch.device | str = "cpu") -> Weights:
+    """Pick the weights source the user asked for; random only when `random_weights` is set."""
+    if checkpoint and random_weights:
+        raise UserError("--checkpoint and --random-weights exclude each other")
+    if checkpoint:
+        weights = load_checkpoint(checkpoint)
+        if model_name and model_name in ARCHITECTURES and ARCHITECTURES[model_name] != weights.spec:
+            raise UserError(f"{checkpoint}: its architecture {asdict(weights.spec)} is not {model_name}'s")
+        weights.provenance["model"] = Path(checkpoint).stem
+        return weights
+    if not model_name:
+        raise UserError("give --model NAME (with --random-weights or cached weights) or --checkpoint PATH")
+    if model_name not in ARCHITECTURES:
+        raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    spec = ARCHITECTURES[model_name]
+    if random_weights:
+        device = torch.device(device)
+        state = random_state_dict(spec, seed, device)
+        return Weights(spec, state, {"weights": "random", "model": model_name, "seed": seed,
+                                     "generated_on": device.type})
+    cached = hub_checkpoint_path(model_name)
+    if cached.is_file():
+        weights = load_checkpoint(cached)
+        weights.provenance["model"] = model_name
+        return weights
+    raise UserError(
+        f"no weights for {model_name}: not in the torch hub cache ({cached}); pass --checkpoint PATH to a "
+        f"fair-esm {model_name}.pt, or --random-weights for throughput measurements only"
+    )
