@@ -39,6 +39,19 @@ def _best_fit_decreasing(items: list[int], sizes: Sequence[int], budget: int) ->
     return bins
 
 
+def check_budget(residue_lengths: Sequence[int], token_budget: int) -> None:
+    """Refuse a budget that the longest sequence cannot fit into (a sequence is never split or dropped)."""
+    if not residue_lengths:
+        return
+    longest = max(range(len(residue_lengths)), key=residue_lengths.__getitem__)
+    need = token_length(residue_lengths[longest])
+    if need > token_budget:
+        raise UserError(
+            f"token budget {token_budget} is smaller than the longest sequence ({need} tokens with BOS/EOS, "
+            f"input record #{longest + 1}); raise --token-budget to at least {need}"
+        )
+
+
 def pack_batches(residue_lengths: Sequence[int], token_budget: int, buffer_size: int) -> list[list[int]]:
     """Return batches (lists of input indices) whose token lengths (residues + 2) sum to <= token_budget.
 
@@ -48,13 +61,8 @@ def pack_batches(residue_lengths: Sequence[int], token_budget: int, buffer_size:
         raise UserError(f"token budget must be positive, not {token_budget}")
     if buffer_size < 1:
         raise UserError(f"buffer size must be positive, not {buffer_size}")
+    check_budget(residue_lengths, token_budget)
     sizes = [token_length(n) for n in residue_lengths]
-    if sizes and max(sizes) > token_budget:
-        longest = max(range(len(sizes)), key=sizes.__getitem__)
-        raise UserError(
-            f"token budget {token_budget} is smaller than the longest sequence ({sizes[longest]} tokens with "
-            f"BOS/EOS, input record #{longest + 1}); raise --token-budget to at least {sizes[longest]}"
-        )
     batches: list[list[int]] = []
     carry: list[int] = []
     for start in range(0, len(sizes), buffer_size):

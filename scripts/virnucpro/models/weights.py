@@ -41,6 +41,8 @@ ARCHITECTURES = {
     "esm2_t48_15B_UR50D": ModelSpec(48, 5120, 40),
 }
 
+DEFAULT_MODEL = "esm2_t36_3B_UR50D"  # what VirNucPro embeds with
+
 _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 #: What real fair-esm checkpoints pickle besides tensors; nothing else is allowed to load.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -151,8 +153,7 @@ def resolve_weights(model_name: str | None, checkpoint: str | None, random_weigh
             raise UserError(f"{checkpoint}: its architecture {asdict(weights.spec)} is not {model_name}'s")
         weights.provenance["model"] = Path(checkpoint).stem
         return weights
-    if not model_name:
-        raise UserError("give --model NAME (with --random-weights or cached weights) or --checkpoint PATH")
+    model_name = model_name or DEFAULT_MODEL
     if model_name not in ARCHITECTURES:
         raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(ARCHITECTURES)}")
     spec = ARCHITECTURES[model_name]

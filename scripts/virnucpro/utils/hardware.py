@@ -1,0 +1,57 @@
+"""Hardware and software facts recorded with every run, so a number can be traced to where it was measured."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+
+PACKAGES = ("virnucpro-perf", "torch", "fair-esm", "numpy", "h5py", "nvitop", "rich", "pandas", "jinja2")
+
+
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _driver_version() -> str | None:
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = res.stdout.strip().splitlines()
+    return lines[0].strip() if res.returncode == 0 and lines else None
+
+
+def capture_hardware_info() -> dict:
+    """GPU models and memory (torch's `total_memory`), CUDA, driver, CPU and Python; GPU fields empty without CUDA."""
+    import torch
+
+    info = {
+        "gpu_count": 0,
+        "gpu_models": [],
+        "gpu_memory_gb": [],
+        "cuda_version": torch.version.cuda,
+        "pytorch_version": torch.__version__,
+        "driver_version": None,
+        "cpu_model": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python_version": platform.python_version(),
+        "hostname": platform.node(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        info["gpu_count"] = n
+        info["gpu_models"] = [torch.cuda.get_device_name(i) for i in range(n)]
+        info["gpu_memory_gb"] = [round(torch.cuda.get_device_properties(i).total_memory / 1024**3, 2) for i in range(n)]
+        info["driver_version"] = _driver_version()
+    return info

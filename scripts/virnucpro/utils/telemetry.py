@@ -1,0 +1,204 @@
+"""Per-batch telemetry of an embedding run (seed plan 10-01).
+
+`TelemetryLogger` records one dict per batch and writes `{run_metadata, summary, per_batch_metrics}` JSON.
+A figure that could not be measured (GPU utilisation without NVML, say) is stored as null, never as 0, and
+every average skips nulls. Projections are for `target_sequences` (default 6,000,000): one from the run's
+sequences/s, one from its tokens/s and the production workload's tokens per sequence (the real VirNucPro
+input averages ~49 residues + BOS/EOS), which is the fair one when the benchmark's lengths differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from virnucpro.utils.hardware import capture_hardware_info  # noqa: F401  (re-exported: plan 10-01's home for it)
+
+logger = logging.getLogger("virnucpro.utils.telemetry")
+
+DEFAULT_TARGET_SEQUENCES = 6_000_000
+#: Tokens per sequence of the production input: ~150-bp reads, six-frame translated (~49 aa) + BOS/EOS.
+DEFAULT_TARGET_TOKENS_PER_SEQUENCE = 51.0
+#: Queue states by DataLoader wait: data was ready, or the GPU side waited long enough to matter.
+FULL_WAIT_MS = 0.5
+STARVED_WAIT_MS = 5.0
+
+
+def queue_state(wait_time_ms: float) -> str:
+    if wait_time_ms < FULL_WAIT_MS:
+        return "full"
+    return "starved" if wait_time_ms > STARVED_WAIT_MS else "normal"
+
+
+def _values(batches: list[dict], key: str) -> list[float]:
+    return [b[key] for b in batches if b.get(key) is not None]
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default), None for no values."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(batches: list[dict], elapsed_seconds: float, target_sequences: int = DEFAULT_TARGET_SEQUENCES,
+              target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE) -> dict[str, Any]:
+    """The plan's summary fields from per-batch records and the wall time they took."""
+    total_sequences = sum(b.get("num_sequences", 0) for b in batches)
+    total_tokens = sum(b.get("num_tokens", 0) for b in batches)
+    rate_ok = elapsed_seconds > 0
+    seq_per_hour = total_sequences / elapsed_seconds * 3600 if rate_ok else None
+    tokens_per_sec = total_tokens / elapsed_seconds if rate_ok else None
+    waits = _values(batches, "wait_time_ms")
+    summary: dict[str, Any] = {
+        "total_sequences": total_sequences,
+        "total_tokens": total_tokens,
+        "total_batches": len(batches),
+        "elapsed_seconds": elapsed_seconds,
+        "avg_tokens_per_sec": tokens_per_sec,
+        "avg_sequences_per_sec": total_sequences / elapsed_seconds if rate_ok else None,
+        "avg_gpu_util": _mean(_values(batches, "gpu_util")),
+        "avg_packing_efficiency": _mean(_values(batches, "packing_efficiency")),
+        "min_packing_efficiency": min(_values(batches, "packing_efficiency"), default=None),
+        "avg_wait_time_ms": _mean(waits),
+        "p95_wait_time_ms": percentile(waits, 95),
+        "pct_starved": (100.0 * sum(b.get("queue_state") == "starved" for b in batches) / len(batches)
+                        if batches else None),
+        "sequences_per_hour": seq_per_hour,
+        "avg_tokens_per_seq": total_tokens / total_sequences if total_sequences else None,
+        "projection_target_sequences": target_sequences,
+        "projection_tokens_per_sequence": target_tokens_per_sequence,
+        "projected_hours": target_sequences / seq_per_hour if seq_per_hour else None,
+        "projected_hours_tokens": (target_sequences * target_tokens_per_sequence / tokens_per_sec / 3600
+                                   if tokens_per_sec else None),
+    }
+    ckpt_ms = _values(batches, "checkpoint_write_ms")
+    if ckpt_ms:
+        summary["avg_checkpoint_write_ms"] = statistics.fmean(ckpt_ms)
+        summary["total_checkpoint_write_ms"] = sum(ckpt_ms)
+        summary["max_checkpoint_queue_depth"] = max(_values(batches, "checkpoint_queue_depth"), default=None)
+    return summary
+
+
+class TelemetryLogger:
+    """Collects per-batch metrics of one process and writes them as JSON on `finalize()`."""
+
+    def __init__(self, output_dir: str | Path, run_id: str | None = None,
+                 target_sequences: int = DEFAULT_TARGET_SEQUENCES,
+                 target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id or datetime.now().strftime("%Y%m%d_%H%M%S")
+        self.json_path = self.output_dir / f"telemetry_{self.run_id}.json"
+        self.batch_metrics: list[dict[str, Any]] = []
+        self.run_metadata: dict[str, Any] = {}
+        self.target_sequences = target_sequences
+        self.target_tokens_per_sequence = target_tokens_per_sequence
+        self.start_time = time.time()
+
+    def set_run_metadata(self, **kwargs: Any) -> None:
+        self.run_metadata.update(kwargs)
+
+    def record_batch(self, batch_idx: int, metrics: dict[str, Any]) -> None:
+        """Store one batch's metrics (any extra keys kept) with a wall-clock timestamp."""
+        self.batch_metrics.append({"batch_idx": batch_idx, "timestamp": time.time(), **metrics})
+
+    def get_summary(self, elapsed_seconds: float | None = None) -> dict[str, Any]:
+        elapsed = time.time() - self.start_time if elapsed_seconds is None else elapsed_seconds
+        return summarize(self.batch_metrics, elapsed, self.target_sequences, self.target_tokens_per_sequence)
+
+    def finalize(self, summary: dict[str, Any] | None = None, elapsed_seconds: float | None = None) -> Path:
+        """Write `{run_metadata, summary, per_batch_metrics}` (atomically) and return the path."""
+        payload = {
+            "run_metadata": {"start_time": datetime.fromtimestamp(self.start_time, timezone.utc).isoformat(),
+                             **self.run_metadata},
+            "summary": summary if summary is not None else self.get_summary(elapsed_seconds),
+            "per_batch_metrics": self.batch_metrics,
+        }
+        tmp = self.json_path.with_name(self.json_path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(self.json_path)
+        logger.info("telemetry written to %s", self.json_path)
+        return self.json_path
+
+
+def _verdict(value: float | None, threshold: float, higher_is_better: bool, na_reason: str) -> str:
+    if value is None:
+        return f"N/A ({na_reason})"
+    ok = value >= threshold if higher_is_better else value < threshold
+    return "PASS" if ok else "FAIL"
+
+
+def _fmt(value: Any, spec: str = ",.1f", unit: str = "") -> str:
+    return "N/A" if value is None else f"{value:{spec}}{unit}"
+
+
+def generate_performance_report(telemetry_path: str | Path, output_path: str | Path | None = None,
+                                max_hours: float = 10.0, min_gpu_util: float = 70.0,
+                                min_packing: float = 0.90, max_p95_wait_ms: float = 100.0) -> str:
+    """Human-readable report of one telemetry JSON with PASS/FAIL/N-A per requirement."""
+    data = json.loads(Path(telemetry_path).read_text())
+    s, meta = data["summary"], data.get("run_metadata", {})
+    target = s.get("projection_target_sequences", DEFAULT_TARGET_SEQUENCES)
+    hours = s.get("projected_hours_tokens") if s.get("projected_hours_tokens") is not None else s.get("projected_hours")
+    lines = [
+        "VirNucPro embedding performance report",
+        f"telemetry: {telemetry_path}",
+        "",
+        "Workload",
+        f"  sequences: {s['total_sequences']:,}   tokens: {s['total_tokens']:,}   batches: {s['total_batches']:,}",
+        f"  runtime: {_fmt(s['elapsed_seconds'], ',.2f', ' s')}   sequences/hour: {_fmt(s['sequences_per_hour'], ',.0f')}",
+        f"  projected for {target:,} sequences: {_fmt(s.get('projected_hours'), '.2f', ' h')} (sequence-based), "
+        f"{_fmt(s.get('projected_hours_tokens'), '.2f', ' h')} (token-based, "
+        f"{s.get('projection_tokens_per_sequence')} tokens/sequence)",
+        "Throughput",
+        f"  tokens/s: {_fmt(s['avg_tokens_per_sec'], ',.0f')}   sequences/s: {_fmt(s['avg_sequences_per_sec'], ',.1f')}",
+        "Packing efficiency",
+        f"  average: {_fmt(s['avg_packing_efficiency'], '.3f')}   minimum: {_fmt(s['min_packing_efficiency'], '.3f')}   "
+        f"batches below 0.80: {sum(1 for b in data['per_batch_metrics'] if (b.get('packing_efficiency') or 1) < 0.8)}",
+        "DataLoader I/O",
+        f"  mean wait: {_fmt(s['avg_wait_time_ms'], '.2f', ' ms')}   p95 wait: {_fmt(s['p95_wait_time_ms'], '.2f', ' ms')}   "
+        f"starved: {_fmt(s['pct_starved'], '.1f', ' %')}",
+        "GPU utilisation",
+        f"  average: {_fmt(s['avg_gpu_util'], '.1f', ' %')}",
+    ]
+    if "avg_checkpoint_write_ms" in s:
+        lines += ["Checkpoint overhead",
+                  f"  mean write: {s['avg_checkpoint_write_ms']:.1f} ms   max queue depth: {s['max_checkpoint_queue_depth']}"]
+    hw = meta.get("hardware")
+    if hw:
+        gpus = ", ".join(hw.get("gpu_models") or []) or "none"
+        lines += ["Hardware", f"  GPUs: {gpus}   CUDA: {hw.get('cuda_version')}   torch: {hw.get('pytorch_version')}   "
+                              f"CPU: {hw.get('cpu_model')} x{hw.get('cpu_count')}"]
+    no_gpu = "no GPU utilisation was measured (no NVML device)"
+    lines += [
+        "Requirements",
+        f"  PERF-01 projected < {max_hours:g} h: {_verdict(hours, max_hours, False, 'no throughput measured')}"
+        f" ({_fmt(hours, '.2f', ' h')})",
+        f"  PERF-02 GPU utilisation >= {min_gpu_util:g} %: {_verdict(s['avg_gpu_util'], min_gpu_util, True, no_gpu)}",
+        f"  PERF-05 packing >= {min_packing:.2f}: "
+        f"{_verdict(s['avg_packing_efficiency'], min_packing, True, 'no batches')}",
+        f"  DataLoader p95 wait < {max_p95_wait_ms:g} ms: "
+        f"{_verdict(s['p95_wait_time_ms'], max_p95_wait_ms, False, 'no batches')}",
+    ]
+    report = "\n".join(lines) + "\n"
+    if output_path is not None:
+        Path(output_path).write_text(report)
+    return report

@@ -1,0 +1,90 @@
+"""FASTA parsing and the one-line, exit-2 errors for bad input."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+
+import pytest
+
+from virnucpro.data.fasta import read_fasta
+from virnucpro.errors import UserError
+
+
+def test_multiline_crlf_lowercase_stop_and_ambiguous(tmp_path):
+    f = tmp_path / "a.fa"
+    f.write_bytes(b">s1 description here\r\nmkta\r\nyiak*\r\n>s2\r\nXBZUO\r\n\r\n>s3\nAC DE\n")
+    r = read_fasta(f)
+    assert r.ids == ["s1", "s2", "s3"]
+    assert r.seqs == [b"MKTAYIAK", b"XBZUO", b"ACDE"]
+    assert r.truncated == 0
+
+
+def test_gzip_detected_by_content_and_same_digest(tmp_path):
+    text = b">a\nMKV\n>b\nWWW\n"
+    plain = tmp_path / "x.fa"
+    plain.write_bytes(text)
+    gz = tmp_path / "x.fasta"  # no .gz suffix on purpose
+    gz.write_bytes(gzip.compress(text))
+    a, b = read_fasta(plain), read_fasta(gz)
+    assert (a.ids, a.seqs, a.sha256) == (b.ids, b.seqs, b.sha256)
+
+
+def test_long_sequences_truncated_and_counted_or_refused(tmp_path):
+    f = tmp_path / "long.fa"
+    f.write_text(">long\n" + "A" * 1500 + "\n>ok\n" + "C" * 1022 + "\n")
+    r = read_fasta(f)
+    assert [len(s) for s in r.seqs] == [1022, 1022] and r.truncated == 1
+    with pytest.raises(UserError, match="'long'.*1500 residues"):
+        read_fasta(f, long_sequences="error")
+
+
+BAD_INPUTS = {
+    "empty": (b"", "empty FASTA"),
+    "whitespace only": (b"\n  \n", "empty FASTA"),
+    "text before header": (b"MKV\n>a\nMKV\n", "line 1 has text before the first '>'"),
+    "no sequence": (b">a\n>b\nMKV\n", "record 'a' (line 1) has no sequence"),
+    "no sequence at end": (b">a\nMKV\n>b\n", "record 'b' (line 3) has no sequence"),
+    "only stop": (b">a\n*\n", "record 'a' (line 1) has no sequence"),
+    "duplicate ids": (b">a\nMKV\n>a x\nMKV\n", "duplicate record id 'a' (lines 1 and 3)"),
+    "digit": (b">a\nMK3V\n", "record 'a' (line 1) has invalid character '3' at residue 3"),
+    "inner stop": (b">a\nMK*V\n", "record 'a' (line 1) has '*' (stop codon) inside the sequence at residue 3"),
+    "binary junk": (b">a\nMK\x00\xffV\n", "record 'a' (line 1) has invalid byte 0x00 at residue 3"),
+    "gap": (b">a\nMK-V\n", "invalid character '-'"),
+    "empty id": (b">\nMKV\n", "line 1 has an empty record id"),
+    "corrupt gzip": (b"\x1f\x8b\x08\x00garbage", "cannot read FASTA"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_raises_named_error(tmp_path, name):
+    content, message = BAD_INPUTS[name]
+    f = tmp_path / "bad.fa"
+    f.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        read_fasta(f)
+    assert message in str(info.value)
+    assert str(f) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["empty", "duplicate ids", "inner stop", "binary junk", "text before header"])
+def test_bad_input_cli_exit_2_one_line_no_output(tmp_path, name):
+    content, message = BAD_INPUTS[name]
+    f = tmp_path / "bad.fa"
+    f.write_bytes(content)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "virnucpro.cli", "embed", str(f), "-o", str(out),
+                          "--model", "esm2_t6_8M_UR50D", "--random-weights", "--device", "cpu"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such FASTA file"):
+        read_fasta(tmp_path / "nope.fa")
