@@ -1,4 +1,4 @@
-"""`virnucpro` command line: make-fasta, embed.
+"""`virnucpro` command line: make-fasta, embed, bench.
 
 Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 75 preempted after a checkpoint
 flush (rerun to resume); 1 anything unexpected (with its traceback, since that is a bug).
@@ -51,12 +51,50 @@ def _add_embed(sub) -> None:
                    help="sequence count the runtime projection is for")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks for the GPU machine: accuracy vs fair-esm, engine throughput")
+    p.add_argument("what", choices=["accuracy", "engines"])
+    p.add_argument("--model", default="esm2_t36_3B_UR50D")
+    p.add_argument("--num-sequences", type=int, default=200, help="accuracy: seed-mix sequences compared")
+    p.add_argument("--seed-mix", type=int, default=10000, help="engines: seed-mix sequences")
+    p.add_argument("--short-reads", type=int, default=50000, help="engines: short-reads sequences")
+    p.add_argument("--fair-subset", type=int, default=3000, help="engines: sequences given to fair-esm")
+    p.add_argument("--token-budget", type=int, default=16384)
+    p.add_argument("--workdir", type=Path, default=Path("results/bench"))
+    p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
+
+
+def cmd_bench(args) -> int:
+    import json
+
+    import torch
+
+    from virnucpro import bench
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.what == "accuracy":
+        result = bench.accuracy(args.model, args.num_sequences, 0, device)
+        print(json.dumps(result, indent=2))
+    else:
+        result = bench.engines(args.model, args.workdir, device, args.seed_mix, args.short_reads, args.fair_subset,
+                               args.token_budget)
+        bench.print_table(result)
+    if args.output:
+        from virnucpro.utils.hardware import capture_hardware_info, package_versions
+
+        result.update(hardware=capture_hardware_info(), versions=package_versions())
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_make_fasta(sub)
     _add_embed(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -121,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed}
+    handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UserError as exc:

@@ -230,7 +230,9 @@ def run_embed(cfg: EmbedConfig) -> dict:
     t_start = time.perf_counter()
     embed_indices(cfg, records, todo, model, device, layer, telemetry)
     elapsed = time.perf_counter() - t_start
-    telemetry.finalize(elapsed_seconds=elapsed)
+    summary = telemetry.get_summary(elapsed)
+    summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
+    telemetry.finalize(summary=summary)
 
     attrs = {
         "model": weights.provenance.get("model"), "weights": weights.provenance["weights"],
@@ -240,4 +242,4 @@ def run_embed(cfg: EmbedConfig) -> dict:
     }
     output.assemble(partial, final_path, records.ids, model.spec.embed_dim, attrs)
     output.discard_partial(partial)
-    return telemetry.get_summary(elapsed)
+    return summary
