@@ -91,3 +91,12 @@ def test_rerun_on_complete_output_does_nothing(tmp_path, tiny_checkpoint, capsys
     _embed(fasta, tmp_path / "out", tiny_checkpoint)
     assert "already complete" in capsys.readouterr().out
     assert (tmp_path / "out" / "embeddings.h5").stat().st_mtime_ns == mtime
+
+
+def test_padded_to_budget_and_compiled_match_fair_esm(tmp_path, tiny_checkpoint):
+    """The GPU configuration's shape handling (a trailing pad segment, compiled kernels) on CPU."""
+    seqs = _sequences(np.random.default_rng(2))[:7]
+    fasta = _write(tmp_path / "in.fa", [f"s{i}" for i in range(len(seqs))], seqs)
+    _, got, _ = _embed(fasta, tmp_path / "out", tiny_checkpoint, "--compile", "on")
+    err = _rel_err(got, fair_esm_embeddings(tiny_checkpoint, seqs))
+    assert err.max() <= 1e-4, err

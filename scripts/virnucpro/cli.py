@@ -46,6 +46,8 @@ def _add_embed(sub) -> None:
                    help="flush results to a checkpoint chunk every N sequences")
     p.add_argument("--long-sequences", default=d.long_sequences, choices=["truncate", "error"],
                    help="sequences over 1022 residues: truncate (counted, warned) or refuse")
+    p.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"],
+                   help="torch.compile the dense layer kernels (auto = on CUDA); batches are padded to the budget")
     p.add_argument("--repr-layer", type=int, default=d.repr_layer, help="layer to pool (-1 = last, fair-esm style)")
     p.add_argument("--target-sequences", type=int, default=d.target_sequences,
                    help="sequence count the runtime projection is for")
@@ -118,7 +120,7 @@ def cmd_embed(args) -> int:
         random_weights=args.random_weights, seed=args.seed, precision=args.precision, device=args.device,
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor, checkpoint_every=args.checkpoint_every,
-        long_sequences=args.long_sequences, repr_layer=args.repr_layer, target_sequences=args.target_sequences,
+        long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile, target_sequences=args.target_sequences,
     )
     status_path = args.outdir / "status.json"
     try:

@@ -68,20 +68,27 @@ class PackedBatch:
         return int(self.indices.numel())
 
 
-def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary) -> PackedBatch:
-    """Tokenize the given sequences as <cls> residues <eos>, concatenated."""
+def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary, pad_to: int | None = None) -> PackedBatch:
+    """Tokenize the given sequences as <cls> residues <eos>, concatenated.
+
+    With `pad_to`, a trailing padding segment fills the batch to exactly `pad_to` tokens (one shape for
+    compiled kernels); it is its own segment in cu_seqlens and is not counted in `num_tokens`.
+    """
     lengths = np.fromiter((len(seqs[i]) + 2 for i in indices), dtype=np.int64, count=len(indices))
-    cu = np.zeros(len(indices) + 1, dtype=np.int64)
+    real_tokens = int(lengths.sum())
+    if pad_to is not None and pad_to > real_tokens:
+        lengths = np.append(lengths, pad_to - real_tokens)
+    cu = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
     total = int(cu[-1])
-    tokens = np.empty(total, dtype=np.int64)
+    tokens = np.full(total, vocab.padding_idx, dtype=np.int64)
     for start, i in zip(cu[:-1], indices):
         s = seqs[i]
         tokens[start] = vocab.cls_idx
         tokens[start + 1 : start + 1 + len(s)] = vocab.lut[np.frombuffer(s, dtype=np.uint8)]
         tokens[start + 1 + len(s)] = vocab.eos_idx
     positions = np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths)
-    seq_ids = np.repeat(np.arange(len(indices), dtype=np.int64), lengths)
+    seq_ids = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     return PackedBatch(
         tokens=torch.from_numpy(tokens),
         positions=torch.from_numpy(positions),
@@ -89,23 +96,25 @@ def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary) ->
         seq_ids=torch.from_numpy(seq_ids),
         indices=torch.as_tensor(np.asarray(indices, dtype=np.int64)),
         max_len=int(lengths.max()),
-        num_tokens=total,
+        num_tokens=real_tokens,
     )
 
 
 class PackedBatchDataset(Dataset):
     """Map-style dataset over a fixed batch plan: item k is planned batch k, so nothing is lost or repeated."""
 
-    def __init__(self, seqs: Sequence[bytes], batches: Sequence[Sequence[int]], vocab: Vocabulary | None = None):
+    def __init__(self, seqs: Sequence[bytes], batches: Sequence[Sequence[int]], vocab: Vocabulary | None = None,
+                 pad_to: int | None = None):
         self.seqs = seqs
         self.batches = batches
         self.vocab = vocab or Vocabulary.esm2()
+        self.pad_to = pad_to
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, k: int) -> PackedBatch:
-        return collate(self.seqs, self.batches[k], self.vocab)
+        return collate(self.seqs, self.batches[k], self.vocab, self.pad_to)
 
 
 def make_loader(dataset: PackedBatchDataset, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:

@@ -27,6 +27,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def attention_inputs(x, ln_w, ln_b, qkv_w, qkv_b, cos, sin, heads: int):
+    """Pre-norm, fused QKV projection and rotary (fp32 math): (T, D) -> q, k, v as (T, H, Dh)."""
+    T, d = x.shape
+    qkv = F.linear(F.layer_norm(x, (d,), ln_w, ln_b, LAYER_NORM_EPS), qkv_w, qkv_b).view(T, 3, heads, d // heads)
+    q, k, v = qkv.unbind(1)
+    q = (q.float() * cos + _rotate_half(q.float()) * sin).to(x.dtype)
+    k = (k.float() * cos + _rotate_half(k.float()) * sin).to(x.dtype)
+    return q, k, v.contiguous()
+
+
+def attention_output_and_mlp(x, a, out_w, out_b, ln_w, ln_b, fc1_w, fc1_b, fc2_w, fc2_b):
+    """Output projection + residual, then pre-norm MLP with ESM's erf gelu + residual."""
+    T, d = x.shape
+    x = x + F.linear(a.reshape(T, d), out_w, out_b)
+    h = F.gelu(F.linear(F.layer_norm(x, (d,), ln_w, ln_b, LAYER_NORM_EPS), fc1_w, fc1_b))
+    return x + F.linear(h, fc2_w, fc2_b)
+
+
 class PackedLayer(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
@@ -38,18 +56,15 @@ class PackedLayer(nn.Module):
         self.fc1 = nn.Linear(d, 4 * d)
         self.fc2 = nn.Linear(4 * d, d)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_len, positions, seq_ids, use_varlen: bool):
-        T, d = x.shape
-        qkv = self.qkv(self.ln1(x)).view(T, 3, self.heads, d // self.heads)
-        q, k, v = qkv.unbind(1)
-        q = (q.float() * cos + _rotate_half(q.float()) * sin).to(x.dtype)
-        k = (k.float() * cos + _rotate_half(k.float()) * sin).to(x.dtype)
+    def forward(self, x, cos, sin, cu_seqlens, max_len, positions, seq_ids, use_varlen: bool, kernels):
+        pre, post = kernels
+        q, k, v = pre(x, self.ln1.weight, self.ln1.bias, self.qkv.weight, self.qkv.bias, cos, sin, self.heads)
         if use_varlen:
-            a = varlen_attention(q, k, v.contiguous(), cu_seqlens, max_len)
+            a = varlen_attention(q, k, v, cu_seqlens, max_len)
         else:
             a = padded_attention(q, k, v, cu_seqlens, max_len, positions, seq_ids)
-        x = x + self.out(a.reshape(T, d))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return post(x, a, self.out.weight, self.out.bias, self.ln2.weight, self.ln2.bias, self.fc1.weight,
+                    self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
 class PackedESM2(nn.Module):
@@ -64,6 +79,16 @@ class PackedESM2(nn.Module):
         self.emb_layer_norm_after = nn.LayerNorm(spec.embed_dim, eps=LAYER_NORM_EPS)
         inv_freq = 1.0 / (10000 ** (torch.arange(0, spec.head_dim, 2).float() / spec.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.kernels = (attention_inputs, attention_output_and_mlp)
+
+    def compile_kernels(self) -> None:
+        """torch.compile the dense parts of a layer (attention stays eager between them).
+
+        They are free functions of weight tensors, so one compiled graph serves all layers; the runner pads
+        every batch to the token budget, so there is one shape and no recompilation.
+        """
+        self.kernels = (torch.compile(attention_inputs, dynamic=False),
+                        torch.compile(attention_output_and_mlp, dynamic=False))
 
     @classmethod
     @torch.no_grad()
@@ -96,7 +121,11 @@ class PackedESM2(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor, seq_ids: torch.Tensor,
                 max_len: int, num_seqs: int, repr_layer: int | None = None) -> torch.Tensor:
-        """Packed tokens (T,) -> (num_seqs, D) fp32 mean over residues (BOS/EOS excluded) of `repr_layer`."""
+        """Packed tokens (T,) -> (num_seqs, D) fp32 mean over residues (BOS/EOS excluded) of `repr_layer`.
+
+        cu_seqlens may describe more segments than `num_seqs`: a trailing padding segment is computed (as its
+        own sequence, so attention never mixes it with real tokens) and dropped.
+        """
         n_layers = self.spec.num_layers
         repr_layer = n_layers if repr_layer is None else repr_layer
         x = self.embed_tokens(tokens)
@@ -107,11 +136,12 @@ class PackedESM2(nn.Module):
         cos, sin = emb.cos(), emb.sin()
         use_varlen = varlen_available(x.device, x.dtype)
         for layer in self.layers[:repr_layer]:
-            x = layer(x, cos, sin, cu_seqlens, max_len, positions, seq_ids, use_varlen)
+            x = layer(x, cos, sin, cu_seqlens, max_len, positions, seq_ids, use_varlen, self.kernels)
         if repr_layer == n_layers:
             x = self.emb_layer_norm_after(x)
         residue = ((tokens != self.cls_idx) & (tokens != self.eos_idx)).unsqueeze(-1)
-        sums = torch.zeros(num_seqs, x.shape[-1], device=x.device, dtype=torch.float32)
+        segments = cu_seqlens.numel() - 1
+        sums = torch.zeros(segments, x.shape[-1], device=x.device, dtype=torch.float32)
         sums.index_add_(0, seq_ids, torch.where(residue, x.float(), 0.0))
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1] - 2).clamp_min(1).to(torch.float32)
-        return sums / lengths[:, None]
+        return (sums / lengths[:, None])[:num_seqs]
