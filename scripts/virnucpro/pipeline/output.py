@@ -12,6 +12,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,60 @@ def write_chunk(directory: Path, rank: int, indices: np.ndarray, embeddings: np.
     tmp.replace(final)
     fsync_dir(directory)
     return final
+
+
+class AsyncChunkWriter:
+    """Writes chunks on a background thread so the GPU loop never waits on the disk.
+
+    The queue is bounded (`max_pending` chunks): if the disk falls behind, `submit` blocks rather than letting
+    memory grow. A write error is raised in the caller on the next `submit` or on `close`.
+    """
+
+    def __init__(self, directory: Path, rank: int, max_pending: int = 4):
+        self.directory, self.rank = directory, rank
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._done_ms: list[float] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name=f"chunk-writer-r{rank}", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    t0 = time.perf_counter()
+                    write_chunk(self.directory, self.rank, *job)
+                    with self._lock:
+                        self._done_ms.append((time.perf_counter() - t0) * 1000)
+                except BaseException as exc:  # surfaced in the main thread
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, indices: np.ndarray, rows: np.ndarray) -> int:
+        """Queue a chunk; returns the queue depth it found (0 = the writer was idle)."""
+        self._check()
+        depth = self._queue.qsize()
+        self._queue.put((indices, rows))
+        return depth
+
+    def completed_write_ms(self) -> list[float]:
+        """Write times (ms) of chunks finished since the last call."""
+        with self._lock:
+            done, self._done_ms = self._done_ms, []
+        return done
+
+    def close(self) -> None:
+        """Wait for every queued chunk to be on disk."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
 
 
 def read_chunk(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -159,24 +216,28 @@ def assemble(directory: Path, out_path: Path, ids: list[str], embed_dim: int, at
     n = len(ids)
     seen = np.zeros(n, dtype=np.int64)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        ds = f.create_dataset("embeddings", shape=(n, embed_dim), dtype=np.float32,
-                              chunks=(min(n, max(1, rows_per_block // max(1, embed_dim // 64))), embed_dim))
-        for path in state_chunks:
-            content = read_chunk(path)
-            if content is None:
-                raise RuntimeError(f"checkpoint chunk {path} became unreadable during assembly")
-            indices, rows = content
-            np.add.at(seen, indices, 1)
-            order = np.argsort(indices, kind="stable")
-            ds[indices[order]] = rows[order]  # h5py needs increasing indices
-        missing = int((seen == 0).sum())
-        repeated = int((seen > 1).sum())
-        if missing or repeated:
-            raise RuntimeError(f"assembly check failed: {missing} ids missing, {repeated} ids repeated")
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value) if value is None or isinstance(value, (dict, list)) else value
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+            ds = f.create_dataset("embeddings", shape=(n, embed_dim), dtype=np.float32,
+                                  chunks=(min(n, max(1, rows_per_block // max(1, embed_dim // 64))), embed_dim))
+            for path in state_chunks:
+                content = read_chunk(path)
+                if content is None:
+                    raise RuntimeError(f"checkpoint chunk {path} became unreadable during assembly")
+                indices, rows = content
+                np.add.at(seen, indices, 1)
+                order = np.argsort(indices, kind="stable")
+                ds[indices[order]] = rows[order]  # h5py needs increasing indices
+            missing = int((seen == 0).sum())
+            repeated = int((seen > 1).sum())
+            if missing or repeated:
+                raise RuntimeError(f"assembly check failed: {missing} ids missing, {repeated} ids repeated")
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value) if value is None or isinstance(value, (dict, list)) else value
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written result behind
+        raise
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     tmp.replace(out_path)

@@ -96,28 +96,27 @@ def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision:
 
 
 class ResultBuffer:
-    """Finished rows waiting for the next checkpoint chunk."""
+    """Finished rows gathered until `every` sequences make a chunk, then handed to the async writer."""
 
-    def __init__(self, partial_dir: Path, rank: int, every: int):
-        self.partial_dir, self.rank, self.every = partial_dir, rank, every
+    def __init__(self, writer: output.AsyncChunkWriter, every: int):
+        self.writer, self.every = writer, every
         self.indices: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
         self.count = 0
 
-    def add(self, indices: np.ndarray, rows: np.ndarray) -> float | None:
-        """Keep rows; return the write time in ms if this filled a chunk and it was flushed."""
+    def add(self, indices: np.ndarray, rows: np.ndarray) -> int | None:
+        """Keep rows; if they fill a chunk, submit it and return the writer's queue depth."""
         self.indices.append(indices)
         self.rows.append(rows)
         self.count += len(indices)
         return self.flush() if self.count >= self.every else None
 
-    def flush(self) -> float | None:
+    def flush(self) -> int | None:
         if not self.count:
             return None
-        t0 = time.perf_counter()
-        output.write_chunk(self.partial_dir, self.rank, np.concatenate(self.indices), np.concatenate(self.rows))
+        depth = self.writer.submit(np.concatenate(self.indices), np.concatenate(self.rows))
         self.indices, self.rows, self.count = [], [], 0
-        return (time.perf_counter() - t0) * 1000
+        return depth
 
 
 def warm_up(model: PackedESM2, device: torch.device, layer: int, pad_to: int | None) -> float:
@@ -139,7 +138,8 @@ def embed_indices(cfg: EmbedConfig, records: Records, todo: np.ndarray, model: P
     batches = [[int(todo[j]) for j in b] for b in pack_batches(sub_lengths, cfg.token_budget, cfg.buffer_size)]
     dataset = PackedBatchDataset(records.seqs, batches, pad_to=pad_to)
     loader = make_loader(dataset, cfg.num_workers, cfg.prefetch_factor, pin_memory=device.type == "cuda")
-    results = ResultBuffer(cfg.outdir / output.PARTIAL_DIR, rank, cfg.checkpoint_every)
+    writer = output.AsyncChunkWriter(cfg.outdir / output.PARTIAL_DIR, rank)
+    results = ResultBuffer(writer, cfg.checkpoint_every)
     cuda = device.type == "cuda"
     last_done = time.perf_counter()
     pending = None
@@ -163,34 +163,43 @@ def embed_indices(cfg: EmbedConfig, records: Records, todo: np.ndarray, model: P
             "wait_time_ms": wait_ms,
             "queue_state": queue_state(wait_ms),
         }
-        write_ms = results.add(batch.indices.numpy(), rows.numpy())
-        if write_ms is not None:
-            metrics["checkpoint_write_ms"] = write_ms
-            metrics["checkpoint_queue_depth"] = 0
+        depth = results.add(batch.indices.numpy(), rows.numpy())
+        if depth is not None:
+            metrics["checkpoint_queue_depth"] = depth
+        written = writer.completed_write_ms()
+        if written:
+            metrics["checkpoint_write_ms"] = sum(written)
         telemetry.record_batch(k, metrics)
 
-    it = iter(loader)
-    with torch.inference_mode():
-        for k in range(len(batches)):
-            t0 = time.perf_counter()
-            batch = next(it)
-            wait_ms = (time.perf_counter() - t0) * 1000
-            b = batch.to(device)
-            pooled = model(b.tokens, b.positions, b.cu_seqlens, b.seq_ids, b.max_len, b.num_sequences, layer)
-            event = None
-            if cuda:
-                rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
-                rows.copy_(pooled, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                rows = pooled
+    try:
+        it = iter(loader)
+        with torch.inference_mode():
+            for k in range(len(batches)):
+                t0 = time.perf_counter()
+                batch = next(it)
+                wait_ms = (time.perf_counter() - t0) * 1000
+                b = batch.to(device)
+                pooled = model(b.tokens, b.positions, b.cu_seqlens, b.seq_ids, b.max_len, b.num_sequences, layer)
+                event = None
+                if cuda:
+                    rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+                    rows.copy_(pooled, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                else:
+                    rows = pooled
+                if pending is not None:
+                    finish(pending)
+                pending = (k, batch, rows, event, wait_ms)
             if pending is not None:
                 finish(pending)
-            pending = (k, batch, rows, event, wait_ms)
-        if pending is not None:
-            finish(pending)
-    results.flush()
+        results.flush()
+    finally:
+        writer.close()  # even on an error: what was computed and queued reaches the disk
+    written = writer.completed_write_ms()
+    if written and telemetry.batch_metrics:  # writes that ended after the last batch still count
+        last = telemetry.batch_metrics[-1]
+        last["checkpoint_write_ms"] = last.get("checkpoint_write_ms", 0.0) + sum(written)
 
 
 def build_model(weights: Weights, device: torch.device, precision: str) -> PackedESM2:
@@ -237,6 +246,11 @@ def run_embed(cfg: EmbedConfig) -> dict:
         model.compile_kernels()
     load_seconds = time.perf_counter() - t_load
     warmup_seconds = warm_up(model, device, layer, pad_to)
+    if device.type == "cuda":  # from here on, the peak is what the token budget costs, not weight loading
+        load_peak_gb = torch.cuda.max_memory_allocated(device) / 1024**3
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        load_peak_gb = None
 
     telemetry = TelemetryLogger(outdir / "telemetry", run_id="rank0", target_sequences=cfg.target_sequences)
     run_meta = {
@@ -245,7 +259,7 @@ def run_embed(cfg: EmbedConfig) -> dict:
         "fasta": str(cfg.fasta), "input_sha256": records.sha256, "num_input_sequences": len(records),
         "resumed_sequences": int(state.done.sum()), "truncated_sequences": records.truncated,
         "engine": {k: v for k, v in asdict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")},
-        "model_load_seconds": load_seconds, "warmup_seconds": warmup_seconds, "compiled": compiled, "hardware": capture_hardware_info(), "versions": package_versions(),
+        "model_load_seconds": load_seconds, "warmup_seconds": warmup_seconds, "load_peak_memory_gb": load_peak_gb, "compiled": compiled, "hardware": capture_hardware_info(), "versions": package_versions(),
         **cfg.extra_metadata,
     }
     telemetry.set_run_metadata(**run_meta)
