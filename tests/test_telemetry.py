@@ -65,3 +65,57 @@ def test_helpers():
     assert percentile([], 95) is None and percentile([5.0], 95) == 5.0
     assert percentile([1, 2, 3, 4, 5], 50) == 3
     assert [queue_state(x) for x in (0.1, 2.0, 50.0)] == ["full", "normal", "starved"]
+
+
+def _shard(tmp_path, rank, elapsed, seqs, util):
+    t = TelemetryLogger(tmp_path, run_id=f"rank{rank}")
+    t.set_run_metadata(model="m", rank=rank)
+    t.record_batch(0, {"num_sequences": seqs, "num_tokens": seqs * 10, "gpu_util": util,
+                       "packing_efficiency": 0.9 + rank * 0.05, "wait_time_ms": 1.0})
+    return t.finalize(elapsed_seconds=elapsed)
+
+
+def test_aggregate_shards_hand_computed(tmp_path):
+    from virnucpro.utils.telemetry import aggregate_telemetry_shards
+
+    agg = aggregate_telemetry_shards([_shard(tmp_path, 0, 10.0, 100, 80.0), _shard(tmp_path, 1, 12.0, 140, None)])
+    g = agg["global_summary"]
+    assert g["total_sequences"] == 240 and g["total_tokens"] == 2400 and g["elapsed_seconds"] == 12.0
+    assert g["avg_tokens_per_sec"] == 200.0 and g["num_shards"] == 2
+    assert g["avg_gpu_util"] == 80.0 and g["avg_packing_efficiency"] == pytest.approx(0.925)
+    assert [b["shard_rank"] for b in agg["per_batch_metrics"]] == [0, 1]
+    one = aggregate_telemetry_shards([_shard(tmp_path, 0, 10.0, 100, 80.0)])["global_summary"]
+    assert one["num_shards"] == 1 and one["avg_sequences_per_sec"] == 10.0
+
+
+def test_scaling_efficiency():
+    from virnucpro.utils.telemetry import calculate_scaling_efficiency
+
+    r = calculate_scaling_efficiency(100.0, 52.0, 2)
+    assert r["speedup"] == pytest.approx(100 / 52) and r["efficiency"] == pytest.approx(100 / 52 / 2 * 100)
+    assert r["ideal_runtime"] == 50.0 and r["overhead_seconds"] == pytest.approx(2.0) and r["meets_perf03"]
+    assert not calculate_scaling_efficiency(100.0, 60.0, 2)["meets_perf03"]
+    for bad in ((0.0, 1.0, 2), (1.0, 0.0, 2), (1.0, 1.0, 0)):
+        with pytest.raises(ValueError):
+            calculate_scaling_efficiency(*bad)
+
+
+def test_steady_state_excludes_larger_warmup_and_never_everything():
+    from virnucpro.utils.telemetry import steady_state
+
+    # 30 batches, 1 s each, 100 tokens; the first 5 are slow (2 s).
+    batches, t = [], 0.0
+    for i in range(30):
+        dt = 2.0 if i < 5 else 1.0
+        t += dt
+        batches.append({"timestamp": t, "batch_seconds": dt, "num_sequences": 1, "num_tokens": 100,
+                        "wait_time_ms": float(i)})
+    s = steady_state(batches, warmup_seconds=60.0, warmup_batches=3)  # whole run is 35 s: all in warm-up
+    assert not s["warmup_excluded"] and s["total_batches"] == 30
+    s = steady_state(batches, warmup_seconds=12.0, warmup_batches=3)  # 12 s covers 7 batches (2*5 + 2)
+    assert s["warmup_excluded"] and s["excluded_batches"] == 7 and s["total_batches"] == 23
+    assert s["avg_tokens_per_sec"] == pytest.approx(100.0)
+    s = steady_state(batches, warmup_seconds=1.0, warmup_batches=10)
+    assert s["excluded_batches"] == 10 and s["elapsed_seconds"] == pytest.approx(20.0)
+    assert s["p95_wait_time_ms"] == pytest.approx(10 + 0.95 * 19)
+    assert steady_state([])["total_batches"] == 0

@@ -202,3 +202,66 @@ def generate_performance_report(telemetry_path: str | Path, output_path: str | P
     if output_path is not None:
         Path(output_path).write_text(report)
     return report
+
+
+def aggregate_telemetry_shards(shard_paths: list[str | Path]) -> dict[str, Any]:
+    """Merge per-rank telemetry (seed plan 10-01): totals summed, elapsed = slowest shard, batches tagged."""
+    if not shard_paths:
+        raise ValueError("aggregate_telemetry_shards needs at least one shard")
+    shards = [json.loads(Path(p).read_text()) for p in shard_paths]
+    models = {json.dumps(s.get("run_metadata", {}).get("model")) for s in shards}
+    if len(models) > 1:
+        logger.warning("telemetry shards disagree on the model: %s", sorted(models))
+    batches = []
+    for rank, shard in enumerate(shards):
+        shard_rank = shard.get("run_metadata", {}).get("rank", rank)
+        batches += [{**b, "shard_rank": shard_rank} for b in shard["per_batch_metrics"]]
+    summaries = [s["summary"] for s in shards]
+    elapsed = max(s["elapsed_seconds"] for s in summaries)
+    first = summaries[0]
+    glob = summarize(batches, elapsed, first.get("projection_target_sequences", DEFAULT_TARGET_SEQUENCES),
+                     first.get("projection_tokens_per_sequence", DEFAULT_TARGET_TOKENS_PER_SEQUENCE))
+    per_shard = lambda key: [s[key] for s in summaries if s.get(key) is not None]  # noqa: E731
+    glob.update(  # each shard weighted equally, as the plan asks; null when no shard measured it
+        avg_gpu_util=_mean(per_shard("avg_gpu_util")),
+        avg_packing_efficiency=_mean(per_shard("avg_packing_efficiency")),
+        pct_starved=_mean(per_shard("pct_starved")),
+        num_shards=len(shards),
+    )
+    return {"global_summary": glob, "per_shard_summary": summaries, "per_batch_metrics": batches}
+
+
+def calculate_scaling_efficiency(baseline_runtime: float, multi_gpu_runtime: float, num_gpus: int,
+                                 min_efficiency: float = 95.0) -> dict[str, Any]:
+    """Speedup of an N-GPU run over the 1-GPU baseline on the same work (PERF-03: >= 95 % for 2 GPUs)."""
+    if baseline_runtime <= 0 or multi_gpu_runtime <= 0:
+        raise ValueError("runtimes must be positive")
+    if num_gpus < 1:
+        raise ValueError("num_gpus must be at least 1")
+    speedup = baseline_runtime / multi_gpu_runtime
+    efficiency = speedup / num_gpus * 100.0
+    ideal = baseline_runtime / num_gpus
+    return {"speedup": speedup, "efficiency": efficiency, "ideal_runtime": ideal,
+            "overhead_seconds": multi_gpu_runtime - ideal, "num_gpus": num_gpus,
+            "meets_perf03": efficiency >= min_efficiency}
+
+
+def steady_state(batches: list[dict], warmup_seconds: float = 60.0, warmup_batches: int = 20,
+                 **summary_kwargs: Any) -> dict[str, Any]:
+    """Summary without the warm-up: the larger of the first `warmup_seconds` or `warmup_batches` batches.
+
+    Never discards everything: a run shorter than its warm-up keeps all batches and says so
+    (`warmup_excluded: false`). Elapsed time restarts at the end of the last excluded batch.
+    """
+    if not batches:
+        return {**summarize([], 0.0, **summary_kwargs), "warmup_excluded": False, "excluded_batches": 0}
+    start = batches[0]["timestamp"] - batches[0].get("batch_seconds", 0.0)
+    by_time = sum(1 for b in batches if b["timestamp"] - start <= warmup_seconds)
+    excluded = max(by_time, warmup_batches)
+    if excluded >= len(batches):
+        elapsed = batches[-1]["timestamp"] - start
+        return {**summarize(batches, elapsed, **summary_kwargs), "warmup_excluded": False, "excluded_batches": 0,
+                "note": "run shorter than the warm-up window: nothing excluded"}
+    kept = batches[excluded:]
+    elapsed = kept[-1]["timestamp"] - batches[excluded - 1]["timestamp"]
+    return {**summarize(kept, elapsed, **summary_kwargs), "warmup_excluded": True, "excluded_batches": excluded}
