@@ -1,7 +1,7 @@
 """`virnucpro` command line: make-fasta, embed, bench.
 
-Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 75 preempted after a checkpoint
-flush (rerun to resume); 1 anything unexpected (with its traceback, since that is a bug).
+Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 1 anything unexpected (with its
+traceback, since that is a bug). 75 is reserved for preemption after a checkpoint flush (not emitted yet).
 """
 
 from __future__ import annotations
