@@ -73,8 +73,7 @@ def packed_embed(model: PackedESM2, seqs: list[bytes], token_budget: int, device
     with torch.inference_mode():
         for b in pack_batches([len(s) for s in seqs], token_budget, 10_000):
             pb = collate(seqs, b, vocab).to(device)
-            out[pb.indices.numpy()] = model(pb.tokens, pb.positions, pb.cu_seqlens, pb.seq_ids, pb.max_len,
-                                            pb.num_sequences).cpu().numpy()
+            out[pb.indices.numpy()] = model.embed(pb).cpu().numpy()
     return out
 
 

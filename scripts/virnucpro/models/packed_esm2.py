@@ -22,6 +22,11 @@ LAYER_NORM_EPS = 1e-5
 TOKEN_DROPOUT_SCALE = 1.0 - 0.15 * 0.8
 
 
+def rotary_inv_freq(head_dim: int, device=None) -> torch.Tensor:
+    """fair-esm's RotaryEmbedding frequencies, fp32."""
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -77,8 +82,7 @@ class PackedESM2(nn.Module):
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.embed_dim)
         self.layers = nn.ModuleList(PackedLayer(spec.embed_dim, spec.attention_heads) for _ in range(spec.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(spec.embed_dim, eps=LAYER_NORM_EPS)
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, spec.head_dim, 2).float() / spec.head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", rotary_inv_freq(spec.head_dim), persistent=False)
         self.kernels = (attention_inputs, attention_output_and_mlp)
 
     def compile_kernels(self) -> None:
@@ -98,7 +102,7 @@ class PackedESM2(nn.Module):
         with torch.device("meta"):
             model = cls(spec, cls_idx, eos_idx)
         model = model.to_empty(device=device)
-        model.inv_freq.copy_(1.0 / (10000 ** (torch.arange(0, spec.head_dim, 2, device=device).float() / spec.head_dim)))
+        model.inv_freq.copy_(rotary_inv_freq(spec.head_dim, device))
 
         def put(param: torch.Tensor, *names: str) -> None:
             param.copy_(torch.cat([state[n].to(device=device, dtype=torch.float32) for n in names]))
@@ -118,6 +122,11 @@ class PackedESM2(nn.Module):
         model.to(dtype)
         model.inv_freq.data = model.inv_freq.data.float()  # rotary tables stay fp32 at any precision
         return model.eval().requires_grad_(False)
+
+    def embed(self, batch, repr_layer: int | None = None) -> torch.Tensor:
+        """`forward` on a PackedBatch already on this model's device."""
+        return self(batch.tokens, batch.positions, batch.cu_seqlens, batch.seq_ids, batch.max_len,
+                    batch.num_sequences, repr_layer)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor, seq_ids: torch.Tensor,
                 max_len: int, num_seqs: int, repr_layer: int | None = None) -> torch.Tensor:

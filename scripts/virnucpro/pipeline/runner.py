@@ -124,7 +124,7 @@ def warm_up(model: PackedESM2, device: torch.device, layer: int, pad_to: int | N
     t0 = time.perf_counter()
     batch = collate([b"M" * 100], [0], Vocabulary.esm2(), pad_to).to(device)
     with torch.inference_mode():
-        model(batch.tokens, batch.positions, batch.cu_seqlens, batch.seq_ids, batch.max_len, 1, layer)
+        model.embed(batch, layer)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
@@ -178,8 +178,7 @@ def embed_indices(cfg: EmbedConfig, records: Records, todo: np.ndarray, model: P
                 t0 = time.perf_counter()
                 batch = next(it)
                 wait_ms = (time.perf_counter() - t0) * 1000
-                b = batch.to(device)
-                pooled = model(b.tokens, b.positions, b.cu_seqlens, b.seq_ids, b.max_len, b.num_sequences, layer)
+                pooled = model.embed(batch.to(device), layer)
                 event = None
                 if cuda:
                     rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
