@@ -1,17 +1,18 @@
 """`virnucpro` command line: make-fasta, embed, bench.
 
-Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 1 anything unexpected (with its
-traceback, since that is a bug). 75 is reserved for preemption after a checkpoint flush (not emitted yet).
+Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 75 stopped by SIGTERM/SIGINT
+after flushing checkpoints (rerun to resume); 1 anything unexpected (with its traceback, since that is a bug).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from virnucpro.errors import EXIT_OK, EXIT_OOM, UserError
+from virnucpro.errors import EXIT_FAILURE, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, UserError
 
 
 def _add_make_fasta(sub) -> None:
@@ -51,6 +52,10 @@ def _add_embed(sub) -> None:
     p.add_argument("--repr-layer", type=int, default=d.repr_layer, help="layer to pool (-1 = last, fair-esm style)")
     p.add_argument("--target-sequences", type=int, default=d.target_sequences,
                    help="sequence count the runtime projection is for")
+    p.add_argument("--world-size", type=int, default=d.world_size,
+                   help="processes, one per device (default: every visible CUDA device, 1 on CPU)")
+    p.add_argument("--progress-interval", type=float, default=d.progress_interval,
+                   help="seconds between progress lines when stderr is not a terminal")
 
 
 def _add_bench(sub) -> None:
@@ -112,7 +117,9 @@ def cmd_make_fasta(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from virnucpro.pipeline.launcher import RankFailed
     from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.pipeline.preemption import Preempted, StopFlag
     from virnucpro.pipeline.runner import EmbedConfig, run_embed
 
     cfg = EmbedConfig(
@@ -120,18 +127,33 @@ def cmd_embed(args) -> int:
         random_weights=args.random_weights, seed=args.seed, precision=args.precision, device=args.device,
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor, checkpoint_every=args.checkpoint_every,
-        long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile, target_sequences=args.target_sequences,
+        long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile,
+        target_sequences=args.target_sequences, world_size=args.world_size, progress_interval=args.progress_interval,
     )
     status_path = args.outdir / "status.json"
     try:
-        summary = run_embed(cfg)
+        with StopFlag() as stop:  # from the start: a SIGTERM during loading also ends with exit 75
+            summary = run_embed(cfg, stop=stop)
     except UserError:
         raise
+    except Preempted as exc:
+        if args.outdir.is_dir():
+            write_json_atomic(status_path, {"status": "failed", "reason": "preempted", "resumable": True,
+                                            "detail": str(exc), "config": _config_dict(cfg)})
+        print(f"virnucpro: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except RankFailed as exc:
+        write_json_atomic(status_path, {"status": "failed", "reason": str(exc).splitlines()[0],
+                                        "config": _config_dict(cfg)})
+        print(f"virnucpro: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as exc:
         import torch
 
         if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-            peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
+            peak = getattr(exc, "peak_memory_gb", None)
+            if peak is None and torch.cuda.is_available():
+                peak = torch.cuda.max_memory_allocated() / 1024**3
             args.outdir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(status_path, {"status": "failed", "reason": "OOM", "config": _config_dict(cfg),
                                             "peak_memory_gb": peak, "error": str(exc).splitlines()[0]})
@@ -157,7 +179,12 @@ def _config_dict(cfg) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
+def _stop_during_startup(signum, frame) -> None:
+    raise SystemExit(EXIT_PREEMPTED)  # nothing computed yet, nothing to flush: "stopped, rerun to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_during_startup)  # until `embed` installs its flushing handler
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

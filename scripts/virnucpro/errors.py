@@ -4,7 +4,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): traceback shown
 EXIT_USAGE = 2  # bad input or bad options
 EXIT_OOM = 3  # out of memory (CUDA or host); status.json says so
-EXIT_PREEMPTED = 75  # reserved: SIGTERM received, checkpoint flushed (handler not built yet)
+EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT after flushing checkpoints; rerun to resume (EX_TEMPFAIL)
 
 
 class UserError(Exception):

@@ -123,10 +123,19 @@ def make_loader(dataset: PackedBatchDataset, num_workers: int, prefetch_factor: 
         raise ValueError("num_workers must be >= 0")
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"prefetch_factor": max(1, prefetch_factor), "persistent_workers": False}
+        kwargs = {"prefetch_factor": max(1, prefetch_factor), "persistent_workers": False,
+                  "worker_init_fn": _ignore_sigterm}
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
                       collate_fn=_identity, **kwargs)
 
 
 def _identity(x):
     return x
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """Slurm signals every process of a step. A worker dying of SIGTERM makes torch raise in the main process at
+    an arbitrary point; ignoring it lets the main process finish its batch, flush, and shut the workers down."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

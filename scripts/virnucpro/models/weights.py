@@ -71,10 +71,11 @@ def _spec_from_cfg(cfg, path: Path) -> ModelSpec:
         raise UserError(f"{path}: not an ESM-2 checkpoint (its cfg lacks {exc.name})") from None
 
 
-def load_checkpoint(path: str | Path) -> Weights:
-    """Load a fair-esm ESM-2 checkpoint (`esm2_*.pt`) with `weights_only=True`.
+def load_checkpoint(path: str | Path, known_sha256: str | None = None) -> Weights:
+    """Load a fair-esm ESM-2 checkpoint (`esm2_*.pt`) with `weights_only=True` (memory-mapped).
 
-    The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored.
+    The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored. `known_sha256` skips
+    re-hashing a file the parent process already hashed (ranks of one job).
     """
     path = Path(path)
     if not path.is_file():
@@ -93,7 +94,8 @@ def load_checkpoint(path: str | Path) -> Weights:
     missing = [k for k in required_keys(spec) if k not in state]
     if missing:
         raise UserError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {missing[0]}")
-    return Weights(spec, state, {"weights": "checkpoint", "path": str(path.resolve()), "sha256": sha256_file(path)})
+    return Weights(spec, state, {"weights": "checkpoint", "path": str(path.resolve()),
+                                 "sha256": known_sha256 or sha256_file(path)})
 
 
 def hub_checkpoint_path(model_name: str) -> Path:
@@ -143,12 +145,17 @@ def random_state_dict(spec: ModelSpec, seed: int, device: torch.device | str = "
 
 
 def resolve_weights(model_name: str | None, checkpoint: str | None, random_weights: bool, seed: int,
-                    device: torch.device | str = "cpu") -> Weights:
-    """Pick the weights source the user asked for; random only when `random_weights` is set."""
+                    device: torch.device | str = "cpu", materialize: bool = True,
+                    known_sha256: str | None = None) -> Weights:
+    """Pick the weights source the user asked for; random only when `random_weights` is set.
+
+    `materialize=False` returns random weights' spec and provenance without generating them (a launcher
+    that only needs to validate and fingerprint).
+    """
     if checkpoint and random_weights:
         raise UserError("--checkpoint and --random-weights exclude each other")
     if checkpoint:
-        weights = load_checkpoint(checkpoint)
+        weights = load_checkpoint(checkpoint, known_sha256)
         if model_name and model_name in ARCHITECTURES and ARCHITECTURES[model_name] != weights.spec:
             raise UserError(f"{checkpoint}: its architecture {asdict(weights.spec)} is not {model_name}'s")
         weights.provenance["model"] = Path(checkpoint).stem
@@ -159,12 +166,12 @@ def resolve_weights(model_name: str | None, checkpoint: str | None, random_weigh
     spec = ARCHITECTURES[model_name]
     if random_weights:
         device = torch.device(device)
-        state = random_state_dict(spec, seed, device)
+        state = random_state_dict(spec, seed, device) if materialize else {}
         return Weights(spec, state, {"weights": "random", "model": model_name, "seed": seed,
                                      "generated_on": device.type})
     cached = hub_checkpoint_path(model_name)
     if cached.is_file():
-        weights = load_checkpoint(cached)
+        weights = load_checkpoint(cached, known_sha256)
         weights.provenance["model"] = model_name
         return weights
     raise UserError(

@@ -9,9 +9,11 @@ from them and recomputes only what no valid chunk holds.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,9 +24,13 @@ from virnucpro.data.packing import check_budget, pack_batches
 from virnucpro.errors import UserError
 from virnucpro.models.packed_esm2 import PackedESM2
 from virnucpro.models.weights import Weights, resolve_weights
+from virnucpro.pipeline.launcher import launch_ranks
 from virnucpro.pipeline import output
+from virnucpro.pipeline.preemption import Preempted, StopFlag
+from virnucpro.pipeline.progress_reporter import InferenceProgressReporter, create_progress_callback
 from virnucpro.utils.hardware import capture_hardware_info, package_versions
-from virnucpro.utils.telemetry import TelemetryLogger, queue_state
+from virnucpro.utils.gpu_monitor import NvitopMonitor
+from virnucpro.utils.telemetry import TelemetryLogger, aggregate_telemetry_shards, queue_state, summarize
 
 logger = logging.getLogger("virnucpro.pipeline.runner")
 
@@ -50,6 +56,9 @@ class EmbedConfig:
     compile: str = "auto"  # torch.compile the dense layer kernels: auto = on CUDA only
     repr_layer: int = -1
     target_sequences: int = 6_000_000
+    world_size: int | None = None  # None: every visible CUDA device, 1 on CPU
+    progress_interval: float = 10.0  # seconds between progress lines in a non-interactive log
+    monitor_interval: float = 1.0  # seconds between GPU samples
     extra_metadata: dict = field(default_factory=dict)
 
     def resolved_device(self) -> torch.device:
@@ -72,6 +81,20 @@ class EmbedConfig:
         if self.compile not in ("auto", "on", "off"):
             raise UserError(f"--compile must be auto, on or off, not {self.compile!r}")
         return device.type == "cuda" if self.compile == "auto" else self.compile == "on"
+
+    def resolved_world_size(self, device: torch.device) -> int:
+        if self.world_size is None:
+            return torch.cuda.device_count() if device.type == "cuda" and device.index is None else 1
+        if self.world_size < 1:
+            raise UserError(f"--world-size must be at least 1, not {self.world_size}")
+        if device.type == "cuda" and self.world_size > 1:
+            if device.index is not None:
+                raise UserError(f"--device {device} names one GPU; --world-size {self.world_size} needs --device cuda")
+            visible = torch.cuda.device_count()
+            if self.world_size > visible:
+                raise UserError(f"--world-size {self.world_size} but only {visible} CUDA device(s) are visible "
+                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+        return self.world_size
 
     def validate(self) -> None:
         for name in ("token_budget", "buffer_size", "checkpoint_every"):
@@ -130,19 +153,24 @@ def warm_up(model: PackedESM2, device: torch.device, layer: int, pad_to: int | N
     return time.perf_counter() - t0
 
 
-def embed_indices(cfg: EmbedConfig, records: Records, todo: np.ndarray, model: PackedESM2, device: torch.device,
-                  layer: int, telemetry: TelemetryLogger, rank: int = 0, pad_to: int | None = None) -> None:
-    """Embed records[todo] on `device`, flushing chunks and recording per-batch telemetry."""
-    lengths = records.lengths()
-    sub_lengths = [lengths[i] for i in todo]
-    batches = [[int(todo[j]) for j in b] for b in pack_batches(sub_lengths, cfg.token_budget, cfg.buffer_size)]
-    dataset = PackedBatchDataset(records.seqs, batches, pad_to=pad_to)
+def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarray, model: PackedESM2,
+                  device: torch.device, layer: int, telemetry: TelemetryLogger, rank: int = 0,
+                  pad_to: int | None = None, stop: StopFlag | None = None,
+                  on_batch: Callable[[dict], None] | None = None, monitor: NvitopMonitor | None = None) -> None:
+    """Embed `seqs` (input positions `global_indices`) on `device`, flushing chunks and recording telemetry.
+
+    Between batches the loop checks `stop`: when set, it finishes the batch in flight, flushes every finished
+    row to a checkpoint chunk and raises `Preempted`.
+    """
+    batches = pack_batches([len(s) for s in seqs], cfg.token_budget, cfg.buffer_size)
+    dataset = PackedBatchDataset(seqs, batches, pad_to=pad_to)
     loader = make_loader(dataset, cfg.num_workers, cfg.prefetch_factor, pin_memory=device.type == "cuda")
     writer = output.AsyncChunkWriter(cfg.outdir / output.PARTIAL_DIR, rank)
     results = ResultBuffer(writer, cfg.checkpoint_every)
     cuda = device.type == "cuda"
     last_done = time.perf_counter()
     pending = None
+    stopped = False
 
     def finish(p) -> None:
         nonlocal last_done
@@ -158,25 +186,37 @@ def embed_indices(cfg: EmbedConfig, records: Records, todo: np.ndarray, model: P
             "tokens_per_sec": batch.num_tokens / dt,
             "sequences_per_sec": batch.num_sequences / dt,
             "batch_seconds": dt,
-            "gpu_util": None,
+            "gpu_util": monitor.gpu_util() if monitor is not None else None,
             "packing_efficiency": batch.num_tokens / cfg.token_budget,
             "wait_time_ms": wait_ms,
             "queue_state": queue_state(wait_ms),
         }
-        depth = results.add(batch.indices.numpy(), rows.numpy())
+        depth = results.add(global_indices[batch.indices.numpy()], rows.numpy())
         if depth is not None:
             metrics["checkpoint_queue_depth"] = depth
         written = writer.completed_write_ms()
         if written:
             metrics["checkpoint_write_ms"] = sum(written)
         telemetry.record_batch(k, metrics)
+        if on_batch is not None:
+            on_batch({**metrics, "rank": rank})
 
+    it = None
     try:
         it = iter(loader)
         with torch.inference_mode():
             for k in range(len(batches)):
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
                 t0 = time.perf_counter()
-                batch = next(it)
+                try:
+                    batch = next(it)
+                except Exception:
+                    if stop is not None and stop.is_set():  # the signal also reached the loader's workers
+                        stopped = True
+                        break
+                    raise
                 wait_ms = (time.perf_counter() - t0) * 1000
                 pooled = model.embed(batch.to(device), layer)
                 event = None
@@ -195,10 +235,15 @@ def embed_indices(cfg: EmbedConfig, records: Records, todo: np.ndarray, model: P
         results.flush()
     finally:
         writer.close()  # even on an error: what was computed and queued reaches the disk
+        it = None  # shut the loader's workers down now: they ignore SIGTERM, so exit-time cleanup would wait
+        del loader
     written = writer.completed_write_ms()
     if written and telemetry.batch_metrics:  # writes that ended after the last batch still count
         last = telemetry.batch_metrics[-1]
         last["checkpoint_write_ms"] = last.get("checkpoint_write_ms", 0.0) + sum(written)
+    if stopped:
+        raise Preempted(f"stopped by {stop.signal_name} after {len(telemetry.batch_metrics)} of {len(batches)} "
+                        f"batches; finished rows are checkpointed")
 
 
 def build_model(weights: Weights, device: torch.device, precision: str) -> PackedESM2:
@@ -207,21 +252,116 @@ def build_model(weights: Weights, device: torch.device, precision: str) -> Packe
                                       PRECISIONS[precision])
 
 
-def run_embed(cfg: EmbedConfig) -> dict:
-    """Run one single-process embedding job end to end; returns the telemetry summary."""
+@dataclass
+class RankJob:
+    """Everything one rank needs, decided once by the parent (picklable: it crosses a spawn)."""
+
+    cfg: EmbedConfig
+    rank: int
+    world_size: int
+    device: str
+    precision: str
+    layer: int
+    compiled: bool
+    weights_sha256: str | None
+    global_indices: np.ndarray
+    seqs: list[bytes]
+    run_meta: dict
+    started_at: float  # time.time() when the parent launched the rank: its startup cost is measured from here
+
+
+def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | None = None,
+             weights: Weights | None = None) -> dict:
+    """Load the model on this rank's device, embed its shard, write `telemetry_rank{r}.json`; returns its summary."""
+    cfg, device = job.cfg, torch.device(job.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    t_load = time.perf_counter()
+    startup_seconds = time.time() - job.started_at
+    if weights is None:
+        weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device,
+                                  known_sha256=job.weights_sha256)
+    model = build_model(weights, device, job.precision)
+    weights.state_dict = {}
+    pad_to = cfg.token_budget if job.compiled else None
+    if job.compiled:
+        model.compile_kernels()
+    load_seconds = time.perf_counter() - t_load
+    warmup_seconds = warm_up(model, device, job.layer, pad_to)
+    if device.type == "cuda":  # from here on, the peak is what the token budget costs, not weight loading
+        load_peak_gb = torch.cuda.max_memory_allocated(device) / 1024**3
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        load_peak_gb = None
+
+    telemetry = TelemetryLogger(cfg.outdir / "telemetry", run_id=f"rank{job.rank}",
+                                target_sequences=cfg.target_sequences)
+    monitor = NvitopMonitor([device.index] if device.type == "cuda" else [], interval=cfg.monitor_interval)
+    telemetry.set_run_metadata(
+        **job.run_meta, rank=job.rank, world_size=job.world_size, device=str(device),
+        shard_sequences=len(job.seqs), shard_tokens=int(sum(len(x) + 2 for x in job.seqs)),
+        startup_seconds=startup_seconds, model_load_seconds=load_seconds, warmup_seconds=warmup_seconds,
+        load_peak_memory_gb=load_peak_gb, compiled=job.compiled, gpu_monitor=monitor.identity(),
+        hardware=capture_hardware_info(),
+    )
+    preempted: Preempted | None = None
+    t_start = time.perf_counter()
+    with monitor.start():
+        try:
+            embed_indices(cfg, job.seqs, job.global_indices, model, device, job.layer, telemetry, job.rank,
+                          pad_to, stop, on_batch, monitor)
+        except Preempted as exc:
+            preempted = exc
+    elapsed = time.perf_counter() - t_start
+    summary = telemetry.get_summary(elapsed)
+    summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
+    summary["gpu_monitor"] = monitor.get_statistics() if monitor.available else None
+    telemetry.set_run_metadata(preempted=preempted is not None, gpu_samples=monitor.samples)
+    telemetry.finalize(summary=summary)
+    if preempted is not None:
+        raise preempted
+    return summary
+
+
+def shard_by_tokens(indices: np.ndarray, lengths: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """Split `indices` into `world_size` shards of (nearly) equal token count.
+
+    Deal the sequences round-robin in decreasing length: within each round rank r gets no less than rank r+1,
+    and no more than rank r+1 got the round before, so any two shards differ by at most the longest
+    sequence's tokens (<= 1024, less than one batch) and by at most one sequence in count. Vectorised:
+    6M sequences take well under a second.
+    """
+    tokens = lengths[indices].astype(np.int64) + 2
+    order = np.argsort(-tokens, kind="stable")
+    return [np.sort(indices[order[r::world_size]]) for r in range(world_size)]
+
+
+def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = None) -> dict:
+    """Run one embedding job (one process per device) end to end; returns the merged telemetry summary.
+
+    Raises `Preempted` after a SIGTERM (chunks flushed), `UserError` for bad input, `RankFailed` when a rank
+    dies. Rerunning the same command resumes. `stop` is the caller's installed signal flag (none: no handler).
+    """
+    stop = stop if stop is not None else StopFlag()
     cfg.validate()
     device = cfg.resolved_device()
+    world_size = cfg.resolved_world_size(device)
     precision = cfg.resolved_precision(device)
     records = read_fasta(cfg.fasta, cfg.long_sequences)
     if records.truncated:
         logger.warning("%d sequence(s) longer than %d residues were truncated to %d (--long-sequences truncate)",
                        records.truncated, MAX_RESIDUES, MAX_RESIDUES)
-    check_budget(records.lengths(), cfg.token_budget)  # before any output exists
-    t_load = time.perf_counter()
-    weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device)
+    lengths = records.lengths()
+    check_budget(lengths, cfg.token_budget)  # before any output exists
+    in_process = world_size == 1
+    # one rank in this process: load the weights once, here; several: the ranks load them on their devices
+    weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed,
+                              device if in_process else "cpu", materialize=in_process)
     layer = resolve_layer(cfg.repr_layer, weights.spec.num_layers)
     if weights.provenance["weights"] == "random":
         logger.warning("RANDOM WEIGHTS (seed %d): throughput is real, the embeddings are not", cfg.seed)
+    if stop.is_set():
+        raise Preempted(f"stopped by {stop.signal_name} while loading")
 
     outdir = cfg.outdir
     final_path = outdir / "embeddings.h5"
@@ -234,47 +374,65 @@ def run_embed(cfg: EmbedConfig) -> dict:
     output.check_manifest(partial, fp)
     state = output.scan_partial(partial, len(records))
     todo = np.flatnonzero(~state.done)
-    if state.done.any():
-        logger.info("resuming: %d of %d sequences already checkpointed", int(state.done.sum()), len(records))
+    resumed = int(state.done.sum())
+    if resumed:
+        logger.warning("resuming: %d of %d sequences already checkpointed, %d to go", resumed, len(records),
+                       len(todo))
+    telemetry_dir = outdir / "telemetry"
+    telemetry_dir.mkdir(exist_ok=True)
+    for stale in telemetry_dir.glob("telemetry_rank*.json"):  # from an earlier attempt, maybe more ranks
+        stale.unlink()
 
-    model = build_model(weights, device, precision)
-    del weights.state_dict
     compiled = cfg.resolved_compile(device)
-    pad_to = cfg.token_budget if compiled else None
-    if compiled:
-        model.compile_kernels()
-    load_seconds = time.perf_counter() - t_load
-    warmup_seconds = warm_up(model, device, layer, pad_to)
-    if device.type == "cuda":  # from here on, the peak is what the token budget costs, not weight loading
-        load_peak_gb = torch.cuda.max_memory_allocated(device) / 1024**3
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        load_peak_gb = None
-
-    telemetry = TelemetryLogger(outdir / "telemetry", run_id="rank0", target_sequences=cfg.target_sequences)
     run_meta = {
         "model": weights.provenance.get("model"), "weights": weights.provenance, "precision": precision,
-        "repr_layer": layer, "device": str(device), "world_size": 1, "rank": 0,
-        "fasta": str(cfg.fasta), "input_sha256": records.sha256, "num_input_sequences": len(records),
-        "resumed_sequences": int(state.done.sum()), "truncated_sequences": records.truncated,
+        "repr_layer": layer, "fasta": str(cfg.fasta), "input_sha256": records.sha256,
+        "num_input_sequences": len(records), "resumed_sequences": resumed, "truncated_sequences": records.truncated,
         "engine": {k: v for k, v in asdict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")},
-        "model_load_seconds": load_seconds, "warmup_seconds": warmup_seconds, "load_peak_memory_gb": load_peak_gb, "compiled": compiled, "hardware": capture_hardware_info(), "versions": package_versions(),
-        **cfg.extra_metadata,
+        "versions": package_versions(), **cfg.extra_metadata,
     }
-    telemetry.set_run_metadata(**run_meta)
-    t_start = time.perf_counter()
-    embed_indices(cfg, records, todo, model, device, layer, telemetry, pad_to=pad_to)
-    elapsed = time.perf_counter() - t_start
-    summary = telemetry.get_summary(elapsed)
-    summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
-    telemetry.finalize(summary=summary)
+    t_job = time.perf_counter()
+    summaries: list[dict] = []
+    if len(todo):
+        shards = shard_by_tokens(todo, np.asarray(lengths, dtype=np.int64), world_size)
+        now = time.time()
+        jobs = [RankJob(cfg, r, world_size, str(rank_device(device, r, world_size)), precision, layer, compiled,
+                        weights.provenance.get("sha256"), shard, [records.seqs[i] for i in shard], run_meta, now)
+                for r, shard in enumerate(shards)]
+        del records.seqs[:]  # the ranks hold their own copies now; keep the ids only
+        if stop.is_set():
+            raise Preempted(f"stopped by {stop.signal_name} before embedding began")
+        with InferenceProgressReporter(
+                len(todo), description=f"embedding x{world_size}", stream=progress_stream,
+                interval=cfg.progress_interval) as reporter:
+            callback = create_progress_callback(reporter)
+            on_batch = lambda m: callback(0, m["num_sequences"], m)  # noqa: E731
+            if in_process:
+                summaries = [run_rank(jobs[0], stop, on_batch, weights)]
+            else:
+                summaries = launch_ranks(jobs, stop, on_batch)
+    rank_files = sorted(telemetry_dir.glob("telemetry_rank*.json"))
+    summary = (aggregate_telemetry_shards(rank_files)["global_summary"] if rank_files
+               else {**summarize([], 0.0, cfg.target_sequences), "note": "everything was already checkpointed"})
+    summary["world_size"] = world_size
+    summary["per_rank"] = summaries
 
     attrs = {
         "model": weights.provenance.get("model"), "weights": weights.provenance["weights"],
         "weights_provenance": weights.provenance, "precision": precision, "repr_layer": layer,
         "truncated_count": records.truncated, "input_sha256": records.sha256, "input_path": str(cfg.fasta),
-        "num_sequences": len(records), "versions": package_versions(), "fingerprint": fp,
+        "num_sequences": len(records), "versions": package_versions(), "fingerprint": fp, "world_size": world_size,
     }
-    output.assemble(partial, final_path, records.ids, model.spec.embed_dim, attrs)
+    output.assemble(partial, final_path, records.ids, weights.spec.embed_dim, attrs)
     output.discard_partial(partial)
+    summary["job_wall_seconds"] = time.perf_counter() - t_job
     return summary
+
+
+def rank_device(device: torch.device, rank: int, world_size: int) -> torch.device:
+    """Rank r uses CUDA ordinal r (as `CUDA_VISIBLE_DEVICES` numbers them); CPU ranks share the CPU."""
+    if device.type != "cuda":
+        return device
+    if world_size > 1:
+        return torch.device("cuda", rank)
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
