@@ -15,13 +15,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# The embedded default: a small synthetic FASTA embedded on CPU with a random-weight tiny ESM-2.
+# The embedded default: the whole workflow locally on CPU with a random-weight tiny ESM-2 -> results/report.html
 run: $(STAMP)
-	$(BIN)/virnucpro make-fasta -o results/synthetic.fasta --num-sequences 500 --seed 1 --profile short-reads
-	$(BIN)/virnucpro embed results/synthetic.fasta -o results/embed_demo --model esm2_t6_8M_UR50D --random-weights --device cpu
+	$(BIN)/snakemake
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) results/synthetic.fasta results/embed_demo
+	rm -rf $(VENV) .snakemake && find results -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -24,10 +24,14 @@ def _add_make_fasta(sub) -> None:
 
 
 def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="embed a protein FASTA with ESM-2 (packed, padding-free)")
+    _embed_arguments(p)
+
+
+def _embed_arguments(p) -> None:
     from virnucpro.pipeline.runner import EmbedConfig
 
     d = EmbedConfig(fasta=Path("-"), outdir=Path("-"))
-    p = sub.add_parser("embed", help="embed a protein FASTA with ESM-2 (packed, padding-free)")
     p.add_argument("fasta", type=Path)
     p.add_argument("-o", "--outdir", required=True, type=Path)
     p.add_argument("--model", default=d.model,
@@ -102,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_fasta(sub)
     _add_embed(sub)
     _add_bench(sub)
+    _add_run_point(sub)
+    _add_sample(sub)
+    _add_best_config(sub)
+    _add_report(sub)
+    _add_merge(sub)
+    _add_scaling(sub)
     return parser
 
 
@@ -116,13 +126,10 @@ def cmd_make_fasta(args) -> int:
     return EXIT_OK
 
 
-def cmd_embed(args) -> int:
-    from virnucpro.pipeline.launcher import RankFailed
-    from virnucpro.pipeline.output import write_json_atomic
-    from virnucpro.pipeline.preemption import Preempted, StopFlag
-    from virnucpro.pipeline.runner import EmbedConfig, run_embed
+def _embed_config(args):
+    from virnucpro.pipeline.runner import EmbedConfig
 
-    cfg = EmbedConfig(
+    return EmbedConfig(
         fasta=args.fasta, outdir=args.outdir, model=args.model, checkpoint=args.checkpoint,
         random_weights=args.random_weights, seed=args.seed, precision=args.precision, device=args.device,
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
@@ -130,14 +137,28 @@ def cmd_embed(args) -> int:
         long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile,
         target_sequences=args.target_sequences, world_size=args.world_size, progress_interval=args.progress_interval,
     )
-    status_path = args.outdir / "status.json"
+
+
+def cmd_embed(args) -> int:
+    return execute_embed(_embed_config(args))
+
+
+def execute_embed(cfg) -> int:
+    """Run an embedding job; write `status.json` for every ending; return the exit code (UserError raised)."""
+    from virnucpro.pipeline.launcher import RankFailed
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.pipeline.preemption import Preempted, StopFlag
+    from virnucpro.pipeline.runner import run_embed
+
+    outdir = cfg.outdir
+    status_path = outdir / "status.json"
     try:
         with StopFlag() as stop:  # from the start: a SIGTERM during loading also ends with exit 75
             summary = run_embed(cfg, stop=stop)
     except UserError:
         raise
     except Preempted as exc:
-        if args.outdir.is_dir():
+        if outdir.is_dir():
             write_json_atomic(status_path, {"status": "failed", "reason": "preempted", "resumable": True,
                                             "detail": str(exc), "config": _config_dict(cfg)})
         print(f"virnucpro: {exc}; rerun the same command to resume", file=sys.stderr)
@@ -154,22 +175,211 @@ def cmd_embed(args) -> int:
             peak = getattr(exc, "peak_memory_gb", None)
             if peak is None and torch.cuda.is_available():
                 peak = torch.cuda.max_memory_allocated() / 1024**3
-            args.outdir.mkdir(parents=True, exist_ok=True)
+            outdir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(status_path, {"status": "failed", "reason": "OOM", "config": _config_dict(cfg),
                                             "peak_memory_gb": peak, "error": str(exc).splitlines()[0]})
             print(f"virnucpro: out of memory ({exc.__class__.__name__}); see {status_path}", file=sys.stderr)
             return EXIT_OOM
-        if args.outdir.is_dir():
+        if outdir.is_dir():
             write_json_atomic(status_path, {"status": "failed", "reason": f"{exc.__class__.__name__}: {exc}",
                                             "config": _config_dict(cfg)})
         raise
     if summary.get("already_complete"):
-        print(f"{args.outdir / 'embeddings.h5'} is already complete for this input and model: nothing to do")
+        print(f"{outdir / 'embeddings.h5'} is already complete for this input and model: nothing to do")
         return EXIT_OK
     write_json_atomic(status_path, {"status": "ok", "reason": None, "config": _config_dict(cfg),
                                     "summary": summary})
     print(f"embedded {summary['total_sequences']} sequences in {summary['elapsed_seconds']:.2f} s "
-          f"({summary['avg_tokens_per_sec'] or 0:,.0f} tokens/s) -> {args.outdir / 'embeddings.h5'}")
+          f"({summary['avg_tokens_per_sec'] or 0:,.0f} tokens/s) -> {outdir / 'embeddings.h5'}")
+    return EXIT_OK
+
+
+def _add_run_point(sub) -> None:
+    p = sub.add_parser("run-point", help="a workflow job: embed, then write one result JSON (failures recorded)")
+    _embed_arguments(p)
+    p.add_argument("--result", required=True, type=Path, help="result JSON to write")
+    p.add_argument("--label", required=True)
+    p.add_argument("--group", required=True, help="production, baseline, dataloader, packing, interaction, ...")
+    p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
+    p.add_argument("--warmup-seconds", type=float, default=60.0)
+    p.add_argument("--warmup-batches", type=int, default=20)
+    p.add_argument("--strict", action="store_true",
+                   help="a failure is the job's failure (production runs); without it, it is recorded and exit 0")
+    p.add_argument("--discard-embeddings", action="store_true", help="delete embeddings.h5 once measured")
+
+
+def cmd_run_point(args) -> int:
+    import json
+    import traceback
+
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.report.results import KNOBS, collect_result
+
+    cfg = _embed_config(args)
+    if args.params_from:
+        best = json.loads(args.params_from.read_text()).get("params") or {}
+        for knob in KNOBS:
+            if knob in best and knob != "world_size":
+                setattr(cfg, knob, best[knob])
+    reason = None
+    try:
+        code = execute_embed(cfg)
+    except UserError as exc:
+        if args.strict:
+            raise
+        code, reason = exc.exit_code, str(exc)
+        print(f"virnucpro: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # recorded as this point's failure; the traceback stays in the job's log
+        if args.strict:
+            raise
+        traceback.print_exc()
+        code, reason = EXIT_FAILURE, f"{exc.__class__.__name__}: {exc}"
+    if code == EXIT_PREEMPTED or (code != EXIT_OK and args.strict):
+        return code  # no result: the scheduler retries (or the workflow stops) and a rerun resumes
+    params = {k: getattr(cfg, k) for k in KNOBS}
+    result = collect_result(cfg.outdir, args.label, args.group, params, code, reason, args.warmup_seconds,
+                            args.warmup_batches, cfg.target_sequences)
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.result, result)
+    if args.discard_embeddings:
+        (cfg.outdir / "embeddings.h5").unlink(missing_ok=True)
+    print(f"{args.label}: {result['status']}" + (f" ({result['reason']})" if result["reason"] else ""))
+    return EXIT_OK
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="a seeded random subset of a FASTA (input order kept), or just describe it")
+    p.add_argument("fasta", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="subset FASTA to write (omit to only describe the input)")
+    p.add_argument("-n", "--num-sequences", type=int, help="subset size (at most the input's count)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--info", type=Path, required=True, help="JSON describing the written (or given) FASTA")
+    p.add_argument("--source", default="synthetic", help="synthetic or production (recorded in --info)")
+    p.add_argument("--profile", help="synthetic profile (recorded in --info)")
+    p.add_argument("--profile-seed", type=int, help="synthetic seed (recorded in --info)")
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from virnucpro.data.fasta import read_fasta, write_fasta
+    from virnucpro.pipeline.output import write_json_atomic
+
+    records = read_fasta(args.fasta)
+    path = args.fasta
+    ids, seqs = records.ids, records.seqs
+    if args.output is not None:
+        if args.num_sequences is None or args.num_sequences < 1:
+            raise UserError("sample: --num-sequences must be a positive count")
+        k = min(args.num_sequences, len(ids))
+        chosen = np.sort(np.random.default_rng(args.seed).choice(len(ids), size=k, replace=False))
+        ids, seqs = [ids[i] for i in chosen], [seqs[i] for i in chosen]
+        write_fasta(args.output, ids, [s.decode() for s in seqs])
+        path = args.output
+        records = read_fasta(path)
+    lengths = records.lengths()
+    info = {"path": str(Path(path).resolve()), "sha256": records.sha256, "num_sequences": len(records),
+            "mean_length": sum(lengths) / len(lengths), "source": args.source, "profile": args.profile,
+            "seed": args.profile_seed, "parent": str(Path(args.fasta).resolve()) if args.output else None,
+            "example_ids": records.ids[:3], "truncated": records.truncated}
+    args.info.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.info, info)
+    print(f"{path}: {len(records):,} sequences ({args.source}), sha256 {records.sha256[:12]}…")
+    return EXIT_OK
+
+
+def _add_best_config(sub) -> None:
+    p = sub.add_parser("best-config", help="pick the fastest sweep point with enough packing efficiency")
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--min-packing", type=float, default=0.90)
+
+
+def cmd_best_config(args) -> int:
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.report.results import best_point, load_results, speedup
+
+    results = load_results(args.results)
+    best = best_point(results, args.min_packing)
+    baseline = next((r for r in results if r["group"] == "baseline"), None)
+    if best is None:
+        fallback = baseline or results[0]
+        out = {"label": None, "params": fallback["params"], "steady": None, "speedup_over_baseline": None,
+               "note": f"no point finished with packing >= {args.min_packing}: using {fallback['label']}'s settings"}
+    else:
+        out = {"label": best["label"], "params": best["params"], "steady": best["steady"],
+               "speedup_over_baseline": speedup(best, baseline), "note": None}
+    out["candidates"] = len(results)
+    write_json_atomic(args.output, out)
+    print(f"best configuration: {out['label'] or out['note']}")
+    return EXIT_OK
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="merge telemetry, compute verdicts, render report.html/.txt and summary.json")
+    p.add_argument("results", nargs="+", type=Path, help="result JSONs of every job (run-point)")
+    p.add_argument("--input-info", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="the workflow's configuration as JSON")
+    p.add_argument("--best", type=Path)
+    p.add_argument("--merged", nargs="*", type=Path, default=[], help="merged telemetry JSONs (for report.txt)")
+    p.add_argument("--html", type=Path, required=True)
+    p.add_argument("--text", type=Path)
+    p.add_argument("--summary", type=Path)
+    p.add_argument("--workflow-dir", type=Path, help="where to read the git commit from")
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from virnucpro.report.render import write_report
+    from virnucpro.report.results import load_results
+
+    best = json.loads(args.best.read_text()) if args.best else None
+    ctx = write_report(load_results(args.results), json.loads(args.input_info.read_text()),
+                       json.loads(args.config.read_text()), best, args.html, args.text, args.summary, args.merged,
+                       args.workflow_dir)
+    c = ctx["verdict_counts"]
+    print(f"report: {args.html} ({c['PASS']} PASS, {c['FAIL']} FAIL, {c['N/A']} N/A)")
+    return EXIT_OK
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge-telemetry", help="merge per-rank telemetry into one JSON (elapsed = slowest rank)")
+    p.add_argument("shards", nargs="+", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+
+
+def cmd_merge(args) -> int:
+    import json
+
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.utils.telemetry import aggregate_telemetry_shards
+
+    merged = aggregate_telemetry_shards(args.shards)
+    first = json.loads(args.shards[0].read_text())["run_metadata"]
+    write_json_atomic(args.output, {"run_metadata": {**first, "shards": [str(p) for p in args.shards]},
+                                    "summary": merged["global_summary"],
+                                    "per_shard_summary": merged["per_shard_summary"],
+                                    "per_batch_metrics": merged["per_batch_metrics"]})
+    return EXIT_OK
+
+
+def _add_scaling(sub) -> None:
+    p = sub.add_parser("scaling", help="speedup and efficiency of each production run over the 1-rank run")
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--min-efficiency", type=float, default=95.0)
+
+
+def cmd_scaling(args) -> int:
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.report.render import scaling_table
+    from virnucpro.report.results import load_results
+
+    rows = scaling_table(load_results(args.results), args.min_efficiency)
+    write_json_atomic(args.output, {"rows": rows, "note": None if rows else "no finished 1-rank run"})
+    for r in rows:
+        print(f"{r['world_size']} rank(s): {r['speedup']:.2f}x, {r['efficiency']:.1f} % efficiency")
     return EXIT_OK
 
 
@@ -188,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed, "bench": cmd_bench}
+    handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed, "bench": cmd_bench, "run-point": cmd_run_point,
+                "sample": cmd_sample, "best-config": cmd_best_config, "report": cmd_report,
+                "merge-telemetry": cmd_merge, "scaling": cmd_scaling}
     try:
         return handlers[args.command](args)
     except UserError as exc:

@@ -219,17 +219,16 @@ def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarra
                     raise
                 wait_ms = (time.perf_counter() - t0) * 1000
                 pooled = model.embed(batch.to(device), layer)
-                event = None
                 if cuda:
                     rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
                     rows.copy_(pooled, non_blocking=True)
                     event = torch.cuda.Event()
                     event.record()
-                else:
-                    rows = pooled
-                if pending is not None:
-                    finish(pending)
-                pending = (k, batch, rows, event, wait_ms)
+                    if pending is not None:
+                        finish(pending)
+                    pending = (k, batch, rows, event, wait_ms)
+                else:  # synchronous device: the batch is done, time it now (a lag would shift every time by one)
+                    finish((k, batch, pooled, None, wait_ms))
             if pending is not None:
                 finish(pending)
         results.flush()
@@ -416,6 +415,8 @@ def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = No
                else {**summarize([], 0.0, cfg.target_sequences), "note": "everything was already checkpointed"})
     summary["world_size"] = world_size
     summary["per_rank"] = summaries
+    peaks = [r["peak_memory_gb"] for r in summaries if r.get("peak_memory_gb") is not None]
+    summary["peak_memory_gb"] = max(peaks) if peaks else None
 
     attrs = {
         "model": weights.provenance.get("model"), "weights": weights.provenance["weights"],

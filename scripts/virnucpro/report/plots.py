@@ -1,0 +1,90 @@
+"""Plots for the report as inline SVG strings (matplotlib, no files, no CDN: readable offline)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "figure.dpi": 96})
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG is embedded in HTML
+
+
+def throughput_over_time(run: dict, warmup_seconds: float, warmup_batches: int) -> str | None:
+    """Tokens/s of each batch against time since the rank's first batch, one line per rank, warm-up shaded."""
+    ranks = [r for r in run.get("ranks", []) if r.get("series")]
+    if not ranks:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    shade_end = 0.0
+    for rank in ranks:
+        series = rank["series"]
+        start = series[0]["t"] - (series[0].get("batch_seconds") or 0.0)
+        xs = [b["t"] - start for b in series]
+        ys = [(b["tokens_per_sec"] or 0) / 1000 for b in series]
+        ax.plot(xs, ys, lw=1, label=f"rank {rank['rank']} ({rank.get('device')})")
+        steady = rank.get("steady") or {}
+        if steady.get("warmup_excluded"):
+            k = steady["excluded_batches"]
+            shade_end = max(shade_end, xs[k - 1])
+    if shade_end:
+        ax.axvspan(0, shade_end, color="0.85", label=f"warm-up excluded ({warmup_seconds:g} s / {warmup_batches} batches)")
+    ax.set_xlabel("seconds since the first batch")
+    ax.set_ylabel("k tokens/s per batch")
+    ax.set_title(run["label"])
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def scaling(points: list[tuple[int, float]]) -> str | None:
+    """Measured speedup against ranks, with the ideal line."""
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ns = [n for n, _ in points]
+    ax.plot(ns, ns, "--", color="0.5", label="ideal")
+    ax.plot(ns, [s for _, s in points], "o-", label="measured")
+    ax.set_xlabel("ranks (GPUs)")
+    ax.set_ylabel("speedup over 1 rank")
+    ax.set_xticks(ns)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def heatmap(rows: list, cols: list, cells: dict, row_label: str, col_label: str, title: str, fmt: str) -> str | None:
+    """`cells[(row, col)]` is a number, or a string such as 'OOM' / 'FAILED' for a point that did not finish."""
+    if not rows or not cols:
+        return None
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 0.9 + 0.55 * len(rows)))
+    values = [[cells.get((r, c)) for c in cols] for r in rows]
+    numbers = [v for row in values for v in row if isinstance(v, (int, float))]
+    lo, hi = (min(numbers), max(numbers)) if numbers else (0.0, 1.0)
+    grid = [[v if isinstance(v, (int, float)) else math.nan for v in row] for row in values]
+    im = ax.imshow(grid, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect="auto")
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if isinstance(v, (int, float)):
+                ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v < (lo + hi) / 2 else "black")
+            else:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="crimson"))
+                ax.text(j, i, v or "missing", ha="center", va="center", color="crimson", fontweight="bold")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _svg(fig)

@@ -1,0 +1,118 @@
+"""One JSON per workflow job (a production run or a sweep point), and the choices made from them.
+
+A result holds what the job was asked (`params`), how it ended (`status`, `reason`, `exit_code`), the merged
+telemetry summary, the steady-state figures of each rank (warm-up excluded, seed plan 10-02) and their sum
+for the job, and where its raw telemetry lies. Everything downstream (best configuration, verdicts, the
+report) reads these files only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, steady_state
+
+#: The engine settings a sweep varies and the report shows.
+KNOBS = ("num_workers", "prefetch_factor", "token_budget", "buffer_size", "checkpoint_every", "world_size")
+
+
+def rank_steady(telemetry: dict, warmup_seconds: float, warmup_batches: int) -> dict:
+    s = telemetry["summary"]
+    return steady_state(telemetry["per_batch_metrics"], warmup_seconds, warmup_batches,
+                          target_sequences=s.get("projection_target_sequences", 6_000_000),
+                          target_tokens_per_sequence=s.get("projection_tokens_per_sequence",
+                                                           DEFAULT_TARGET_TOKENS_PER_SEQUENCE))
+
+
+def job_steady(ranks: list[dict], target_sequences: int,
+               tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE) -> dict | None:
+    """The job's steady-state rate: ranks run at once, so their rates add up; elapsed is the slowest rank's."""
+    steadies = [r["steady"] for r in ranks if r.get("steady") and r["steady"].get("avg_tokens_per_sec")]
+    if not steadies:
+        return None
+    tps = sum(s["avg_tokens_per_sec"] for s in steadies)
+    sps = sum(s["avg_sequences_per_sec"] for s in steadies)
+    p95 = [s["p95_wait_time_ms"] for s in steadies if s.get("p95_wait_time_ms") is not None]
+    gpu = [s["avg_gpu_util"] for s in steadies if s.get("avg_gpu_util") is not None]
+    pack = [s["avg_packing_efficiency"] for s in steadies if s.get("avg_packing_efficiency") is not None]
+    return {
+        "avg_tokens_per_sec": tps,
+        "avg_sequences_per_sec": sps,
+        "projected_hours": target_sequences / sps / 3600,
+        "projected_hours_tokens": target_sequences * tokens_per_sequence / tps / 3600,
+        "p95_wait_time_ms": max(p95) if p95 else None,
+        "min_gpu_util": min(gpu) if gpu else None,
+        "min_packing_efficiency": min(pack) if pack else None,
+        "warmup_excluded": all(s.get("warmup_excluded") for s in steadies),
+        "excluded_batches": sum(s.get("excluded_batches", 0) for s in steadies),
+        "steady_batches": sum(s.get("total_batches", 0) for s in steadies),
+    }
+
+
+def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code: int, reason: str | None,
+                   warmup_seconds: float, warmup_batches: int, target_sequences: int) -> dict[str, Any]:
+    """Build the result of the job whose `virnucpro embed` output is in `outdir`."""
+    status_path = outdir / "status.json"
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    ranks, hardware, weights = [], None, None
+    for path in sorted((outdir / "telemetry").glob("telemetry_rank*.json")) if exit_code == 0 else []:
+        tel = json.loads(path.read_text())
+        meta = tel["run_metadata"]
+        hardware, weights = hardware or meta.get("hardware"), weights or meta.get("weights")
+        ranks.append({
+            "rank": meta.get("rank"), "device": meta.get("device"), "telemetry": str(path),
+            "startup_seconds": meta.get("startup_seconds"), "model_load_seconds": meta.get("model_load_seconds"),
+            "warmup_seconds": meta.get("warmup_seconds"), "gpu_monitor": meta.get("gpu_monitor"),
+            "shard_sequences": meta.get("shard_sequences"), "shard_tokens": meta.get("shard_tokens"),
+            "summary": tel["summary"], "steady": rank_steady(tel, warmup_seconds, warmup_batches),
+            "series": [{"t": b["timestamp"], "tokens_per_sec": b.get("tokens_per_sec"),
+                        "batch_seconds": b.get("batch_seconds")} for b in tel["per_batch_metrics"]],
+        })
+    ok = exit_code == 0 and status.get("status") == "ok"
+    return {
+        "label": label, "group": group, "params": params,
+        "status": "ok" if ok else "failed",
+        "reason": None if ok else (reason or status.get("reason") or f"exit code {exit_code}"),
+        "exit_code": exit_code,
+        "summary": status.get("summary") if ok else None,
+        "steady": job_steady(ranks, target_sequences) if ok else None,
+        "ranks": ranks,
+        "peak_memory_gb": status.get("peak_memory_gb"),
+        "outdir": str(outdir),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "hostname": platform.node(),
+        "hardware": hardware,
+        "weights": weights,
+    }
+
+
+def load_results(paths: list[str | Path]) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def best_point(results: list[dict], min_packing: float) -> dict | None:
+    """Highest steady sequences/s among points that finished with packing >= `min_packing` (seed plan 10-04)."""
+    eligible = [r for r in results if r["status"] == "ok" and r.get("steady")
+                and (r["steady"].get("min_packing_efficiency") or 0) >= min_packing]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda r: r["steady"]["avg_sequences_per_sec"])
+
+
+def speedup(result: dict, baseline: dict | None) -> float | None:
+    if not baseline or baseline["status"] != "ok" or result["status"] != "ok":
+        return None
+    return result["steady"]["avg_sequences_per_sec"] / baseline["steady"]["avg_sequences_per_sec"]
+
+
+def checkpoint_overhead(on: dict | None, off: dict | None) -> float | None:
+    """Percent more time the run with frequent checkpoints took over the same run without (loop time)."""
+    if not on or not off or on["status"] != "ok" or off["status"] != "ok":
+        return None
+    t_on, t_off = on["summary"]["elapsed_seconds"], off["summary"]["elapsed_seconds"]
+    return (t_on - t_off) / t_off * 100 if t_off > 0 else None
+

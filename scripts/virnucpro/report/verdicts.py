@@ -1,0 +1,121 @@
+"""PASS / FAIL / N/A verdicts of the validation plan (10-02) from the workflow's job results.
+
+Every verdict carries the measured value, the threshold and, when N/A, why: a figure that was not measured
+is never shown as 0 and never passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from virnucpro.report.results import checkpoint_overhead
+from virnucpro.utils.telemetry import calculate_scaling_efficiency
+
+DEFAULT_THRESHOLDS = {
+    "target_sequences": 6_000_000,
+    "max_hours": 10.0,
+    "min_gpu_util": 70.0,
+    "min_speedup_2gpu": 1.9,
+    "min_scaling_efficiency": 95.0,
+    "min_packing": 0.90,
+    "max_p95_wait_ms": 100.0,
+    "max_checkpoint_overhead_pct": 15.0,
+}
+
+
+@dataclass
+class Verdict:
+    id: str
+    title: str
+    scope: str  # which run or GPU it is about
+    value: float | None
+    unit: str
+    threshold: str
+    status: str  # PASS, FAIL or N/A
+    reason: str | None = None  # why N/A, or a caveat
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check(value: float | None, ok: bool | None, na_reason: str) -> tuple[str, str | None]:
+    if value is None:
+        return "N/A", na_reason
+    return ("PASS" if ok else "FAIL"), None
+
+
+def _on_gpu(result: dict) -> bool:
+    return any(str(r.get("device", "")).startswith("cuda") for r in result.get("ranks", []))
+
+
+def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdict]:
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    out: list[Verdict] = []
+    ok = sorted((r for r in production if r["status"] == "ok"), key=lambda r: r["params"]["world_size"])
+    widest = ok[-1] if ok else None
+    target = int(th["target_sequences"])
+    for basis, key in (("sequence-based", "projected_hours"), ("token-based", "projected_hours_tokens")):
+        value = widest["steady"][key] if widest and widest.get("steady") else None
+        status, reason = _check(value, value is not None and value < th["max_hours"],
+                                "no production run finished")
+        scope = f"{widest['label']} ({widest['params']['world_size']} rank(s))" if widest else "-"
+        out.append(Verdict("PERF-01", f"projected time for {target:,} sequences ({basis})", scope, value, "h",
+                           f"< {th['max_hours']:g} h", status, reason))
+    for result in ok:
+        for rank in result["ranks"]:
+            util = (rank.get("steady") or {}).get("avg_gpu_util")
+            na = ("no GPU: the run was on CPU" if not str(rank.get("device", "")).startswith("cuda")
+                  else "NVML could not be read (no nvitop/driver access)")
+            status, reason = _check(util, util is not None and util >= th["min_gpu_util"], na)
+            out.append(Verdict("PERF-02", "GPU utilisation (steady state)", f"{result['label']} rank {rank['rank']} "
+                               f"({rank.get('device')})", util, "%", f">= {th['min_gpu_util']:g} %", status, reason))
+    base = next((r for r in ok if r["params"]["world_size"] == 1), None)
+    for result in ok:
+        n = result["params"]["world_size"]
+        if n == 1:
+            continue
+        value, reason, status = None, None, "N/A"
+        if base is None:
+            reason = "no 1-rank run to compare with"
+        else:
+            sc = calculate_scaling_efficiency(base["summary"]["elapsed_seconds"], result["summary"]["elapsed_seconds"],
+                                              n, th["min_scaling_efficiency"])
+            value = sc["speedup"]
+            min_speedup = th["min_speedup_2gpu"] * n / 2  # 1.9x for 2 GPUs, scaled for N
+            passed = sc["speedup"] >= min_speedup and sc["efficiency"] >= th["min_scaling_efficiency"]
+            if not _on_gpu(result):
+                status, reason = "N/A", (f"ranks were CPU processes sharing the host's cores: measured {value:.2f}x, "
+                                         f"{sc['efficiency']:.0f} % efficiency, not a GPU scaling figure")
+            else:
+                status = "PASS" if passed else "FAIL"
+                reason = f"{sc['efficiency']:.1f} % efficiency, ideal {sc['ideal_runtime']:.1f} s"
+        out.append(Verdict("PERF-03", f"scaling 1 -> {n} ranks (speedup)", result["label"], value, "x",
+                           f">= {th['min_speedup_2gpu'] * n / 2:.2f}x and >= {th['min_scaling_efficiency']:g} %",
+                           status, reason))
+    for result in ok:
+        for rank in result["ranks"]:
+            pack = (rank.get("steady") or {}).get("avg_packing_efficiency")
+            status, reason = _check(pack, pack is not None and pack >= th["min_packing"], "no batches")
+            out.append(Verdict("PERF-05", "packing efficiency", f"{result['label']} rank {rank['rank']}", pack, "",
+                               f">= {th['min_packing']:.2f}", status, reason))
+    for result in ok:
+        p95 = (result.get("steady") or {}).get("p95_wait_time_ms")
+        status, reason = _check(p95, p95 is not None and p95 < th["max_p95_wait_ms"], "no batches")
+        out.append(Verdict("LOADER", "DataLoader wait p95 (worst rank)", result["label"], p95, "ms",
+                           f"< {th['max_p95_wait_ms']:g} ms", status, reason))
+    for result in production:
+        if result["status"] != "ok":
+            out.append(Verdict("RUN", "production run", result["label"], None, "", "finishes", "FAIL",
+                               result.get("reason")))
+    return out
+
+
+def checkpoint_verdict(on: dict | None, off: dict | None, thresholds: dict) -> Verdict:
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    value = checkpoint_overhead(on, off)
+    na = "checkpoint-overhead runs missing or failed"
+    status, reason = _check(value, value is not None and value < th["max_checkpoint_overhead_pct"], na)
+    every = on["params"]["checkpoint_every"] if on else "?"
+    return Verdict("CKPT", f"checkpoint overhead (every {every} sequences vs none)", "checkpoint runs", value, "%",
+                   f"< {th['max_checkpoint_overhead_pct']:g} %", status, reason)

@@ -1,0 +1,48 @@
+"""Report pieces without a workflow run: escaping, N/A for what was not run, best point and overhead rules."""
+
+from __future__ import annotations
+
+from virnucpro.report.render import build_context, render_html
+from virnucpro.report.results import best_point, checkpoint_overhead, job_steady
+
+
+def test_nothing_run_renders_every_verdict_as_na_with_escaped_provenance(tmp_path):
+    info = {"path": "/data/<b>x</b>&.fa", "sha256": "ab", "num_sequences": 3, "mean_length": 4.0,
+            "source": "production", "example_ids": ["<script>alert(1)</script>"]}
+    ctx = build_context([], info, {"model": {"name": "m<i>"}}, None, tmp_path)
+    html = render_html({**ctx, "merged_links": []})
+    assert "/data/&lt;b&gt;x&lt;/b&gt;&amp;.fa" in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>" not in html and "m&lt;i&gt;" in html
+    statuses = {v["id"]: v["status"] for v in ctx["verdicts"]}
+    assert statuses == {"PERF-01": "N/A", "CKPT": "N/A"}  # no runs: nothing per GPU, nothing passes
+    assert "N/A: no finished 1-rank production run" in html
+
+
+def point(label, sps, pack, status="ok", group="packing", elapsed=10.0):
+    steady = {"avg_sequences_per_sec": sps, "min_packing_efficiency": pack} if status == "ok" else None
+    return {"label": label, "group": group, "status": status, "steady": steady, "params": {"checkpoint_every": 5},
+            "summary": {"elapsed_seconds": elapsed}, "reason": None if status == "ok" else "OOM"}
+
+
+def test_best_point_needs_enough_packing_and_a_finished_run():
+    pts = [point("fast_but_sparse", 300, 0.80), point("good", 200, 0.95), point("oom", 0, 0, "failed"),
+           point("slower", 150, 0.99)]
+    assert best_point(pts, 0.90)["label"] == "good"
+    assert best_point(pts[:1] + pts[2:3], 0.90) is None
+
+
+def test_checkpoint_overhead_and_job_steady_hand_values():
+    assert checkpoint_overhead(point("on", 1, 1, elapsed=11.5), point("off", 1, 1, elapsed=10.0)) == 15.0
+    assert checkpoint_overhead(None, point("off", 1, 1)) is None
+    ranks = [{"steady": {"avg_tokens_per_sec": 100.0, "avg_sequences_per_sec": 2.0, "p95_wait_time_ms": 3.0,
+                         "avg_gpu_util": 90.0, "avg_packing_efficiency": 0.95, "warmup_excluded": True,
+                         "excluded_batches": 20, "total_batches": 80}},
+             {"steady": {"avg_tokens_per_sec": 300.0, "avg_sequences_per_sec": 6.0, "p95_wait_time_ms": 9.0,
+                         "avg_gpu_util": None, "avg_packing_efficiency": 0.91, "warmup_excluded": False,
+                         "excluded_batches": 0, "total_batches": 10}}]
+    s = job_steady(ranks, 7200, 50.0)
+    assert s["avg_tokens_per_sec"] == 400.0 and s["avg_sequences_per_sec"] == 8.0
+    assert s["projected_hours"] == 7200 / 8.0 / 3600 and s["projected_hours_tokens"] == 7200 * 50 / 400 / 3600
+    assert s["p95_wait_time_ms"] == 9.0 and s["min_gpu_util"] == 90.0 and s["min_packing_efficiency"] == 0.91
+    assert not s["warmup_excluded"] and s["steady_batches"] == 90
+    assert job_steady([{"steady": None}], 10) is None

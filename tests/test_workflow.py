@@ -1,0 +1,196 @@
+"""The Snakemake workflow: lint and format, dry runs of both profiles, and one small local run to the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from virnucpro.data.fasta import write_fasta
+from virnucpro.data.synthetic import make_sequences
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ("synthetic_fasta", "input_info", "workload_fasta", "production", "subset_profiling", "checkpoint_overhead",
+         "sweep_point", "best_config", "optimal_validation", "merge_telemetry", "scaling", "report")
+
+
+def snakemake(*args, cwd=ROOT, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def copy_project(dest: Path) -> Path:
+    """The workflow's files in a scratch directory, so a test run never touches the checkout's results/."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("workflow", "config", "profiles", "scripts", "envs"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    shutil.copy(ROOT / "tests" / "data" / "workflow_ci.yaml", dest / "ci.yaml")
+    return dest
+
+
+def test_lint_and_format_are_clean():
+    lint = snakemake("--lint")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Lints for" not in lint.stdout + lint.stderr
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "workflow"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert fmt.returncode == 0, fmt.stderr
+
+
+def test_catalog_standard_files_exist():
+    for name in ("workflow/Snakefile", "config/README.md", "config/config.yaml", ".snakemake-workflow-catalog.yml",
+                 "workflow/schemas/config.schema.yaml", "profiles/default/config.yaml", "profiles/slurm/config.yaml"):
+        assert (ROOT / name).is_file(), name
+
+
+def job_counts(text: str) -> dict[str, int]:
+    counts, inside = {}, False
+    for line in text.splitlines():
+        if line.startswith("job ") and "count" in line:
+            inside = True
+            continue
+        if inside:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if parts[0].startswith("---"):
+                continue
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_default_profile_dry_run_plans_every_stage():
+    res = snakemake("-n")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert set(RULES) <= set(counts), counts
+    assert counts["production"] == 2 and counts["sweep_point"] == 1 + 6 + 6 + 2  # baseline + grids + pairs
+    assert "esm2_t6_8M_UR50D" in res.stdout and "--device auto" in res.stdout
+
+
+def test_slurm_profile_dry_run_uses_the_cluster_settings(tmp_path):
+    extra = tmp_path / "four.yaml"
+    extra.write_text("production:\n  world_sizes: [1, 2, 4]\n")
+    res = snakemake("--profile", "profiles/slurm", "-n", "--configfile", "config/cluster.yaml", str(extra))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
+    assert job_counts(res.stdout)["production"] == 3
+    assert "--model esm2_t36_3B_UR50D --precision bf16" in out and "--device cuda" in out
+    gpu_jobs = [ln for ln in out.splitlines() if "resources:" in ln and "gpu=" in ln]
+    assert any("gpu=4" in ln for ln in gpu_jobs)
+    # cpus_per_task would make the Slurm plugin ignore cpus_per_gpu: GPU jobs must not carry it
+    assert gpu_jobs and all("cpus_per_gpu=8" in ln and "cpus_per_task" not in ln for ln in gpu_jobs)
+
+
+def test_a_production_path_with_angle_brackets_is_refused_clearly(tmp_path):
+    fasta = tmp_path / "a<b>.fa"
+    fasta.write_text(">x\nMKV\n")
+    res = snakemake("-n", env={"VIRNUCPRO_PRODUCTION_FASTA": str(fasta)})
+    assert res.returncode != 0 and "path variable" in res.stdout + res.stderr
+
+
+def test_a_missing_production_fasta_is_an_error_not_a_fallback(tmp_path):
+    res = snakemake("-n", env={"VIRNUCPRO_PRODUCTION_FASTA": str(tmp_path / "nope.fa")})
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "VIRNUCPRO_PRODUCTION_FASTA" in out and "nope.fa" in out and "not a file" in out
+
+
+HTML_NAME = "prod&x'y.fa"  # Snakemake itself refuses < and > in paths (path variables): see the render test
+HTML_ID = "r<i>0</i>"
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory):
+    """One local run of the whole workflow on a production FASTA whose path and ids contain HTML."""
+    root = copy_project(tmp_path_factory.mktemp("wf"))
+    ids, seqs = make_sequences(400, 5, "short-reads")
+    ids = [f"{HTML_ID}_{k}" for k in range(len(ids))]
+    fasta = root / HTML_NAME
+    write_fasta(fasta, ids, seqs)
+    res = snakemake("--configfile", "ci.yaml", cwd=root, env={"VIRNUCPRO_PRODUCTION_FASTA": str(fasta)},
+                    timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return root
+
+
+def test_local_run_produces_the_report(workflow_run):
+    results = workflow_run / "results"
+    for name in ("report.html", "report.txt", "summary.json", "production/scaling.json",
+                 "telemetry/production_ws1.json", "telemetry/production_ws2.json"):
+        assert (results / name).is_file(), name
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["input"]["source"] == "production" and summary["input"]["num_sequences"] == 400
+    assert summary["weights"]["weights"] == "random"
+    by_id = {}
+    for v in summary["verdicts"]:
+        by_id.setdefault(v["id"], []).append(v)
+    assert {"PERF-01", "PERF-02", "PERF-03", "PERF-05", "LOADER", "CKPT"} <= set(by_id)
+    # no GPU here: GPU figures are N/A with the reason, never a made-up number
+    assert all(v["status"] == "N/A" and v["value"] is None and "CPU" in v["reason"] for v in by_id["PERF-02"])
+    assert all(v["status"] in ("PASS", "FAIL") and v["value"] > 0 for v in by_id["PERF-01"])
+    assert summary["slurm_job_ids"] == []
+    merged = json.loads((results / "telemetry/production_ws2.json").read_text())
+    assert merged["summary"]["num_shards"] == 2 and merged["summary"]["total_sequences"] == 400
+    text = (results / "report.txt").read_text()
+    assert "PERF-01" in text and "VirNucPro embedding performance report" in text
+
+
+def test_an_impossible_sweep_point_is_recorded_and_marked(workflow_run):
+    results = workflow_run / "results"
+    point = json.loads((results / "sweeps/packing/b8_buf500.json").read_text())
+    assert point["status"] == "failed" and point["exit_code"] == 2 and "token budget" in point["reason"]
+    summary = json.loads((results / "summary.json").read_text())
+    failed = [p for p in summary["sweep_points"] if p["status"] == "failed"]
+    assert [p["label"] for p in failed] == ["packing:b8_buf500"]
+    html = (results / "report.html").read_text()
+    assert "FAILED" in html  # the crossed heat-map cell
+    assert summary["best"] is not None and summary["best"]["params"]["token_budget"] != 8
+
+
+def test_report_escapes_html_from_the_input(workflow_run):
+    html = (workflow_run / "results" / "report.html").read_text()
+    assert "prod&amp;x&#39;y.fa" in html and "r&lt;i&gt;0&lt;/i&gt;_0" in html
+    assert HTML_NAME not in html and HTML_ID not in html
+    assert "<script" not in html
+    for remote in ('src="http', "src='http", 'href="http', "href='http", "url(http", "@import"):
+        assert remote not in html  # self-contained: nothing is fetched (the SVGs' xmlns URIs are names, not loads)
+
+
+def chromium() -> str | None:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("VIRNUCPRO_REQUIRE_BROWSER"):
+            pytest.fail("VIRNUCPRO_REQUIRE_BROWSER is set but chromium is not installed")
+        pytest.skip("chromium not installed (Debian: apt-get install chromium); `make test` installs it when root")
+    return path
+
+
+def test_report_renders_in_headless_chromium(workflow_run, tmp_path):
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    browser = chromium()
+    png = tmp_path / "report.png"
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,5000",
+                          f"--screenshot={png}", (workflow_run / "results" / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert png.is_file(), res.stderr[-2000:]
+    img = mpimg.imread(png)[..., :3]
+    assert img.shape[0] >= 4000
+
+    def share(rgb, tol=0.06):
+        return float((np.abs(img - np.array(rgb)).max(axis=-1) < tol).mean())
+
+    # the heat maps' viridis ends and matplotlib's first line colour are drawn: the SVG plots rendered
+    assert share((0.993, 0.906, 0.144)) > 1e-4 or share((0.267, 0.005, 0.329)) > 1e-4
+    assert share((0.122, 0.467, 0.706)) > 1e-5
+    assert share((1.0, 0.953, 0.804)) > 1e-3  # the random-weights banner's background

@@ -1,0 +1,41 @@
+# Stage 5: the report: results/report.html (self-contained), report.txt and summary.json.
+import json
+
+
+rule report:
+    input:
+        production=expand(
+            "results/production/ws{n}.json", n=config["production"]["world_sizes"]
+        ),
+        merged=expand(
+            "results/telemetry/production_ws{n}.json",
+            n=config["production"]["world_sizes"],
+        ),
+        scaling="results/production/scaling.json",
+        sweeps=SWEEP_RESULTS,
+        optimal="results/sweeps/optimal.json",
+        best="results/sweeps/best.json",
+        subset="results/profiling/subset.json",
+        checkpoint=expand(
+            "results/checkpoint/checkpoint_{mode}.json", mode=["on", "off"]
+        ),
+        info="results/data/input.json",
+    output:
+        html="results/report.html",
+        text="results/report.txt",
+        summary="results/summary.json",
+        config="results/config.json",
+    log:
+        "results/logs/report.log",
+    conda:
+        ENV
+    params:
+        cli=VIRNUCPRO,
+        config=json.dumps(config),
+        workflow_dir=workflow.basedir,
+    shell:
+        "echo {params.config:q} > {output.config} && "
+        "{params.cli} report {input.production} {input.sweeps} {input.optimal} {input.subset} "
+        "{input.checkpoint} --input-info {input.info} --config {output.config} --best {input.best} "
+        "--merged {input.merged} --html {output.html} --text {output.text} --summary {output.summary} "
+        "--workflow-dir {params.workflow_dir} > {log} 2>&1"
