@@ -1,0 +1,126 @@
+"""`snakemake --profile profiles/slurm` against a real Slurm: a one-node cluster started by tests/slurm/cluster.sh.
+
+Skipped (with the reason) where the cluster cannot be started: not root, or Slurm missing and no apt-get.
+With VIRNUCPRO_REQUIRE_SLURM set (CI) a skip becomes a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_workflow import ROOT, copy_project
+
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+
+
+def unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the test Slurm cluster needs root (to start slurmctld/slurmd and write /etc/slurm)"
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        return "Slurm is not installed and apt-get is not available to install it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("VIRNUCPRO_REQUIRE_SLURM"):
+            pytest.fail(f"VIRNUCPRO_REQUIRE_SLURM is set but: {reason}")
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("slurm")
+    up = subprocess.run(["bash", str(CLUSTER), "up", str(state)], capture_output=True, text=True, timeout=900)
+    if up.returncode != 0:
+        subprocess.run(["bash", str(CLUSTER), "down", str(state)], capture_output=True, timeout=120)
+        pytest.fail(f"could not start the test cluster:\n{up.stderr[-3000:]}")
+    yield state
+    down = subprocess.run(["bash", str(CLUSTER), "down", str(state)], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+
+
+def squeue() -> list[tuple[str, str, str]]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], capture_output=True, text=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if line.count("|") == 2]
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    """The whole workflow through Slurm; the 2-rank production job is cancelled once while it runs."""
+    root = copy_project(tmp_path_factory.mktemp("wf_slurm"))
+    shutil.copy(ROOT / "tests" / "data" / "slurm_ci.yaml", root / "slurm_ci.yaml")
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "ci.yaml",
+           "slurm_ci.yaml", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+           "--jobs", "4"]
+    log = (root / "snakemake.out").open("w")
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True)
+    cancelled = None
+    deadline = time.monotonic() + 1500
+    while proc.poll() is None and time.monotonic() < deadline:
+        if cancelled is None:
+            for jobid, comment, state in squeue():
+                if comment == "rule_production_wildcards_2" and state == "RUNNING":
+                    # let it checkpoint something, then take it away as a preemption would (SIGTERM, then KILL)
+                    partial = root / "results/production/ws2/.partial"
+                    wait_until = time.monotonic() + 60
+                    while not list(partial.glob("chunk_*.h5")) and time.monotonic() < wait_until:
+                        time.sleep(0.1)
+                    subprocess.run(["scancel", jobid], check=True)
+                    cancelled = jobid
+                    break
+        time.sleep(0.5)
+    if proc.poll() is None:
+        proc.kill()
+    log.close()
+    output = (root / "snakemake.out").read_text()
+    assert proc.returncode == 0, output[-5000:]
+    return root, output, cancelled
+
+
+def test_workflow_runs_through_slurm(slurm_run, capsys):
+    root, output, _ = slurm_run
+    results = root / "results"
+    assert (results / "report.html").is_file()
+    submitted = [ln for ln in output.splitlines() if "has been submitted with SLURM jobid" in ln]
+    assert len(submitted) >= 20, output[-3000:]  # every job, the small ones too, went through sbatch
+    with capsys.disabled():  # the submissions, for the CI log
+        print(f"\n{len(submitted)} Slurm submissions:", *submitted, sep="\n  ")
+    summary = json.loads((results / "summary.json").read_text())
+    groups = ("baseline", "dataloader", "packing", "interaction")
+    paths = [*(p for g in groups for p in (results / "sweeps" / g).glob("*.json")), results / "sweeps/optimal.json",
+             *(results / "production").glob("ws*.json"), results / "profiling/subset.json",
+             *(results / "checkpoint").glob("checkpoint_*.json")]
+    embedding_jobs = [json.loads(p.read_text()) for p in paths]
+    assert all(r["slurm_job_id"] for r in embedding_jobs)  # each embedding ran inside a Slurm job
+    assert len(summary["slurm_job_ids"]) >= len(embedding_jobs) >= 10
+    html = (results / "report.html").read_text()
+    assert summary["slurm_job_ids"][0] in html
+    assert list((root / ".snakemake" / "slurm_logs").rglob("*.log"))  # the executor's per-job logs
+
+
+def test_two_rank_production_job_saw_two_devices(slurm_run):
+    root, _, _ = slurm_run
+    for rank in (0, 1):
+        tel = json.loads((root / "results/production/ws2/telemetry" / f"telemetry_rank{rank}.json").read_text())
+        meta = tel["run_metadata"]
+        assert meta["hardware"]["cuda_visible_devices"] == "0,1"  # --gpus=2 from the Slurm profile
+        assert meta["hardware"]["slurm_job_id"]
+        assert meta["world_size"] == 2
+
+
+def test_a_cancelled_job_is_retried_and_resumes(slurm_run):
+    root, output, cancelled = slurm_run
+    assert cancelled is not None, "the 2-rank production job was never seen running"
+    result = json.loads((root / "results/production/ws2.json").read_text())
+    assert result["status"] == "ok"
+    assert result["slurm_job_id"] != cancelled  # the result comes from the retry
+    assert "Trying to restart job" in output
+    meta = json.loads((root / "results/production/ws2/telemetry/telemetry_rank0.json").read_text())["run_metadata"]
+    assert meta["resumed_sequences"] > 0  # the retry started from the cancelled attempt's checkpoints
