@@ -14,7 +14,7 @@ def test_nothing_run_renders_every_verdict_as_na_with_escaped_provenance(tmp_pat
     assert "/data/&lt;b&gt;x&lt;/b&gt;&amp;.fa" in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script>" not in html and "m&lt;i&gt;" in html
     statuses = {v["id"]: v["status"] for v in ctx["verdicts"]}
-    assert statuses == {"PERF-01": "N/A", "CKPT": "N/A"}  # no runs: nothing per GPU, nothing passes
+    assert statuses == {"PERF-01": "N/A", "PERF-03": "N/A", "CKPT": "N/A"}  # no runs: nothing passes
     assert "N/A: no finished 1-rank production run" in html
 
 

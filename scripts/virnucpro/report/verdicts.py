@@ -93,6 +93,10 @@ def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdic
         out.append(Verdict("PERF-03", f"scaling 1 -> {n} ranks (speedup)", result["label"], value, "x",
                            f">= {th['min_speedup_2gpu'] * n / 2:.2f}x and >= {th['min_scaling_efficiency']:g} %",
                            status, reason))
+    if not any(r["params"]["world_size"] > 1 for r in ok):
+        out.append(Verdict("PERF-03", "scaling 1 -> N ranks (speedup)", "-", None, "x",
+                           f">= {th['min_speedup_2gpu']:.2f}x (2 GPUs) and >= {th['min_scaling_efficiency']:g} %",
+                           "N/A", "no finished run with more than one rank (production.world_sizes)"))
     for result in ok:
         for rank in result["ranks"]:
             pack = (rank.get("steady") or {}).get("avg_packing_efficiency")
