@@ -123,3 +123,11 @@ def test_a_cancelled_job_is_retried_and_resumes(slurm_run):
     assert "Trying to restart job" in output
     meta = json.loads((root / "results/production/ws2/telemetry/telemetry_rank0.json").read_text())["run_metadata"]
     assert meta["resumed_sequences"] > 0  # the retry started from the cancelled attempt's checkpoints
+
+
+def test_without_root_the_reason_is_given(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in unavailable_reason()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "apt-get" in unavailable_reason()
