@@ -194,3 +194,13 @@ def test_report_renders_in_headless_chromium(workflow_run, tmp_path):
     assert share((0.993, 0.906, 0.144)) > 1e-4 or share((0.267, 0.005, 0.329)) > 1e-4
     assert share((0.122, 0.467, 0.706)) > 1e-5
     assert share((1.0, 0.953, 0.804)) > 1e-3  # the random-weights banner's background
+
+
+def test_a_failed_production_run_fails_the_workflow_with_its_error(tmp_path):
+    root = copy_project(tmp_path)
+    (root / "bad.yaml").write_text("input:\n  synthetic:\n    num_sequences: 50\nengine:\n  token_budget: 8\n")
+    res = snakemake("results/production/ws1.json", "--configfile", "ci.yaml", "bad.yaml", cwd=root)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "Error in rule production" in out and "token budget" in out  # show-failed-logs prints the job's log
+    assert not (root / "results/production/ws1.json").exists()
