@@ -46,3 +46,29 @@ def test_checkpoint_overhead_and_job_steady_hand_values():
     assert s["p95_wait_time_ms"] == 9.0 and s["min_gpu_util"] == 90.0 and s["min_packing_efficiency"] == 0.91
     assert not s["warmup_excluded"] and s["steady_batches"] == 90
     assert job_steady([{"steady": None}], 10) is None
+
+
+def production(n, elapsed, device):
+    steady = {"projected_hours": 5.0, "projected_hours_tokens": 4.0, "p95_wait_time_ms": 1.0}
+    ranks = [{"rank": r, "device": device, "steady": {"avg_gpu_util": 80.0, "avg_packing_efficiency": 0.95}}
+             for r in range(n)]
+    return {"label": f"ws{n}", "status": "ok", "params": {"world_size": n}, "summary": {"elapsed_seconds": elapsed},
+            "steady": steady, "ranks": ranks}
+
+
+def test_perf03_hand_values_on_gpus_and_na_on_cpu_processes():
+    from virnucpro.report.verdicts import production_verdicts
+
+    def perf03(runs):
+        return [v for v in production_verdicts(runs, {}) if v.id == "PERF-03"]
+
+    [v] = perf03([production(1, 100.0, "cuda:0"), production(2, 52.0, "cuda:0")])
+    assert v.status == "PASS" and abs(v.value - 100 / 52) < 1e-12  # 1.92x, 96.2 % efficiency
+    [v] = perf03([production(1, 100.0, "cuda:0"), production(2, 53.0, "cuda:0")])
+    assert v.status == "FAIL"  # 1.89x: below 1.9x
+    [v] = perf03([production(1, 100.0, "cpu"), production(2, 40.0, "cpu")])
+    assert v.status == "N/A" and "CPU processes" in v.reason and v.value == 2.5
+    [v] = perf03([production(2, 40.0, "cuda:0")])
+    assert v.status == "N/A" and v.reason == "no 1-rank run to compare with"
+    perf02 = [v for v in production_verdicts([production(2, 40.0, "cuda:0")], {}) if v.id == "PERF-02"]
+    assert len(perf02) == 2 and all(v.status == "PASS" for v in perf02)  # one verdict per GPU

@@ -373,8 +373,7 @@ def _add_scaling(sub) -> None:
 
 def cmd_scaling(args) -> int:
     from virnucpro.pipeline.output import write_json_atomic
-    from virnucpro.report.render import scaling_table
-    from virnucpro.report.results import load_results
+    from virnucpro.report.results import load_results, scaling_table
 
     rows = scaling_table(load_results(args.results), args.min_efficiency)
     write_json_atomic(args.output, {"rows": rows, "note": None if rows else "no finished 1-rank run"})

@@ -13,10 +13,9 @@ import yaml
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
 
 from virnucpro.report import plots
-from virnucpro.report.results import best_point, speedup
+from virnucpro.report.results import best_point, scaling_table, speedup
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
-from virnucpro.utils.telemetry import calculate_scaling_efficiency
 
 SWEEP_GROUPS = ("baseline", "dataloader", "packing", "interaction")
 
@@ -43,18 +42,6 @@ def _grid(results: list[dict], row_key: str, col_key: str, metric) -> tuple[list
     cells = {(r["params"][row_key], r["params"][col_key]): (metric(r) if r["status"] == "ok" else _cell_label(r))
              for r in results}
     return rows, cols, cells
-
-
-def scaling_table(production: list[dict], min_efficiency: float) -> list[dict]:
-    ok = {r["params"]["world_size"]: r for r in production if r["status"] == "ok"}
-    if 1 not in ok:
-        return []
-    base = ok[1]["summary"]["elapsed_seconds"]
-    rows = []
-    for n in sorted(ok):
-        sc = calculate_scaling_efficiency(base, ok[n]["summary"]["elapsed_seconds"], n, min_efficiency)
-        rows.append({"world_size": n, "label": ok[n]["label"], "elapsed": ok[n]["summary"]["elapsed_seconds"], **sc})
-    return rows
 
 
 def _rel(path: str, start: Path) -> str:

@@ -14,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, steady_state
+from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, calculate_scaling_efficiency, steady_state
 
 #: The engine settings a sweep varies and the report shows.
 KNOBS = ("num_workers", "prefetch_factor", "token_budget", "buffer_size", "checkpoint_every", "world_size")
@@ -116,3 +116,15 @@ def checkpoint_overhead(on: dict | None, off: dict | None) -> float | None:
     t_on, t_off = on["summary"]["elapsed_seconds"], off["summary"]["elapsed_seconds"]
     return (t_on - t_off) / t_off * 100 if t_off > 0 else None
 
+
+def scaling_table(production: list[dict], min_efficiency: float) -> list[dict]:
+    """Speedup of each finished production run over the finished 1-rank run (loop time of the slowest rank)."""
+    ok = {r["params"]["world_size"]: r for r in production if r["status"] == "ok"}
+    if 1 not in ok:
+        return []
+    base = ok[1]["summary"]["elapsed_seconds"]
+    rows = []
+    for n in sorted(ok):
+        sc = calculate_scaling_efficiency(base, ok[n]["summary"]["elapsed_seconds"], n, min_efficiency)
+        rows.append({"world_size": n, "label": ok[n]["label"], "elapsed": ok[n]["summary"]["elapsed_seconds"], **sc})
+    return rows

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from virnucpro.report.results import checkpoint_overhead
-from virnucpro.utils.telemetry import calculate_scaling_efficiency
+from virnucpro.report.results import checkpoint_overhead, scaling_table
 
 DEFAULT_THRESHOLDS = {
     "target_sequences": 6_000_000,
@@ -70,17 +69,16 @@ def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdic
             status, reason = _check(util, util is not None and util >= th["min_gpu_util"], na)
             out.append(Verdict("PERF-02", "GPU utilisation (steady state)", f"{result['label']} rank {rank['rank']} "
                                f"({rank.get('device')})", util, "%", f">= {th['min_gpu_util']:g} %", status, reason))
-    base = next((r for r in ok if r["params"]["world_size"] == 1), None)
+    scaling = {row["world_size"]: row for row in scaling_table(production, th["min_scaling_efficiency"])}
     for result in ok:
         n = result["params"]["world_size"]
         if n == 1:
             continue
         value, reason, status = None, None, "N/A"
-        if base is None:
+        if n not in scaling:
             reason = "no 1-rank run to compare with"
         else:
-            sc = calculate_scaling_efficiency(base["summary"]["elapsed_seconds"], result["summary"]["elapsed_seconds"],
-                                              n, th["min_scaling_efficiency"])
+            sc = scaling[n]
             value = sc["speedup"]
             min_speedup = th["min_speedup_2gpu"] * n / 2  # 1.9x for 2 GPUs, scaled for N
             passed = sc["speedup"] >= min_speedup and sc["efficiency"] >= th["min_scaling_efficiency"]
