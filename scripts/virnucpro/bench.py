@@ -1,10 +1,12 @@
-"""Benchmarks (not tests): `virnucpro bench accuracy` and `virnucpro bench engines`.
+"""Benchmarks (not tests): `virnucpro bench accuracy`, `engines` and `peers`.
 
 accuracy: this engine at fp16/bf16 against fair-esm's own ESM2 forward at fp32 on the same (random) weights;
 prints the distribution of per-sequence relative L2 errors.
 engines: in one process, the matmul ceiling, fair-esm fp16 with length-sorted token batches (its
 `get_batch_indices`), and this engine end to end (`virnucpro embed`: FASTA, packing, forward, pooling, HDF5)
 on the seed-mix and short-reads workloads; one table of tokens/s, % of ceiling and ratios.
+peers: fair-esm fp16 and fp32 (extract.py recipe) and Hugging Face `EsmModel` (SDPA, needs transformers) on the
+same weights, with a cross-check that they agree.
 Run on a GPU (the device machine); on CPU they work but mean little.
 """
 
@@ -63,6 +65,99 @@ def fair_esm_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device
                 n = min(len(seqs[i]), 1022)
                 out[i] = rep[j, 1 : n + 1].float().mean(0).cpu().numpy()
     return out, tokens_run
+
+
+def hf_esm_model(spec, state, device, dtype):
+    """Hugging Face `EsmModel` (SDPA attention) with the same weights, fair-esm names mapped to HF's."""
+    from transformers import EsmConfig, EsmModel
+
+    cfg = EsmConfig(vocab_size=spec.vocab_size, hidden_size=spec.embed_dim, num_hidden_layers=spec.num_layers,
+                    num_attention_heads=spec.attention_heads, intermediate_size=4 * spec.embed_dim,
+                    position_embedding_type="rotary", token_dropout=spec.token_dropout, mask_token_id=32,
+                    pad_token_id=1, emb_layer_norm_before=False, layer_norm_eps=1e-5, max_position_embeddings=1026)
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = EsmModel(cfg, add_pooling_layer=False)
+    names = {"embed_tokens.weight": "embeddings.word_embeddings.weight",
+             "emb_layer_norm_after.weight": "encoder.emb_layer_norm_after.weight",
+             "emb_layer_norm_after.bias": "encoder.emb_layer_norm_after.bias"}
+    parts = {"self_attn.q_proj": "attention.self.query", "self_attn.k_proj": "attention.self.key",
+             "self_attn.v_proj": "attention.self.value", "self_attn.out_proj": "attention.output.dense",
+             "self_attn_layer_norm": "attention.LayerNorm", "fc1": "intermediate.dense", "fc2": "output.dense",
+             "final_layer_norm": "LayerNorm"}
+    for i in range(spec.num_layers):
+        for theirs, hf in parts.items():
+            for t in ("weight", "bias"):
+                names[f"layers.{i}.{theirs}.{t}"] = f"encoder.layer.{i}.{hf}.{t}"
+    hf_state = {names[k]: v for k, v in state.items() if k in names}
+    missing, unexpected = model.load_state_dict(hf_state, strict=False)
+    assert not unexpected and all(("rotary" in k or "position" in k or "contact_head" in k) for k in missing), missing
+    return model.to(dtype).eval()
+
+
+def hf_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device) -> tuple[np.ndarray, int]:
+    """The same length-sorted padded batches as fair-esm's recipe, through `EsmModel` with an attention mask."""
+    from esm.data import FastaBatchedDataset
+
+    ds = FastaBatchedDataset([str(i) for i in range(len(seqs))], seqs)
+    batches = ds.get_batch_indices(toks_per_batch, extra_toks_per_seq=1)
+    convert = alphabet.get_batch_converter(truncation_seq_length=1022)
+    out = np.zeros((len(seqs), model.config.hidden_size), dtype=np.float32)
+    tokens_run = 0
+    with torch.inference_mode():
+        for b in batches:
+            _, strs, toks = convert([(str(i), seqs[i]) for i in b])
+            toks = toks.to(device, non_blocking=True)
+            tokens_run += sum(min(len(s), 1022) + 2 for s in strs)
+            rep = model(input_ids=toks, attention_mask=(toks != alphabet.padding_idx)).last_hidden_state
+            for j, i in enumerate(b):
+                n = min(len(seqs[i]), 1022)
+                out[i] = rep[j, 1 : n + 1].float().mean(0).cpu().numpy()
+    return out, tokens_run
+
+
+def peers(model_name: str, device: torch.device, seed_mix_n: int, short_reads_n: int, fp32_n: int) -> dict:
+    """fair-esm fp16 and fp32 (extract.py recipe) and Hugging Face EsmModel fp16 (SDPA) on the same weights."""
+    from esm.data import Alphabet
+
+    spec = ARCHITECTURES[model_name]
+    state = random_state_dict(spec, 0, device)
+    alphabet = Alphabet.from_architecture("ESM-1b")
+    result = {"model": model_name, "runs": []}
+    workloads = {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n))}
+    engines = (("fair-esm fp16, sorted 16384-token batches", lambda: fair_esm_model(spec, state, device, torch.float16),
+                fair_esm_embed, 16384, None),
+               ("HF EsmModel sdpa fp16, sorted 16384-token batches", lambda: hf_esm_model(spec, state, device,
+                                                                                        torch.float16),
+                hf_embed, 16384, None),
+               ("fair-esm fp32, extract.py 4096-token batches", lambda: fair_esm_model(spec, state, device,
+                                                                                       torch.float32),
+                fair_esm_embed, 4096, fp32_n))
+    reference = {}
+    for name, build, embed, toks_per_batch, limit in engines:
+        model = build()
+        for profile, seqs in workloads.items():
+            sub = seqs[:limit] if limit else seqs
+            embed(model, alphabet, sub[:100], toks_per_batch, device)  # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            emb, toks = embed(model, alphabet, sub, toks_per_batch, device)
+            _sync(device)
+            dt = time.perf_counter() - t0
+            row = {"engine": name, "workload": profile, "sequences": len(sub), "tokens_per_sec": toks / dt,
+                   "sequences_per_sec": len(sub) / dt}
+            if profile not in reference:
+                reference[profile] = emb
+            else:  # same weights: the peers must agree (checks the HF name mapping too)
+                k = min(len(emb), len(reference[profile]))
+                a, b = emb[:k], reference[profile][:k]
+                row["max_rel_diff_vs_fair_fp16"] = float((np.linalg.norm(a - b, axis=1)
+                                                          / np.linalg.norm(b, axis=1)).max())
+            result["runs"].append(row)
+            print(row, flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return result
 
 
 def packed_embed(model: PackedESM2, seqs: list[bytes], token_budget: int, device) -> np.ndarray:

@@ -63,13 +63,14 @@ def _embed_arguments(p) -> None:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks for the GPU machine: accuracy vs fair-esm, engine throughput")
-    p.add_argument("what", choices=["accuracy", "engines"])
+    p = sub.add_parser("bench", help="benchmarks for the GPU machine: accuracy vs fair-esm, engine throughput, peers")
+    p.add_argument("what", choices=["accuracy", "engines", "peers"])
     p.add_argument("--model", default="esm2_t36_3B_UR50D")
     p.add_argument("--num-sequences", type=int, default=200, help="accuracy: seed-mix sequences compared")
     p.add_argument("--seed-mix", type=int, default=10000, help="engines: seed-mix sequences")
     p.add_argument("--short-reads", type=int, default=50000, help="engines: short-reads sequences")
     p.add_argument("--fair-subset", type=int, default=3000, help="engines: sequences given to fair-esm")
+    p.add_argument("--fp32-subset", type=int, default=500, help="peers: sequences given to fair-esm fp32")
     p.add_argument("--token-budget", type=int, default=16384)
     p.add_argument("--workdir", type=Path, default=Path("results/bench"))
     p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
@@ -86,6 +87,8 @@ def cmd_bench(args) -> int:
     if args.what == "accuracy":
         result = bench.accuracy(args.model, args.num_sequences, 0, device)
         print(json.dumps(result, indent=2))
+    elif args.what == "peers":
+        result = bench.peers(args.model, device, args.seed_mix, args.short_reads, args.fp32_subset)
     else:
         result = bench.engines(args.model, args.workdir, device, args.seed_mix, args.short_reads, args.fair_subset,
                                args.token_budget)
