@@ -71,7 +71,7 @@ def slurm_run(cluster, tmp_path_factory):
                     wait_until = time.monotonic() + 60
                     while not list(partial.glob("chunk_*.h5")) and time.monotonic() < wait_until:
                         time.sleep(0.1)
-                    subprocess.run(["scancel", jobid], check=True)
+                    subprocess.run(["scancel", jobid], check=False)  # the retry test asserts it took effect
                     cancelled = jobid
                     break
         time.sleep(0.5)
