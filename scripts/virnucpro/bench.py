@@ -45,26 +45,34 @@ def fair_esm_model(spec, state, device, dtype):
     return model.to(dtype).eval()
 
 
-def fair_esm_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device) -> tuple[np.ndarray, int]:
-    """fair-esm's extract.py recipe: length-sorted token batches, padded; returns (embeddings, tokens run)."""
+def sorted_batches_embed(forward, dim: int, alphabet, seqs: list[str], toks_per_batch: int,
+                        device) -> tuple[np.ndarray, int]:
+    """fair-esm's extract.py batching (length-sorted token batches, padded) around `forward(toks) -> (B, L, D)`;
+    returns the residue-mean embeddings and the tokens run."""
     from esm.data import FastaBatchedDataset
 
     ds = FastaBatchedDataset([str(i) for i in range(len(seqs))], seqs)
     batches = ds.get_batch_indices(toks_per_batch, extra_toks_per_seq=1)
     convert = alphabet.get_batch_converter(truncation_seq_length=1022)
-    out = np.zeros((len(seqs), model.embed_dim), dtype=np.float32)
-    layer = model.num_layers
+    out = np.zeros((len(seqs), dim), dtype=np.float32)
     tokens_run = 0
     with torch.inference_mode():
         for b in batches:
-            labels, strs, toks = convert([(str(i), seqs[i]) for i in b])
+            _, strs, toks = convert([(str(i), seqs[i]) for i in b])
             toks = toks.to(device, non_blocking=True)
             tokens_run += sum(min(len(s), 1022) + 2 for s in strs)
-            rep = model(toks, repr_layers=[layer])["representations"][layer]
+            rep = forward(toks)
             for j, i in enumerate(b):
                 n = min(len(seqs[i]), 1022)
                 out[i] = rep[j, 1 : n + 1].float().mean(0).cpu().numpy()
     return out, tokens_run
+
+
+def fair_esm_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device) -> tuple[np.ndarray, int]:
+    """fair-esm's extract.py recipe, last layer."""
+    layer = model.num_layers
+    return sorted_batches_embed(lambda toks: model(toks, repr_layers=[layer])["representations"][layer],
+                                model.embed_dim, alphabet, seqs, toks_per_batch, device)
 
 
 def hf_esm_model(spec, state, device, dtype):
@@ -96,24 +104,10 @@ def hf_esm_model(spec, state, device, dtype):
 
 
 def hf_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device) -> tuple[np.ndarray, int]:
-    """The same length-sorted padded batches as fair-esm's recipe, through `EsmModel` with an attention mask."""
-    from esm.data import FastaBatchedDataset
-
-    ds = FastaBatchedDataset([str(i) for i in range(len(seqs))], seqs)
-    batches = ds.get_batch_indices(toks_per_batch, extra_toks_per_seq=1)
-    convert = alphabet.get_batch_converter(truncation_seq_length=1022)
-    out = np.zeros((len(seqs), model.config.hidden_size), dtype=np.float32)
-    tokens_run = 0
-    with torch.inference_mode():
-        for b in batches:
-            _, strs, toks = convert([(str(i), seqs[i]) for i in b])
-            toks = toks.to(device, non_blocking=True)
-            tokens_run += sum(min(len(s), 1022) + 2 for s in strs)
-            rep = model(input_ids=toks, attention_mask=(toks != alphabet.padding_idx)).last_hidden_state
-            for j, i in enumerate(b):
-                n = min(len(seqs[i]), 1022)
-                out[i] = rep[j, 1 : n + 1].float().mean(0).cpu().numpy()
-    return out, tokens_run
+    """The same batches as fair-esm's recipe, through `EsmModel` with an attention mask."""
+    return sorted_batches_embed(
+        lambda toks: model(input_ids=toks, attention_mask=(toks != alphabet.padding_idx)).last_hidden_state,
+        model.config.hidden_size, alphabet, seqs, toks_per_batch, device)
 
 
 def peers(model_name: str, device: torch.device, seed_mix_n: int, short_reads_n: int, fp32_n: int) -> dict:
