@@ -68,16 +68,25 @@ class PackedBatch:
         return int(self.indices.numel())
 
 
+#: Longest padding segment `collate` makes.
+PAD_SEGMENT = 64
+
+
 def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary, pad_to: int | None = None) -> PackedBatch:
     """Tokenize the given sequences as <cls> residues <eos>, concatenated.
 
-    With `pad_to`, a trailing padding segment fills the batch to exactly `pad_to` tokens (one shape for
-    compiled kernels); it is its own segment in cu_seqlens and is not counted in `num_tokens`.
+    With `pad_to`, trailing padding fills the batch to exactly `pad_to` tokens (one shape for compiled kernels);
+    it is cut into segments of at most PAD_SEGMENT tokens after the real ones (attention over a nearly empty
+    last batch's padding then costs nothing) and is not counted in `num_tokens`.
     """
     lengths = np.fromiter((len(seqs[i]) + 2 for i in indices), dtype=np.int64, count=len(indices))
     real_tokens = int(lengths.sum())
     if pad_to is not None and pad_to > real_tokens:
-        lengths = np.append(lengths, pad_to - real_tokens)
+        full, rest = divmod(pad_to - real_tokens, PAD_SEGMENT)
+        pad = np.full(full + (rest > 0), PAD_SEGMENT, dtype=np.int64)
+        if rest:
+            pad[-1] = rest
+        lengths = np.concatenate([lengths, pad])
     cu = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
     total = int(cu[-1])

@@ -4,7 +4,8 @@ Same function as fair-esm's `ESM2.forward(...)["representations"][layer]` follow
 residues, computed without padding: fused QKV projection, rotary positions restarting at each sequence (sin
 and cos in fp32), varlen attention, ESM's erf gelu, token-dropout rescale (x0.88, as fair-esm applies it at
 inference too), `emb_layer_norm_after` on the last layer only, and a segment mean on the device with no
-host synchronisation.
+host synchronisation. The residual stream and the layer norms are fp32 at every precision; the GEMMs and
+attention run in the model's dtype.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.models.attention import padded_attention, varlen_attention, varlen_available
+from virnucpro.models.triton_attention import (ROTATE_KEYS_MAX_LEN, rotary_tables, rotary_varlen_attention,
+                                               triton_available)
 from virnucpro.models.weights import ModelSpec
 
 #: fair-esm uses torch.nn.LayerNorm (no apex) with its default eps.
@@ -32,22 +35,37 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def attention_inputs(x, ln_w, ln_b, qkv_w, qkv_b, cos, sin, heads: int):
-    """Pre-norm, fused QKV projection and rotary (fp32 math): (T, D) -> q, k, v as (T, H, Dh)."""
-    T, d = x.shape
-    qkv = F.linear(F.layer_norm(x, (d,), ln_w, ln_b, LAYER_NORM_EPS), qkv_w, qkv_b).view(T, 3, heads, d // heads)
-    q, k, v = qkv.unbind(1)
-    q = (q.float() * cos + _rotate_half(q.float()) * sin).to(x.dtype)
-    k = (k.float() * cos + _rotate_half(k.float()) * sin).to(x.dtype)
-    return q, k, v.contiguous()
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x.float() * cos + _rotate_half(x.float()) * sin).to(x.dtype)
 
 
-def attention_output_and_mlp(x, a, out_w, out_b, ln_w, ln_b, fc1_w, fc1_b, fc2_w, fc2_b):
-    """Output projection + residual, then pre-norm MLP with ESM's erf gelu + residual."""
-    T, d = x.shape
-    x = x + F.linear(a.reshape(T, d), out_w, out_b)
-    h = F.gelu(F.linear(F.layer_norm(x, (d,), ln_w, ln_b, LAYER_NORM_EPS), fc1_w, fc1_b))
-    return x + F.linear(h, fc2_w, fc2_b)
+def rotate_qk(qkv, cos, sin, heads: int):
+    """(T, 3D) projection -> rotated q and k as (T, H, Dh) (rotary in fp32 math); v stays a view of `qkv`."""
+    q, k, _ = qkv.view(qkv.shape[0], 3, heads, -1).unbind(1)
+    return _rotary(q, cos, sin), _rotary(k, cos, sin)
+
+
+def rotate_k(qkv, cos, sin, heads: int):
+    """The rotated keys alone, (T, H, Dh): the fused attention kernel rotates the queries itself."""
+    return _rotary(qkv.view(qkv.shape[0], 3, heads, -1)[:, 1], cos, sin)
+
+
+def residual_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype):
+    """x += y in fp32 (the residual stream), then the next pre-norm: returns (x, layer_norm(x) as out_dtype).
+
+    Keeping the residual stream in fp32 is what holds bf16 within 1e-2 of fair-esm fp32 (rounding it to bf16
+    after each of the 72 additions is the largest error term); the GEMM inputs stay in the model's dtype.
+    """
+    x = x + y.float()
+    return x, F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, LAYER_NORM_EPS).to(out_dtype)
+
+
+def mlp_up(h, fc1_w, fc1_b, tanh_epilogue: bool):
+    """fc1 + gelu. ESM's gelu is the erf form; `tanh_epilogue` uses cuBLASLt's fused bias+GELU epilogue (tanh
+    form, max 5e-4 absolute from erf: a tenth of a bf16 rounding step at the values where they differ)."""
+    if tanh_epilogue:
+        return torch._addmm_activation(fc1_b, h, fc1_w.t(), use_gelu=True)
+    return F.gelu(F.linear(h, fc1_w, fc1_b))
 
 
 class PackedLayer(nn.Module):
@@ -61,16 +79,6 @@ class PackedLayer(nn.Module):
         self.fc1 = nn.Linear(d, 4 * d)
         self.fc2 = nn.Linear(4 * d, d)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_len, positions, seq_ids, use_varlen: bool, kernels):
-        pre, post = kernels
-        q, k, v = pre(x, self.ln1.weight, self.ln1.bias, self.qkv.weight, self.qkv.bias, cos, sin, self.heads)
-        if use_varlen:
-            a = varlen_attention(q, k, v, cu_seqlens, max_len)
-        else:
-            a = padded_attention(q, k, v, cu_seqlens, max_len, positions, seq_ids)
-        return post(x, a, self.out.weight, self.out.bias, self.ln2.weight, self.ln2.bias, self.fc1.weight,
-                    self.fc1.bias, self.fc2.weight, self.fc2.bias)
-
 
 class PackedESM2(nn.Module):
     """ESM-2 embedding model for packed batches. Build with `from_state_dict`."""
@@ -83,16 +91,29 @@ class PackedESM2(nn.Module):
         self.layers = nn.ModuleList(PackedLayer(spec.embed_dim, spec.attention_heads) for _ in range(spec.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(spec.embed_dim, eps=LAYER_NORM_EPS)
         self.register_buffer("inv_freq", rotary_inv_freq(spec.head_dim), persistent=False)
-        self.kernels = (attention_inputs, attention_output_and_mlp)
+        self.kernels = (rotate_qk, rotate_k, residual_norm)
+        self.tanh_gelu_epilogue = False
+        self.fused_attention = False
 
-    def compile_kernels(self) -> None:
-        """torch.compile the dense parts of a layer (attention stays eager between them).
+    def compile_kernels(self, tanh_gelu_epilogue: bool = True, fused_attention: bool = True) -> None:
+        """torch.compile the memory-bound kernels of a layer (rotary; residual add + layer norm), each one fused
+        pass; the GEMMs (cuBLAS, bias in its epilogue) and attention run eagerly between them.
 
-        They are free functions of weight tensors, so one compiled graph serves all layers; the runner pads
-        every batch to the token budget, so there is one shape and no recompilation.
+        They are free functions of tensors, so one compiled graph serves all layers; the runner pads every batch
+        to the token budget, so there is one shape and no recompilation. Both options act only on CUDA in
+        fp16/bf16: `fused_attention` (with Triton) does rotary and attention in one kernel, see
+        `triton_attention` (otherwise: compiled rotary, then FlashAttention-2); `tanh_gelu_epilogue` folds fc1's bias and gelu into the GEMM, see
+        `mlp_up`.
         """
-        self.kernels = (torch.compile(attention_inputs, dynamic=False),
-                        torch.compile(attention_output_and_mlp, dynamic=False))
+        self.kernels = tuple(torch.compile(f, dynamic=False) for f in (rotate_qk, rotate_k, residual_norm))
+        self.tanh_gelu_epilogue = tanh_gelu_epilogue
+        self.fused_attention = fused_attention
+
+    def rotary_tables(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused attention's cos/sin tables, built once for 1024 positions (grown if ever needed)."""
+        if getattr(self, "_tables", None) is None or self._tables[0].shape[0] < positions:
+            self._tables = rotary_tables(self.inv_freq, max(positions, 1024))
+        return self._tables
 
     @classmethod
     @torch.no_grad()
@@ -121,6 +142,9 @@ class PackedESM2(nn.Module):
         put(model.emb_layer_norm_after.bias, "emb_layer_norm_after.bias")
         model.to(dtype)
         model.inv_freq.data = model.inv_freq.data.float()  # rotary tables stay fp32 at any precision
+        for norm in model.modules():  # layer norms act on the fp32 residual stream
+            if isinstance(norm, nn.LayerNorm):
+                norm.float()
         return model.eval().requires_grad_(False)
 
     def embed(self, batch, repr_layer: int | None = None) -> torch.Tensor:
@@ -137,20 +161,49 @@ class PackedESM2(nn.Module):
         """
         n_layers = self.spec.num_layers
         repr_layer = n_layers if repr_layer is None else repr_layer
-        x = self.embed_tokens(tokens)
+        rotate, rotate_keys, add_norm = self.kernels
+        dtype = self.embed_tokens.weight.dtype
+        x = self.embed_tokens(tokens).float()
         if self.spec.token_dropout:
             x = x * TOKEN_DROPOUT_SCALE
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (T, 1, Dh)
         cos, sin = emb.cos(), emb.sin()
-        use_varlen = varlen_available(x.device, x.dtype)
-        for layer in self.layers[:repr_layer]:
-            x = layer(x, cos, sin, cu_seqlens, max_len, positions, seq_ids, use_varlen, self.kernels)
-        if repr_layer == n_layers:
-            x = self.emb_layer_norm_after(x)
+        use_varlen = varlen_available(x.device, dtype)
+        fused = self.fused_attention and triton_available(x.device, dtype)
+        if fused:
+            tables = self.rotary_tables(max_len)
+        tanh_gelu = self.tanh_gelu_epilogue and use_varlen
+        layers = self.layers[:repr_layer]
+        T, d = x.shape
+        h = F.layer_norm(x, (d,), layers[0].ln1.weight, layers[0].ln1.bias, LAYER_NORM_EPS).to(dtype) if layers else x
+        for i, layer in enumerate(layers):
+            qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias)
+            if fused:
+                keys = rotate_keys(qkv, cos, sin, layer.heads) if max_len > ROTATE_KEYS_MAX_LEN else None
+                a = rotary_varlen_attention(qkv, cu_seqlens, max_len, tables, layer.heads, rotated_keys=keys)
+            else:
+                q, k = rotate(qkv, cos, sin, layer.heads)
+                v = qkv.view(T, 3, layer.heads, -1)[:, 2]
+                if use_varlen:
+                    a = varlen_attention(q, k, v, cu_seqlens, max_len)
+                else:
+                    a = padded_attention(q, k, v, cu_seqlens, max_len, positions, seq_ids)
+            x, h = add_norm(x, F.linear(a.reshape(T, d), layer.out.weight, layer.out.bias), layer.ln2.weight,
+                            layer.ln2.bias, dtype)
+            y = F.linear(mlp_up(h, layer.fc1.weight, layer.fc1.bias, tanh_gelu), layer.fc2.weight,
+                         layer.fc2.bias)
+            if i + 1 < len(layers):
+                nxt = layers[i + 1].ln1
+                x, h = add_norm(x, y, nxt.weight, nxt.bias, dtype)
+            elif repr_layer == n_layers:  # the last layer's output goes through emb_layer_norm_after, kept fp32
+                final = self.emb_layer_norm_after
+                _, x = add_norm(x, y, final.weight, final.bias, torch.float32)
+            else:
+                x = x + y.float()
         residue = ((tokens != self.cls_idx) & (tokens != self.eos_idx)).unsqueeze(-1)
         segments = cu_seqlens.numel() - 1
         sums = torch.zeros(segments, x.shape[-1], device=x.device, dtype=torch.float32)
-        sums.index_add_(0, seq_ids, torch.where(residue, x.float(), 0.0))
+        sums.index_add_(0, seq_ids, torch.where(residue, x, 0.0))
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1] - 2).clamp_min(1).to(torch.float32)
         return (sums / lengths[:, None])[:num_seqs]

@@ -1,0 +1,124 @@
+"""Rotary + varlen attention in one Triton kernel, reading q, k, v straight from the fused QKV projection.
+
+Why: for short packed sequences (reads of ~50 residues) FlashAttention-2 varlen plus a separate rotary pass cost
+17.5 ms of a 164 ms ESM-2 3B batch (H100, 16,384 tokens), three times the bytes they must move; this kernel
+takes 7 ms there. For longer segments (rotated keys passed in) it is also 10-35 % faster than FlashAttention-2
+(docs/benchmarks/attention_crossover.py). This kernel
+reads q, k and v once from the (T, 3D) projection, rotates q and k in registers (fp32 angles, positions
+restarting at each sequence, as fair-esm), and writes o once; one program per (query block, sequence, head),
+an online softmax over key blocks of the same sequence (so long sequences work too). The CPU twin is
+`padded_attention` after `rotate_qk` (the tests compare that with fair-esm); this kernel is checked against it
+on the GPU by docs/benchmarks/speed_variants.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+
+#: Batches whose longest segment is at most this rotate the keys in the kernel; longer ones pass keys rotated
+#: once beforehand (rotating each key block again for every query block costs more there).
+ROTATE_KEYS_MAX_LEN = 96
+#: (query rows, key rows, warps, pipeline stages) per program, for the two cases; the fastest of those measured
+#: on an H100 by docs/benchmarks/attention_crossover.py.
+SHORT_CONFIG = (64, 32, 4, 2)
+LONG_CONFIG = (64, 64, 4, 3)
+
+
+def triton_available(device: torch.device, dtype: torch.dtype) -> bool:
+    return triton is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rotary_varlen_attention(qkv, keys, out, cu_seqlens, cos_table, sin_table, scale_log2, qkv_row_stride,
+                                 key_row_stride, out_row_stride, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROTATE_KEYS: tl.constexpr):
+        m_block = tl.program_id(0)
+        seq = tl.program_id(1)
+        head = tl.program_id(2)
+        start = tl.load(cu_seqlens + seq)
+        seqlen = tl.load(cu_seqlens + seq + 1) - start
+        if m_block * BLOCK_M < seqlen:
+            HALF: tl.constexpr = HEAD_DIM // 2
+            half = tl.arange(0, HALF)
+            pos_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+            in_m = (pos_m < seqlen)[:, None]
+            q_at = qkv + (start + pos_m)[:, None] * qkv_row_stride + head * HEAD_DIM + half[None, :]
+            q1 = tl.load(q_at, mask=in_m, other=0.0).to(tl.float32)
+            q2 = tl.load(q_at + HALF, mask=in_m, other=0.0).to(tl.float32)
+            at_m = pos_m[:, None] * HALF + half[None, :]
+            cos, sin = tl.load(cos_table + at_m, mask=in_m, other=1.0), tl.load(sin_table + at_m, mask=in_m, other=0.0)
+            q1r = (q1 * cos - q2 * sin).to(qkv.dtype.element_ty)
+            q2r = (q2 * cos + q1 * sin).to(qkv.dtype.element_ty)
+
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            dims = tl.arange(0, HEAD_DIM)
+            for n0 in range(0, seqlen, BLOCK_N):
+                pos_n = n0 + tl.arange(0, BLOCK_N)
+                in_n = pos_n < seqlen
+                row_n = (start + pos_n)[:, None] * qkv_row_stride
+                k_at = keys + (start + pos_n)[:, None] * key_row_stride + head * HEAD_DIM + half[None, :]
+                if ROTATE_KEYS:
+                    k1 = tl.load(k_at, mask=in_n[:, None], other=0.0).to(tl.float32)
+                    k2 = tl.load(k_at + HALF, mask=in_n[:, None], other=0.0).to(tl.float32)
+                    at_n = pos_n[:, None] * HALF + half[None, :]
+                    cos_n = tl.load(cos_table + at_n, mask=in_n[:, None], other=1.0)
+                    sin_n = tl.load(sin_table + at_n, mask=in_n[:, None], other=0.0)
+                    k1r = (k1 * cos_n - k2 * sin_n).to(qkv.dtype.element_ty)
+                    k2r = (k2 * cos_n + k1 * sin_n).to(qkv.dtype.element_ty)
+                else:  # already rotated (long segments: rotating each key block once per query block costs more)
+                    k1r = tl.load(k_at, mask=in_n[:, None], other=0.0)
+                    k2r = tl.load(k_at + HALF, mask=in_n[:, None], other=0.0)
+                s = tl.dot(q1r, tl.trans(k1r)) + tl.dot(q2r, tl.trans(k2r))
+                s = tl.where(in_n[None, :], s * scale_log2, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                p = tl.exp2(s - m_new[:, None])
+                alpha = tl.exp2(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                v = tl.load(qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None],
+                            other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            o_at = out + (start + pos_m)[:, None] * out_row_stride + head * HEAD_DIM + dims[None, :]
+            tl.store(o_at, (acc / l_i[:, None]).to(out.dtype.element_ty), mask=in_m)
+
+
+def rotary_tables(inv_freq: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position x frequency, (positions, Dh/2) fp32: the same numbers as the unfused path."""
+    angle = torch.arange(positions, device=inv_freq.device).float()[:, None] * inv_freq[None, :]
+    return angle.cos().contiguous(), angle.sin().contiguous()
+
+
+def rotary_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int,
+                            tables: tuple[torch.Tensor, torch.Tensor], heads: int,
+                            config: tuple[int, int, int, int] | None = None,
+                            rotated_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, 3D) projection [q | k | v, heads-major] -> (T, H, Dh) attention output; scale 1/sqrt(Dh).
+
+    Every token must lie in a segment of `cu_seqlens` (int32, on the GPU) no longer than `max_len`, and the
+    rotary `tables` must have at least `max_len` rows. `rotated_keys` (T, H, Dh), when given, replaces the
+    projection's k and is used as it is.
+    """
+    T, three_d = qkv.shape
+    head_dim = three_d // (3 * heads)
+    out = torch.empty(T, heads, head_dim, device=qkv.device, dtype=qkv.dtype)
+    block_m, block_n, warps, stages = config or (SHORT_CONFIG if rotated_keys is None else LONG_CONFIG)
+    grid = (triton.cdiv(max_len, block_m), cu_seqlens.numel() - 1, heads)
+    keys = qkv[:, heads * head_dim:] if rotated_keys is None else rotated_keys.view(T, -1)
+    cos, sin = tables
+    _rotary_varlen_attention[grid](qkv, keys, out, cu_seqlens, cos, sin, math.log2(math.e) / math.sqrt(head_dim),
+                                   qkv.stride(0), keys.stride(0), out.stride(0), HEADS=heads, HEAD_DIM=head_dim,
+                                   BLOCK_M=block_m, BLOCK_N=block_n, ROTATE_KEYS=rotated_keys is None,
+                                   num_warps=warps, num_stages=stages)
+    return out
