@@ -53,6 +53,9 @@ def _embed_arguments(p) -> None:
                    help="sequences over 1022 residues: truncate (counted, warned) or refuse")
     p.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"],
                    help="torch.compile the dense layer kernels (auto = on CUDA); batches are padded to the budget")
+    p.add_argument("--exact-gelu", action="store_true",
+                   help="on CUDA fp16/bf16, compute ESM's erf gelu separately instead of cuBLASLt's fused bias+gelu "
+                        "epilogue (tanh form; ~4%% slower, same measured accuracy: docs/benchmarks/README.md)")
     p.add_argument("--repr-layer", type=int, default=d.repr_layer, help="layer to pool (-1 = last, fair-esm style)")
     p.add_argument("--target-sequences", type=int, default=d.target_sequences,
                    help="sequence count the runtime projection is for")
@@ -69,8 +72,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--num-sequences", type=int, default=200, help="accuracy: seed-mix sequences compared")
     p.add_argument("--seed-mix", type=int, default=10000, help="engines: seed-mix sequences")
     p.add_argument("--short-reads", type=int, default=50000, help="engines: short-reads sequences")
-    p.add_argument("--fair-subset", type=int, default=3000, help="engines: sequences given to fair-esm")
-    p.add_argument("--fp32-subset", type=int, default=500, help="peers: sequences given to fair-esm fp32")
+    p.add_argument("--peer-subset", type=int, default=3000,
+                   help="engines: sequences of each workload given to the stock peers")
+    p.add_argument("--fp32-subset", type=int, default=500, help="engines, peers: sequences given to fair-esm fp32")
     p.add_argument("--token-budget", type=int, default=16384)
     p.add_argument("--workdir", type=Path, default=Path("results/bench"))
     p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
@@ -90,8 +94,8 @@ def cmd_bench(args) -> int:
     elif args.what == "peers":
         result = bench.peers(args.model, device, args.seed_mix, args.short_reads, args.fp32_subset)
     else:
-        result = bench.engines(args.model, args.workdir, device, args.seed_mix, args.short_reads, args.fair_subset,
-                               args.token_budget)
+        result = bench.engines(args.model, args.workdir, device, args.seed_mix, args.short_reads, args.peer_subset,
+                               args.fp32_subset, args.token_budget)
         bench.print_table(result)
     if args.output:
         from virnucpro.utils.hardware import capture_hardware_info, package_versions
@@ -137,7 +141,7 @@ def _embed_config(args):
         random_weights=args.random_weights, seed=args.seed, precision=args.precision, device=args.device,
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor, checkpoint_every=args.checkpoint_every,
-        long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile,
+        long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile, exact_gelu=args.exact_gelu,
         target_sequences=args.target_sequences, world_size=args.world_size, progress_interval=args.progress_interval,
     )
 

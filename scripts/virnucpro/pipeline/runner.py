@@ -28,7 +28,7 @@ from virnucpro.pipeline.launcher import launch_ranks
 from virnucpro.pipeline import output
 from virnucpro.pipeline.preemption import Preempted, StopFlag
 from virnucpro.pipeline.progress_reporter import InferenceProgressReporter, create_progress_callback
-from virnucpro.utils.hardware import capture_hardware_info, package_versions
+from virnucpro.utils.hardware import capture_hardware_info, matmul_tflops, package_versions
 from virnucpro.utils.gpu_monitor import NvitopMonitor
 from virnucpro.utils.telemetry import TelemetryLogger, aggregate_telemetry_shards, queue_state, summarize
 
@@ -54,6 +54,7 @@ class EmbedConfig:
     checkpoint_every: int = 10000
     long_sequences: str = "truncate"
     compile: str = "auto"  # torch.compile the dense layer kernels: auto = on CUDA only
+    exact_gelu: bool = False  # on CUDA fp16/bf16, keep ESM's erf gelu instead of cuBLASLt's fused tanh form
     repr_layer: int = -1
     target_sequences: int = 6_000_000
     world_size: int | None = None  # None: every visible CUDA device, 1 on CPU
@@ -112,10 +113,18 @@ def resolve_layer(repr_layer: int, num_layers: int) -> int:
     return layer
 
 
-def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision: str, layer: int) -> dict:
+def gelu_form(cfg: EmbedConfig, device: torch.device, precision: str) -> str:
+    """Which gelu the model computes: cuBLASLt's fused tanh form with compiled kernels on CUDA in fp16/bf16
+    unless `exact_gelu`, ESM's erf form everywhere else."""
+    fused = cfg.resolved_compile(device) and device.type == "cuda" and precision != "fp32" and not cfg.exact_gelu
+    return "tanh (cuBLASLt bias+gelu epilogue)" if fused else "erf"
+
+
+def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision: str, layer: int,
+                gelu: str) -> dict:
     """What must match for checkpoint chunks to be reused (throughput knobs may change between reruns)."""
     return {"input_sha256": records.sha256, "num_sequences": len(records), "weights": weights.provenance,
-            "precision": precision, "repr_layer": layer, "long_sequences": cfg.long_sequences}
+            "precision": precision, "repr_layer": layer, "long_sequences": cfg.long_sequences, "gelu": gelu}
 
 
 class ResultBuffer:
@@ -143,11 +152,15 @@ class ResultBuffer:
 
 
 def warm_up(model: PackedESM2, device: torch.device, layer: int, pad_to: int | None) -> float:
-    """Run one throwaway batch so compilation and kernel selection stay out of the timed loop; seconds taken."""
+    """Run throwaway batches so compilation and kernel selection stay out of the timed loop; seconds taken.
+
+    One batch of reads and one of longer proteins: they take different attention kernels (see
+    `ROTATE_KEYS_MAX_LEN`), and a kernel compiled mid-run would stall the GPU for a second or two.
+    """
     t0 = time.perf_counter()
-    batch = collate([b"M" * 100], [0], Vocabulary.esm2(), pad_to).to(device)
     with torch.inference_mode():
-        model.embed(batch, layer)
+        for seqs in ([b"M" * 40], [b"M" * 100]):
+            model.embed(collate(seqs, [0], Vocabulary.esm2(), pad_to).to(device), layer)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
@@ -284,9 +297,10 @@ def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | No
     weights.state_dict = {}
     pad_to = cfg.token_budget if job.compiled else None
     if job.compiled:
-        model.compile_kernels()
+        model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
     load_seconds = time.perf_counter() - t_load
     warmup_seconds = warm_up(model, device, job.layer, pad_to)
+    ceiling = matmul_tflops(device, PRECISIONS[job.precision])  # what this rank's FLOP rate is compared with
     if device.type == "cuda":  # from here on, the peak is what the token budget costs, not weight loading
         load_peak_gb = torch.cuda.max_memory_allocated(device) / 1024**3
         torch.cuda.reset_peak_memory_stats(device)
@@ -301,6 +315,7 @@ def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | No
         shard_sequences=len(job.seqs), shard_tokens=int(sum(len(x) + 2 for x in job.seqs)),
         startup_seconds=startup_seconds, model_load_seconds=load_seconds, warmup_seconds=warmup_seconds,
         load_peak_memory_gb=load_peak_gb, compiled=job.compiled, gpu_monitor=monitor.identity(),
+        matmul_tflops=ceiling, model_spec=asdict(weights.spec),
         hardware=capture_hardware_info(),
     )
     preempted: Preempted | None = None
@@ -364,7 +379,8 @@ def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = No
 
     outdir = cfg.outdir
     final_path = outdir / "embeddings.h5"
-    fp = fingerprint(cfg, records, weights, precision, layer)
+    gelu = gelu_form(cfg, device, precision)
+    fp = fingerprint(cfg, records, weights, precision, layer, gelu)
     if output.completed(final_path, fp):
         logger.warning("%s is already complete for this input and model; nothing to do", final_path)
         return {**(output.read_summary(outdir) or {}), "already_complete": True}
@@ -385,7 +401,7 @@ def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = No
     compiled = cfg.resolved_compile(device)
     run_meta = {
         "model": weights.provenance.get("model"), "weights": weights.provenance, "precision": precision,
-        "repr_layer": layer, "fasta": str(cfg.fasta), "input_sha256": records.sha256,
+        "gelu": gelu, "repr_layer": layer, "fasta": str(cfg.fasta), "input_sha256": records.sha256,
         "num_input_sequences": len(records), "resumed_sequences": resumed, "truncated_sequences": records.truncated,
         "engine": {k: v for k, v in asdict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")},
         "versions": package_versions(), **cfg.extra_metadata,
@@ -420,7 +436,7 @@ def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = No
 
     attrs = {
         "model": weights.provenance.get("model"), "weights": weights.provenance["weights"],
-        "weights_provenance": weights.provenance, "precision": precision, "repr_layer": layer,
+        "weights_provenance": weights.provenance, "precision": precision, "gelu": gelu, "repr_layer": layer,
         "truncated_count": records.truncated, "input_sha256": records.sha256, "input_path": str(cfg.fasta),
         "num_sequences": len(records), "versions": package_versions(), "fingerprint": fp, "world_size": world_size,
     }
