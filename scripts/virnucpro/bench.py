@@ -1,12 +1,12 @@
 """Benchmarks (not tests): `virnucpro bench accuracy`, `engines` and `peers`.
 
-accuracy: this engine at fp16/bf16 against fair-esm's own ESM2 forward at fp32 on the same (random) weights;
-prints the distribution of per-sequence relative L2 errors.
-engines: in one process, the matmul ceiling, fair-esm fp16 with length-sorted token batches (its
-`get_batch_indices`), and this engine end to end (`virnucpro embed`: FASTA, packing, forward, pooling, HDF5)
-on the seed-mix and short-reads workloads; one table of tokens/s, % of ceiling and ratios.
-peers: fair-esm fp16 and fp32 (extract.py recipe) and Hugging Face `EsmModel` (SDPA, needs transformers) on the
-same weights, with a cross-check that they agree.
+accuracy: this engine at fp32/bf16/fp16 against fair-esm's own ESM2 forward at fp32 on the same (random)
+weights; prints the distribution of per-sequence relative L2 errors.
+engines: in one process, the matmul ceiling, the stock peers (below) and this engine end to end (`virnucpro
+embed`: FASTA, packing, forward, pooling, HDF5) on the seed-mix and short-reads workloads; one table of
+tokens/s, sequences/s, % of ceiling, peak memory and the ratio to each peer.
+peers: only the peers: fair-esm fp16 and fp32 (extract.py recipe: length-sorted padded token batches) and
+Hugging Face `EsmModel` (SDPA, needs transformers) on the same weights, with a check that they agree.
 Run on a GPU (the device machine); on CPU they work but mean little.
 """
 
@@ -25,9 +25,8 @@ from virnucpro.data.loader import Vocabulary, collate
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.models.packed_esm2 import PackedESM2
 from virnucpro.models.weights import ARCHITECTURES, random_state_dict
-
-FLOPS_PER_PARAM_TOKEN = 2
-
+from virnucpro.utils.hardware import matmul_tflops
+from virnucpro.utils.telemetry import steady_state
 
 def _sync(device):
     if device.type == "cuda":
@@ -110,36 +109,33 @@ def hf_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device) -> t
         model.config.hidden_size, alphabet, seqs, toks_per_batch, device)
 
 
-def peers(model_name: str, device: torch.device, seed_mix_n: int, short_reads_n: int, fp32_n: int) -> dict:
-    """fair-esm fp16 and fp32 (extract.py recipe) and Hugging Face EsmModel fp16 (SDPA) on the same weights."""
+PEERS = (("fair-esm fp16, sorted 16384-token batches", "fair", torch.float16, 16384),
+         ("HF EsmModel sdpa fp16, sorted 16384-token batches", "hf", torch.float16, 16384),
+         ("fair-esm fp32, extract.py 4096-token batches", "fair", torch.float32, 4096))
+
+
+def peer_runs(spec, state, workloads: dict[str, list[str]], fp32_n: int, device) -> list[dict]:
+    """fair-esm fp16 and fp32 (extract.py recipe) and Hugging Face EsmModel fp16 (SDPA) on the same weights,
+    each on every workload (fp32 on its first `fp32_n` sequences), with a check that they agree."""
     from esm.data import Alphabet
 
-    spec = ARCHITECTURES[model_name]
-    state = random_state_dict(spec, 0, device)
     alphabet = Alphabet.from_architecture("ESM-1b")
-    result = {"model": model_name, "runs": []}
-    workloads = {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n))}
-    engines = (("fair-esm fp16, sorted 16384-token batches", lambda: fair_esm_model(spec, state, device, torch.float16),
-                fair_esm_embed, 16384, None),
-               ("HF EsmModel sdpa fp16, sorted 16384-token batches", lambda: hf_esm_model(spec, state, device,
-                                                                                        torch.float16),
-                hf_embed, 16384, None),
-               ("fair-esm fp32, extract.py 4096-token batches", lambda: fair_esm_model(spec, state, device,
-                                                                                       torch.float32),
-                fair_esm_embed, 4096, fp32_n))
-    reference = {}
-    for name, build, embed, toks_per_batch, limit in engines:
-        model = build()
+    rows, reference = [], {}
+    for name, kind, dtype, toks_per_batch in PEERS:
+        build, embed = (fair_esm_model, fair_esm_embed) if kind == "fair" else (hf_esm_model, hf_embed)
+        model = build(spec, state, device, dtype)
         for profile, seqs in workloads.items():
-            sub = seqs[:limit] if limit else seqs
+            sub = seqs[:fp32_n] if dtype == torch.float32 else seqs
             embed(model, alphabet, sub[:100], toks_per_batch, device)  # warm-up
             _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             emb, toks = embed(model, alphabet, sub, toks_per_batch, device)
             _sync(device)
             dt = time.perf_counter() - t0
             row = {"engine": name, "workload": profile, "sequences": len(sub), "tokens_per_sec": toks / dt,
-                   "sequences_per_sec": len(sub) / dt}
+                   "sequences_per_sec": len(sub) / dt, "peak_memory_gb": _peak_gb(device)}
             if profile not in reference:
                 reference[profile] = emb
             else:  # same weights: the peers must agree (checks the HF name mapping too)
@@ -147,128 +143,147 @@ def peers(model_name: str, device: torch.device, seed_mix_n: int, short_reads_n:
                 a, b = emb[:k], reference[profile][:k]
                 row["max_rel_diff_vs_fair_fp16"] = float((np.linalg.norm(a - b, axis=1)
                                                           / np.linalg.norm(b, axis=1)).max())
-            result["runs"].append(row)
+            rows.append(row)
             print(row, flush=True)
         del model
-        torch.cuda.empty_cache()
-    return result
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
 
 
-def packed_embed(model: PackedESM2, seqs: list[bytes], token_budget: int, device) -> np.ndarray:
+def _peak_gb(device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
+
+
+def peers(model_name: str, device: torch.device, seed_mix_n: int, short_reads_n: int, fp32_n: int) -> dict:
+    spec = ARCHITECTURES[model_name]
+    workloads = {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n))}
+    return {"model": model_name, "runs": peer_runs(spec, random_state_dict(spec, 0, device), workloads, fp32_n, device)}
+
+
+def packed_embed(model: PackedESM2, seqs: list[bytes], token_budget: int, device, pad_to: int | None = None
+                 ) -> np.ndarray:
     from virnucpro.data.packing import pack_batches
 
     vocab = Vocabulary.esm2()
     out = np.zeros((len(seqs), model.spec.embed_dim), dtype=np.float32)
     with torch.inference_mode():
         for b in pack_batches([len(s) for s in seqs], token_budget, 10_000):
-            pb = collate(seqs, b, vocab).to(device)
+            pb = collate(seqs, b, vocab, pad_to).to(device)
             out[pb.indices.numpy()] = model.embed(pb).cpu().numpy()
     return out
 
 
-def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.device) -> dict:
+def _errors(got: np.ndarray, ref: np.ndarray, lengths: np.ndarray) -> dict:
+    err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    return {"median": float(np.median(err)), "p99": float(np.quantile(err, 0.99)), "max": float(err.max()),
+            "worst_length": int(lengths[err.argmax()]), "max_length_ge_20": float(err[lengths >= 20].max()),
+            "finite": bool(np.isfinite(got).all())}
+
+
+def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.device, token_budget: int = 16384) -> dict:
+    """This engine as `virnucpro embed` configures it (compiled kernels and batches padded to the budget on
+    CUDA) against fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32 on the weights rounded
+    to the engine's dtype: the second isolates the arithmetic's error from the rounding of the weights."""
     from esm.data import Alphabet
 
     spec = ARCHITECTURES[model_name]
     state = random_state_dict(spec, seed, device)
     _, seqs = make_sequences(num_sequences, seed, "seed-mix")
+    seqs += make_sequences(num_sequences // 2, seed, "short-reads")[1]
     rng = np.random.default_rng(seed)
     seqs += ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) for n in (1, 2, 1021, 1022)] + ["MKXBZUOAXXC"]
+    lengths = np.array([len(s) for s in seqs])
+    alphabet = Alphabet.from_architecture("ESM-1b")
     ref_model = fair_esm_model(spec, state, device, torch.float32)
-    ref, _ = fair_esm_embed(ref_model, Alphabet.from_architecture("ESM-1b"), seqs, 8192, device)
+    refs = {"fp32": fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        rounded = {k: v.to(dtype).float() for k, v in state.items()}
+        ref_model.load_state_dict(rounded, strict=False)
+        refs[name] = fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]
+        del rounded
     del ref_model
     vocab = Vocabulary.esm2()
+    compiled = device.type == "cuda"
     result = {"model": model_name, "weights": f"random (seed {seed})", "num_sequences": len(seqs),
-              "reference": "fair-esm ESM2 fp32 on the same weights", "device": str(device)}
+              "reference": "fair-esm ESM2 fp32 on the same weights", "device": str(device),
+              "engine": "compiled kernels, batches padded to the budget" if compiled else "eager"}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         model = PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, device, dtype)
-        got = packed_embed(model, [s.encode() for s in seqs], 16384, device)
-        err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
-        result[name] = {"median": float(np.median(err)), "p99": float(np.quantile(err, 0.99)),
-                        "max": float(err.max()), "finite": bool(np.isfinite(got).all())}
+        if compiled:
+            model.compile_kernels()
+        got = packed_embed(model, [s.encode() for s in seqs], token_budget, device,
+                           token_budget if compiled else None)
+        result[name] = _errors(got, refs["fp32"], lengths)
+        if name != "fp32":
+            result[name]["vs_reference_on_rounded_weights"] = _errors(got, refs[name], lengths)
+        print(name, result[name], flush=True)
         del model
     return result
 
 
-def matmul_ceiling(device, dtype=torch.bfloat16, n=8192, reps=20) -> float:
-    """Measured dense matmul TFLOP/s (median of `reps`, events-timed)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e12
-
-
-def flops_per_token(spec, mean_len: float) -> float:
-    d, L = spec.embed_dim, spec.num_layers
-    params = L * 12 * d * d
-    return FLOPS_PER_PARAM_TOKEN * params + L * 4 * mean_len * d
-
-
 def engines(model_name: str, workdir: Path, device: torch.device, seed_mix_n: int, short_reads_n: int,
-            fair_subset: int, token_budget: int) -> dict:
+            peer_n: int, fp32_n: int, token_budget: int) -> dict:
+    """One process: the matmul ceiling, the stock peers (on the first `peer_n` sequences of each workload), and
+    this engine end to end (`virnucpro embed` in a subprocess, bf16 and fp16) on every sequence."""
     import subprocess
     import sys
 
-    from esm.data import Alphabet
-
     spec = ARCHITECTURES[model_name]
     workdir.mkdir(parents=True, exist_ok=True)
-    ceiling = matmul_ceiling(device)
-    rows = {"matmul_tflops_bf16": ceiling, "model": model_name, "runs": []}
-    state = random_state_dict(spec, 0, device)
-    fair = fair_esm_model(spec, state, device, torch.float16)
-    del state
-    alphabet = Alphabet.from_architecture("ESM-1b")
+    ceiling = matmul_tflops(device, torch.bfloat16)
+    result = {"matmul_tflops_bf16": ceiling, "model": model_name, "runs": []}
+    workloads = {}
     for profile, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n)):
         ids, seqs = make_sequences(n, 1, profile)
-        fasta = workdir / f"{profile}.fa"
-        write_fasta(fasta, ids, seqs)
+        write_fasta(workdir / f"{profile}.fa", ids, seqs)
+        workloads[profile] = seqs
         mean_tokens = statistics.fmean(len(s) + 2 for s in seqs)
-        ceiling_tps = ceiling * 1e12 / flops_per_token(spec, mean_tokens)
-        sub = seqs[: fair_subset]
-        fair_esm_embed(fair, alphabet, sub[:200], 16384, device)  # warm-up
-        _sync(device)
-        t0 = time.perf_counter()
-        _, toks = fair_esm_embed(fair, alphabet, sub, 16384, device)
-        _sync(device)
-        dt = time.perf_counter() - t0
-        rows["runs"].append({"engine": "fair-esm fp16, sorted 16384-token batches", "workload": profile,
-                             "sequences": len(sub), "tokens_per_sec": toks / dt, "sequences_per_sec": len(sub) / dt,
-                             "pct_ceiling": 100 * toks / dt / ceiling_tps})
+        result[f"ceiling_tokens_per_sec_{profile}"] = ceiling * 1e12 / spec.flops_per_token(mean_tokens)
+    state = random_state_dict(spec, 0, device)
+    result["runs"] += peer_runs(spec, state, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device)
+    del state
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    for profile, seqs in workloads.items():
         for precision in ("bf16", "fp16"):
             out = workdir / f"out-{profile}-{precision}"
-            cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(out), "--model", model_name,
-                   "--random-weights", "--precision", precision, "--token-budget", str(token_budget)]
+            cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(workdir / f"{profile}.fa"), "-o", str(out),
+                   "--model", model_name, "--random-weights", "--precision", precision, "--token-budget",
+                   str(token_budget)]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True)
             wall = time.perf_counter() - t0
             summary = json.loads((out / "status.json").read_text())["summary"]
-            tps = summary["avg_tokens_per_sec"]
-            rows["runs"].append({"engine": f"virnucpro packed {precision} (embed, end to end)", "workload": profile,
-                                 "sequences": n, "tokens_per_sec": tps,
-                                 "sequences_per_sec": summary["avg_sequences_per_sec"],
-                                 "pct_ceiling": 100 * tps / ceiling_tps, "process_wall_seconds": wall,
-                                 "peak_memory_gb": summary.get("peak_memory_gb")})
-        rows[f"ceiling_tokens_per_sec_{profile}"] = ceiling_tps
-    return rows
+            batches = json.loads((out / "telemetry" / "telemetry_rank0.json").read_text())["per_batch_metrics"]
+            steady = steady_state(batches, warmup_seconds=3.0, warmup_batches=5)
+            result["runs"].append({"engine": f"virnucpro packed {precision} (embed, end to end)", "workload": profile,
+                                   "sequences": len(seqs), "tokens_per_sec": summary["avg_tokens_per_sec"],
+                                   "sequences_per_sec": summary["avg_sequences_per_sec"],
+                                   "process_wall_seconds": wall, "peak_memory_gb": summary.get("peak_memory_gb"),
+                                   "steady": {k: steady.get(k) for k in (
+                                       "avg_tokens_per_sec", "avg_gpu_util", "p95_wait_time_ms",
+                                       "avg_packing_efficiency", "excluded_batches", "total_batches")}})
+    for r in result["runs"]:
+        r["pct_ceiling"] = 100 * r["tokens_per_sec"] / result[f"ceiling_tokens_per_sec_{r['workload']}"]
+    return result
 
 
 def print_table(result: dict) -> None:
+    """Tokens/s, sequences/s, % of ceiling, peak memory, and each row's ratio to every stock peer."""
     print(f"matmul ceiling bf16: {result['matmul_tflops_bf16']:.0f} TFLOP/s")
-    best_peer = {}
-    for r in result["runs"]:
-        if r["engine"].startswith("fair-esm"):
-            best_peer[r["workload"]] = max(best_peer.get(r["workload"], 0), r["tokens_per_sec"])
-    print(f"{'engine':48s} {'workload':12s} {'tok/s':>10s} {'seq/s':>9s} {'%ceil':>6s} {'x peer':>7s}")
-    for r in result["runs"]:
-        ratio = r["tokens_per_sec"] / best_peer[r["workload"]] if best_peer.get(r["workload"]) else float("nan")
-        print(f"{r['engine']:48s} {r['workload']:12s} {r['tokens_per_sec']:10,.0f} {r['sequences_per_sec']:9,.1f} "
-              f"{r['pct_ceiling']:6.1f} {ratio:7.2f}")
+    runs = result["runs"]
+    peer_names = [p[0] for p in PEERS]
+    short = {n: f"x{i + 1}" for i, n in enumerate(peer_names)}
+    for n, tag in short.items():
+        print(f"  {tag} = {n}")
+    print(f"{'engine':50s} {'workload':12s} {'tok/s':>9s} {'seq/s':>8s} {'%ceil':>6s} {'peakGB':>7s} "
+          + " ".join(f"{t:>6s}" for t in short.values()))
+    for r in runs:
+        peers_here = {p["engine"]: p["tokens_per_sec"] for p in runs
+                      if p["workload"] == r["workload"] and p["engine"] in short}
+        ratios = " ".join(f"{r['tokens_per_sec'] / peers_here[n]:6.2f}" if n in peers_here else f"{'':6s}"
+                          for n in peer_names)
+        peak = r.get("peak_memory_gb")
+        print(f"{r['engine'][:50]:50s} {r['workload']:12s} {r['tokens_per_sec']:9,.0f} {r['sequences_per_sec']:8,.1f} "
+              f"{r['pct_ceiling']:6.1f} {peak if peak is not None else float('nan'):7.1f} {ratios}")

@@ -30,6 +30,11 @@ class ModelSpec:
     def head_dim(self) -> int:
         return self.embed_dim // self.attention_heads
 
+    def flops_per_token(self, mean_tokens: float) -> float:
+        """Forward FLOPs per token: 2 per layer weight (the 4 projections, 12 d^2 a layer) plus attention's
+        QK^T and PV (4 d per key, for a sequence of `mean_tokens`); embedding and norms are negligible."""
+        return self.num_layers * (2 * 12 * self.embed_dim**2 + 4 * mean_tokens * self.embed_dim)
+
 
 #: fair-esm's published ESM-2 models.
 ARCHITECTURES = {

@@ -55,3 +55,36 @@ def capture_hardware_info() -> dict:
         info["gpu_memory_gb"] = [round(torch.cuda.get_device_properties(i).total_memory / 1024**3, 2) for i in range(n)]
         info["driver_version"] = _driver_version()
     return info
+
+
+def matmul_tflops(device, dtype=None, n: int | None = None, reps: int = 10) -> float:
+    """Measured dense matmul rate on `device` in `dtype` (median of `reps` n x n products, after warm-up): the
+    ceiling a model's FLOP rate is compared with. 8192 on a GPU (fills an H100), 1024 on a CPU (a second)."""
+    import statistics
+    import time
+
+    import torch
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 1024)
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.float32, generator=gen).to(dtype)  # random, never zeros
+    b = torch.randn(n, n, device=device, dtype=torch.float32, generator=gen).to(dtype)
+    times = []
+    for i in range(reps + 3):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end) / 1000
+        else:
+            t0 = time.perf_counter()
+            a @ b
+            dt = time.perf_counter() - t0
+        if i >= 3:
+            times.append(dt)
+    return 2 * n**3 / statistics.median(times) / 1e12
