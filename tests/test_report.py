@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from virnucpro.report.render import build_context, render_html
-from virnucpro.report.results import best_point, checkpoint_overhead, job_steady
+from virnucpro.report.results import best_point, checkpoint_overhead, job_steady, with_flop_utilisation
 
 
 def test_nothing_run_renders_every_verdict_as_na_with_escaped_provenance(tmp_path):
@@ -46,6 +46,19 @@ def test_checkpoint_overhead_and_job_steady_hand_values():
     assert s["p95_wait_time_ms"] == 9.0 and s["min_gpu_util"] == 90.0 and s["min_packing_efficiency"] == 0.91
     assert not s["warmup_excluded"] and s["steady_batches"] == 90
     assert job_steady([{"steady": None}], 10) is None
+
+
+def test_flop_utilisation_hand_values_and_na_without_a_measured_rate():
+    spec = {"num_layers": 36, "embed_dim": 2560, "attention_heads": 40}
+    steady = {"avg_tokens_per_sec": 100_000.0, "avg_sequences_per_sec": 2_000.0}  # 50 tokens a sequence
+    ranks = [{"matmul_tflops": 400.0, "model_spec": spec}, {"matmul_tflops": 357.0, "model_spec": spec}]
+    flops_per_token = 36 * (24 * 2560**2 + 4 * 50 * 2560)  # 5.68 GFLOP
+    got = with_flop_utilisation(steady, ranks)
+    assert abs(got["pct_of_matmul_ceiling"] - 100 * 100_000 * flops_per_token / 757e12) < 1e-9
+    assert 75.0 < got["pct_of_matmul_ceiling"] < 75.1
+    missing = with_flop_utilisation(steady, [ranks[0], {"matmul_tflops": None, "model_spec": spec}])
+    assert missing["pct_of_matmul_ceiling"] is None and "no matmul rate" in missing["ceiling_na_reason"]
+    assert with_flop_utilisation(None, ranks) is None
 
 
 def production(n, elapsed, device):

@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from virnucpro.models.weights import ModelSpec
 from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, calculate_scaling_efficiency, steady_state
 
 #: The engine settings a sweep varies and the report shows.
@@ -53,6 +54,22 @@ def job_steady(ranks: list[dict], target_sequences: int,
     }
 
 
+def with_flop_utilisation(steady: dict | None, ranks: list[dict]) -> dict | None:
+    """Add `pct_of_matmul_ceiling`: the job's model FLOP rate (steady tokens/s x FLOPs per token at its mean
+    sequence length) over the sum of the dense matmul rates its ranks measured at start-up, in the run's
+    precision. None (with `ceiling_na_reason`) when a rank did not measure one."""
+    if steady is None:
+        return None
+    rates = [r.get("matmul_tflops") for r in ranks]
+    spec = next((r["model_spec"] for r in ranks if r.get("model_spec")), None)
+    if not rates or None in rates or spec is None:
+        return {**steady, "pct_of_matmul_ceiling": None,
+                "ceiling_na_reason": "no matmul rate in the telemetry (run made before it was measured)"}
+    mean_tokens = steady["avg_tokens_per_sec"] / steady["avg_sequences_per_sec"]
+    flops = steady["avg_tokens_per_sec"] * ModelSpec(**spec).flops_per_token(mean_tokens)
+    return {**steady, "pct_of_matmul_ceiling": 100 * flops / (sum(rates) * 1e12), "matmul_tflops": sum(rates)}
+
+
 def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code: int, reason: str | None,
                    warmup_seconds: float, warmup_batches: int, target_sequences: int) -> dict[str, Any]:
     """Build the result of the job whose `virnucpro embed` output is in `outdir`."""
@@ -68,6 +85,7 @@ def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code
             "startup_seconds": meta.get("startup_seconds"), "model_load_seconds": meta.get("model_load_seconds"),
             "warmup_seconds": meta.get("warmup_seconds"), "gpu_monitor": meta.get("gpu_monitor"),
             "shard_sequences": meta.get("shard_sequences"), "shard_tokens": meta.get("shard_tokens"),
+            "matmul_tflops": meta.get("matmul_tflops"), "model_spec": meta.get("model_spec"),
             "summary": tel["summary"], "steady": rank_steady(tel, warmup_seconds, warmup_batches),
             "series": [{"t": b["timestamp"], "tokens_per_sec": b.get("tokens_per_sec"),
                         "batch_seconds": b.get("batch_seconds")} for b in tel["per_batch_metrics"]],
@@ -79,7 +97,7 @@ def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code
         "reason": None if ok else (reason or status.get("reason") or f"exit code {exit_code}"),
         "exit_code": exit_code,
         "summary": status.get("summary") if ok else None,
-        "steady": job_steady(ranks, target_sequences) if ok else None,
+        "steady": with_flop_utilisation(job_steady(ranks, target_sequences), ranks) if ok else None,
         "ranks": ranks,
         "peak_memory_gb": status.get("peak_memory_gb"),
         "outdir": str(outdir),
