@@ -100,3 +100,27 @@ def test_padded_to_budget_and_compiled_match_fair_esm(tmp_path, tiny_checkpoint)
     _, got, _ = _embed(fasta, tmp_path / "out", tiny_checkpoint, "--compile", "on")
     err = _rel_err(got, fair_esm_embeddings(tiny_checkpoint, seqs))
     assert err.max() <= 1e-4, err
+
+
+def test_half_precision_keeps_residual_stream_embeddings_and_norms_fp32(tmp_path, tiny_checkpoint):
+    """The CPU twin of the GPU dtype layout: only the linear layers take bf16; the result stays near fp32's."""
+    from virnucpro.data.loader import Vocabulary
+    from virnucpro.models.packed_esm2 import PackedESM2
+    from virnucpro.models.weights import resolve_weights
+
+    weights = resolve_weights(None, str(tiny_checkpoint), False, 0, "cpu")
+    vocab = Vocabulary.esm2()
+    model = PackedESM2.from_state_dict(weights.spec, weights.state_dict, vocab.cls_idx, vocab.eos_idx, "cpu",
+                                       torch.bfloat16)
+    dtypes = {type(m).__name__: {p.dtype for p in m.parameters(recurse=False)} for m in model.modules()
+              if any(True for _ in m.parameters(recurse=False))}
+    assert dtypes == {"Embedding": {torch.float32}, "LayerNorm": {torch.float32}, "Linear": {torch.bfloat16}}
+    seqs = _sequences(np.random.default_rng(1))[:7]
+    fasta = _write(tmp_path / "in.fa", [f"s{i}" for i in range(len(seqs))], seqs)
+    rc = main(["embed", str(fasta), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint), "--device",
+               "cpu", "--precision", "bf16", "--num-workers", "0", "--token-budget", "2048"])
+    assert rc == 0
+    with h5py.File(tmp_path / "out" / "embeddings.h5", "r") as f:
+        got, gelu = f["embeddings"][()], f.attrs["gelu"]
+    err = _rel_err(got, fair_esm_embeddings(tiny_checkpoint, seqs))
+    assert gelu == "erf" and np.isfinite(got).all() and err.max() < 2e-2, err

@@ -140,11 +140,9 @@ class PackedESM2(nn.Module):
                 put(getattr(layer, mine).bias, p + theirs + ".bias")
         put(model.emb_layer_norm_after.weight, "emb_layer_norm_after.weight")
         put(model.emb_layer_norm_after.bias, "emb_layer_norm_after.bias")
-        model.to(dtype)
-        model.inv_freq.data = model.inv_freq.data.float()  # rotary tables stay fp32 at any precision
-        for norm in model.modules():  # layer norms act on the fp32 residual stream
-            if isinstance(norm, nn.LayerNorm):
-                norm.float()
+        for module in model.modules():  # only the GEMMs take `dtype`; what feeds the fp32 residual stream (layer
+            if isinstance(module, nn.Linear):  # norms, embeddings) and the rotary tables keep their fp32 values
+                module.to(dtype)
         return model.eval().requires_grad_(False)
 
     def embed(self, batch, repr_layer: int | None = None) -> torch.Tensor:
@@ -162,7 +160,7 @@ class PackedESM2(nn.Module):
         n_layers = self.spec.num_layers
         repr_layer = n_layers if repr_layer is None else repr_layer
         rotate, rotate_keys, add_norm = self.kernels
-        dtype = self.embed_tokens.weight.dtype
+        dtype = self.layers[0].qkv.weight.dtype if len(self.layers) else torch.float32  # the GEMMs' dtype
         x = self.embed_tokens(tokens).float()
         if self.spec.token_dropout:
             x = x * TOKEN_DROPOUT_SCALE
