@@ -181,10 +181,16 @@ def _errors(got: np.ndarray, ref: np.ndarray, lengths: np.ndarray) -> dict:
             "finite": bool(np.isfinite(got).all())}
 
 
+def _is_projection(name: str) -> bool:
+    """The parameters this engine holds in fp16/bf16 (the linear layers); embeddings and norms stay fp32."""
+    return any(f".{m}." in name for m in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"))
+
+
 def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.device, token_budget: int = 16384) -> dict:
     """This engine as `virnucpro embed` configures it (compiled kernels and batches padded to the budget on
-    CUDA) against fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32 on the weights rounded
-    to the engine's dtype: the second isolates the arithmetic's error from the rounding of the weights."""
+    CUDA) against fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32 with the projection weights
+    rounded to the engine's dtype as the engine holds them: the second isolates the arithmetic's error from the
+    rounding of the weights."""
     from esm.data import Alphabet
 
     spec = ARCHITECTURES[model_name]
@@ -198,7 +204,7 @@ def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.devic
     ref_model = fair_esm_model(spec, state, device, torch.float32)
     refs = {"fp32": fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]}
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        rounded = {k: v.to(dtype).float() for k, v in state.items()}
+        rounded = {k: v.to(dtype).float() if _is_projection(k) else v for k, v in state.items()}
         ref_model.load_state_dict(rounded, strict=False)
         refs[name] = fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]
         del rounded
