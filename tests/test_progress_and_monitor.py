@@ -103,3 +103,6 @@ def test_monitor_averages_its_own_devices_and_skips_na(monkeypatch):
             time.sleep(0.01)
     stats = mon.get_statistics()
     assert stats["num_samples"] >= 3 and stats["avg_gpu_util"] == 90 and stats["max_memory_used_gb"] == 2.0
+    # a batch that started after the last reading gets no utilisation (not the stale, maybe idle, value)
+    last = mon.latest()["at"]
+    assert mon.gpu_util(since=last) == 90 and mon.gpu_util(since=last + 1e-6) is None

@@ -192,14 +192,14 @@ def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarra
             event.synchronize()
         now = time.perf_counter()
         dt = max(now - last_done, 1e-9)
-        last_done = now
+        started, last_done = last_done, now
         metrics = {
             "num_sequences": batch.num_sequences,
             "num_tokens": batch.num_tokens,
             "tokens_per_sec": batch.num_tokens / dt,
             "sequences_per_sec": batch.num_sequences / dt,
             "batch_seconds": dt,
-            "gpu_util": monitor.gpu_util() if monitor is not None else None,
+            "gpu_util": monitor.gpu_util(since=started) if monitor is not None else None,
             "packing_efficiency": batch.num_tokens / cfg.token_budget,
             "wait_time_ms": wait_ms,
             "queue_state": queue_state(wait_ms),

@@ -86,7 +86,8 @@ class NvitopMonitor:
                 "temperature_c": _number(dev.temperature()),
                 "power_w": power / 1000 if power is not None else None,
             })
-        reading: dict[str, Any] = {"t": time.perf_counter() - self._t0}
+        now = time.perf_counter()
+        reading: dict[str, Any] = {"t": now - self._t0, "at": now}
         for key in FIELDS:
             values = [d[key] for d in per_device if d[key] is not None]
             reading[key] = statistics.fmean(values) if values else None
@@ -129,9 +130,13 @@ class NvitopMonitor:
         with self._lock:
             return dict(self._latest) if self._latest else None
 
-    def gpu_util(self) -> float | None:
+    def gpu_util(self, since: float | None = None) -> float | None:
+        """The latest utilisation; None when there is none, or when it was read before `since` (a
+        `time.perf_counter()` value): a reading from before a batch started says nothing about that batch."""
         reading = self.latest()
-        return reading["gpu_util"] if reading else None
+        if not reading or (since is not None and reading["at"] < since):
+            return None
+        return reading["gpu_util"]
 
     def get_statistics(self) -> dict[str, float | None]:
         """Mean of each field over the samples so far (None where nothing was measured)."""
