@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from virnucpro.data.loader import PackedBatchDataset, Vocabulary, collate, make_loader
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from virnucpro.data.loader import PAD_SEGMENT, PackedBatchDataset, Vocabulary, collate, make_loader
 from virnucpro.data.packing import pack_batches
 from virnucpro.data.synthetic import make_sequences
 
@@ -23,6 +27,21 @@ def test_tokens_match_fair_esm_batch_converter():
     assert batch.positions.tolist() == list(range(10)) + list(range(3)) + list(range(5))
     assert batch.seq_ids.tolist() == [0] * 10 + [1] * 3 + [2] * 5
     assert batch.max_len == 10 and batch.num_tokens == 18
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=20), st.integers(0, 2000))
+def test_padding_fills_the_budget_in_short_segments_after_the_real_ones(lengths, extra):
+    seqs = [b"A" * n for n in lengths]
+    real = sum(n + 2 for n in lengths)
+    batch = collate(seqs, range(len(seqs)), Vocabulary.esm2(), pad_to=real + extra)
+    cu = batch.cu_seqlens.tolist()
+    assert cu[-1] == real + extra and batch.num_tokens == real and batch.num_sequences == len(seqs)
+    assert cu[: len(seqs) + 1] == [0, *np.cumsum([n + 2 for n in lengths])]  # real segments untouched, first
+    pads = np.diff(cu[len(seqs):])
+    assert (pads > 0).all() and (pads <= PAD_SEGMENT).all() and pads.sum() == extra
+    assert batch.max_len == max(max(n + 2 for n in lengths), *(pads.tolist() or [0]))
+    assert (batch.tokens[real:] == Vocabulary.esm2().padding_idx).all()
 
 
 @pytest.mark.parametrize("num_workers", [0, 1, 2, 4])
