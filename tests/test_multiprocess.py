@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.data.fasta import write_fasta
+from virnucpro.pipeline import output
 from virnucpro.pipeline.launcher import FAULT_ENV
 from virnucpro.pipeline.runner import shard_by_tokens
 
@@ -78,7 +79,7 @@ def test_two_processes_equal_one(tmp_path, reads_fasta, tiny_checkpoint):
 
 @pytest.mark.parametrize("kind", ["crash", "kill"])
 def test_a_failing_rank_stops_the_job(tmp_path, reads_fasta, tiny_checkpoint, kind):
-    env = {**os.environ, FAULT_ENV: f"1:2:{kind}"}
+    env = {**os.environ, FAULT_ENV: f"1:6:{kind}"}  # rank 1 fails after 6 batches (~60 reads)
     outdir = tmp_path / "out"
     t0 = time.monotonic()
     res = subprocess.run(embed_cmd(reads_fasta, outdir, tiny_checkpoint, "--token-budget", "512", "--world-size", "2",
@@ -93,12 +94,15 @@ def test_a_failing_rank_stops_the_job(tmp_path, reads_fasta, tiny_checkpoint, ki
     assert status["status"] == "failed" and "rank 1" in status["reason"]
     if kind == "kill":
         return
-    # what rank 0 finished was kept: the rerun resumes and completes
+    # what was checkpointed before the failure (rank 0 flushes every 20 reads and when stopped) is kept: the rerun
+    # resumes exactly that and completes
+    checkpointed = int(output.scan_partial(outdir / output.PARTIAL_DIR, 600).done.sum())
+    assert checkpointed > 0
     rerun = subprocess.run(embed_cmd(reads_fasta, outdir, tiny_checkpoint, "--token-budget", "512", "--world-size",
                                      "2", "--num-workers", "0"), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     meta = json.loads((outdir / "telemetry" / "telemetry_rank0.json").read_text())["run_metadata"]
-    assert meta["resumed_sequences"] > 0
+    assert meta["resumed_sequences"] == checkpointed
     ids, emb, _ = read_h5(outdir / "embeddings.h5")
     assert len(ids) == 600 and np.isfinite(emb).all()
 
