@@ -28,6 +28,7 @@ from virnucpro.models.weights import ARCHITECTURES, random_state_dict
 from virnucpro.utils.hardware import matmul_tflops
 from virnucpro.utils.telemetry import steady_state
 
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -156,6 +157,7 @@ def _peak_gb(device) -> float | None:
 
 
 def peers(model_name: str, device: torch.device, seed_mix_n: int, short_reads_n: int, fp32_n: int) -> dict:
+    """`bench peers`: the stock engines alone, on random weights (seed 0)."""
     spec = ARCHITECTURES[model_name]
     workloads = {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n))}
     return {"model": model_name, "runs": peer_runs(spec, random_state_dict(spec, 0, device), workloads, fp32_n, device)}
