@@ -2,13 +2,12 @@
 
 Why: for short packed sequences (reads of ~50 residues) FlashAttention-2 varlen plus a separate rotary pass cost
 17.5 ms of a 164 ms ESM-2 3B batch (H100, 16,384 tokens), three times the bytes they must move; this kernel
-takes 7 ms there. For longer segments (rotated keys passed in) it is also 10-35 % faster than FlashAttention-2
-(docs/benchmarks/attention_crossover.py). This kernel
-reads q, k and v once from the (T, 3D) projection, rotates q and k in registers (fp32 angles, positions
-restarting at each sequence, as fair-esm), and writes o once; one program per (query block, sequence, head),
-an online softmax over key blocks of the same sequence (so long sequences work too). The CPU twin is
-`padded_attention` after `rotate_qk` (the tests compare that with fair-esm); this kernel is checked against it
-on the GPU by docs/benchmarks/speed_variants.py.
+takes 7 ms there, and with keys rotated beforehand it is also 10-35 % faster than FlashAttention-2 on longer
+segments (docs/benchmarks/attention_crossover.py). It reads q, k and v once from the (T, 3D) projection,
+rotates q (and k) in registers (cos/sin from an fp32 table, positions restarting at each sequence, as
+fair-esm), and writes o once; one program per (query block, sequence, head), an online softmax over the key
+blocks of the same sequence. The CPU twin is `padded_attention` after `rotate_qk` (the tests compare that with
+fair-esm); this kernel is checked against it on the GPU by docs/benchmarks/speed_variants.py.
 """
 
 from __future__ import annotations
