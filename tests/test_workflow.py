@@ -70,18 +70,19 @@ def test_default_profile_dry_run_plans_every_stage():
     counts = job_counts(res.stdout)
     assert set(RULES) <= set(counts), counts
     assert counts["production"] == 2 and counts["sweep_point"] == 1 + 6 + 6 + 2  # baseline + grids + pairs
-    assert "esm2_t6_8M_UR50D" in res.stdout and "--device auto" in res.stdout
+    assert "esm2_t6_8M_UR50D" in res.stdout and "--device auto" in res.stdout and "--exact-gelu" not in res.stdout
 
 
 def test_slurm_profile_dry_run_uses_the_cluster_settings(tmp_path):
     extra = tmp_path / "four.yaml"
-    extra.write_text("production:\n  world_sizes: [1, 2, 4]\n")
+    extra.write_text("production:\n  world_sizes: [1, 2, 4]\nengine:\n  exact_gelu: true\n")
     res = snakemake("--profile", "profiles/slurm", "-n", "--configfile", "config/cluster.yaml", str(extra))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
     assert job_counts(res.stdout)["production"] == 3
     assert "--model esm2_t36_3B_UR50D --precision bf16" in out and "--device cuda" in out
+    assert "--exact-gelu" in out  # a config switch reaches every job's command line
     gpu_jobs = [ln for ln in out.splitlines() if "resources:" in ln and "gpu=" in ln]
     assert any("gpu=4" in ln for ln in gpu_jobs)
     # cpus_per_task would make the Slurm plugin ignore cpus_per_gpu: GPU jobs must not carry it

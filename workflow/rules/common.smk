@@ -88,6 +88,7 @@ def run_point_args(overrides=None, world_size=1):
         f"--prefetch-factor {e['prefetch_factor']}",
         f"--checkpoint-every {e['checkpoint_every']}",
         f"--compile {e['compile']}",
+        *(["--exact-gelu"] if e["exact_gelu"] else []),
         f"--progress-interval {e['progress_interval']}",
         f"--world-size {world_size}",
         f"--target-sequences {config['targets']['target_sequences']}",
