@@ -61,6 +61,11 @@ def residual_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype):
     return x, F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, LAYER_NORM_EPS).to(out_dtype)
 
 
+def fused_gelu_applies(device: torch.device, dtype: torch.dtype) -> bool:
+    """Where `mlp_up`'s tanh epilogue is used when asked for (cuBLASLt on CUDA in fp16/bf16); erf elsewhere."""
+    return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
 def mlp_up(h, fc1_w, fc1_b, tanh_epilogue: bool):
     """fc1 + gelu. ESM's gelu is the erf form; `tanh_epilogue` (meant for CUDA fp16/bf16) uses cuBLASLt's fused
     bias+GELU epilogue, which computes the tanh form: at most 4.7e-4 from erf (near x = 2.7, where a bf16 step
@@ -104,8 +109,8 @@ class PackedESM2(nn.Module):
         They are free functions of tensors, so one compiled graph serves all layers; the runner pads every batch
         to the token budget, so there is one shape and no recompilation. Both options act only on CUDA in
         fp16/bf16: `fused_attention` (with Triton) does rotary and attention in one kernel, see
-        `triton_attention` (otherwise: compiled rotary, then FlashAttention-2); `tanh_gelu_epilogue` folds fc1's bias and gelu into the GEMM, see
-        `mlp_up`.
+        `triton_attention` (otherwise: compiled rotary, then FlashAttention-2); `tanh_gelu_epilogue` folds fc1's
+        bias and gelu into the GEMM, see `mlp_up`.
         """
         self.kernels = tuple(torch.compile(f, dynamic=False) for f in (rotate_qk, rotate_k, residual_norm))
         self.tanh_gelu_epilogue = tanh_gelu_epilogue
@@ -173,7 +178,7 @@ class PackedESM2(nn.Module):
         fused = self.fused_attention and triton_available(x.device, dtype)
         if fused:
             tables = self.rotary_tables(max_len)
-        tanh_gelu = self.tanh_gelu_epilogue and use_varlen
+        tanh_gelu = self.tanh_gelu_epilogue and fused_gelu_applies(x.device, dtype)
         layers = self.layers[:repr_layer]
         T, d = x.shape
         h = F.layer_norm(x, (d,), layers[0].ln1.weight, layers[0].ln1.bias, LAYER_NORM_EPS).to(dtype) if layers else x

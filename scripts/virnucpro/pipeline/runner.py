@@ -22,7 +22,7 @@ from virnucpro.data.fasta import MAX_RESIDUES, Records, read_fasta
 from virnucpro.data.loader import PackedBatchDataset, Vocabulary, collate, make_loader
 from virnucpro.data.packing import check_budget, pack_batches
 from virnucpro.errors import UserError
-from virnucpro.models.packed_esm2 import PackedESM2
+from virnucpro.models.packed_esm2 import PackedESM2, fused_gelu_applies
 from virnucpro.models.weights import Weights, resolve_weights
 from virnucpro.pipeline.launcher import launch_ranks
 from virnucpro.pipeline import output
@@ -116,7 +116,7 @@ def resolve_layer(repr_layer: int, num_layers: int) -> int:
 def gelu_form(cfg: EmbedConfig, device: torch.device, precision: str) -> str:
     """Which gelu the model computes: cuBLASLt's fused tanh form with compiled kernels on CUDA in fp16/bf16
     unless `exact_gelu`, ESM's erf form everywhere else."""
-    fused = cfg.resolved_compile(device) and device.type == "cuda" and precision != "fp32" and not cfg.exact_gelu
+    fused = cfg.resolved_compile(device) and not cfg.exact_gelu and fused_gelu_applies(device, PRECISIONS[precision])
     return "tanh (cuBLASLt bias+gelu epilogue)" if fused else "erf"
 
 
