@@ -33,7 +33,7 @@ def _embed_arguments(p) -> None:
 
     d = EmbedConfig(fasta=Path("-"), outdir=Path("-"))
     p.add_argument("fasta", type=Path)
-    p.add_argument("-o", "--outdir", required=True, type=Path)
+    p.add_argument("-o", "--outdir", required=True, type=_nonempty_path)
     p.add_argument("--model", default=d.model,
                    help="fair-esm model name (default: the checkpoint's architecture, else esm2_t36_3B_UR50D)")
     p.add_argument("--checkpoint", help="path to a fair-esm esm2_*.pt file")
@@ -57,6 +57,12 @@ def _embed_arguments(p) -> None:
                    help="on CUDA fp16/bf16, compute ESM's erf gelu separately instead of cuBLASLt's fused bias+gelu "
                         "epilogue (tanh form; ~4%% slower, same measured accuracy: docs/benchmarks/README.md)")
     p.add_argument("--repr-layer", type=int, default=d.repr_layer, help="layer to pool (-1 = last, fair-esm style)")
+    p.add_argument("--output-dtype", default=d.output_dtype, choices=["float32", "float16"],
+                   help="dtype of the stored embeddings (float16 halves the file; adds ~3e-4 relative L2)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard an existing result or partial state in OUTDIR (of any configuration) and start anew")
+    p.add_argument("--compile-cache", default=d.compile_cache, metavar="DIR",
+                   help="persistent torch.compile/Triton cache shared by jobs (default: torch's, under /tmp)")
     p.add_argument("--target-sequences", type=int, default=d.target_sequences,
                    help="sequence count the runtime projection is for")
     p.add_argument("--world-size", type=int, default=d.world_size,
@@ -65,9 +71,15 @@ def _embed_arguments(p) -> None:
                    help="seconds between progress lines when stderr is not a terminal")
 
 
+def _nonempty_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, not an empty string")
+    return Path(text)
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks for the GPU machine: accuracy vs fair-esm, engine throughput, peers")
-    p.add_argument("what", choices=["accuracy", "engines", "peers"])
+    p.add_argument("what", choices=["accuracy", "engines", "peers", "scale"])
     p.add_argument("--model", default="esm2_t36_3B_UR50D")
     p.add_argument("--num-sequences", type=int, default=200, help="accuracy: seed-mix sequences compared")
     p.add_argument("--seed-mix", type=int, default=10000, help="engines: seed-mix sequences")
@@ -78,6 +90,11 @@ def _add_bench(sub) -> None:
     p.add_argument("--token-budget", type=int, default=16384)
     p.add_argument("--workdir", type=Path, default=Path("results/bench"))
     p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
+    p.add_argument("--job", action="append", default=[], metavar="MODEL:N:PROFILE",
+                   help="scale: one real embed job of N synthetic sequences (repeatable)")
+    p.add_argument("--finalize", action="append", default=[], metavar="N:DIM:DTYPE",
+                   help="scale: N x DIM synthetic rows through the output code alone (repeatable)")
+    p.add_argument("--embed-args", default="", help="scale: extra `virnucpro embed` options for --job, one string")
 
 
 def cmd_bench(args) -> int:
@@ -88,7 +105,19 @@ def cmd_bench(args) -> int:
     from virnucpro import bench
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.what == "accuracy":
+    if args.what == "scale":
+        from virnucpro import bench_scale
+
+        result = {"jobs": [], "finalize": []}
+        for spec in args.job:
+            model, n, profile = spec.split(":")
+            result["jobs"].append(bench_scale.job(args.workdir, model, int(n), profile, args.embed_args.split()))
+            print(json.dumps(result["jobs"][-1], indent=2), flush=True)
+        for spec in args.finalize:
+            n, dim, dtype = spec.split(":")
+            result["finalize"].append(bench_scale.finalize_only(args.workdir, int(n), int(dim), dtype))
+            print(json.dumps(result["finalize"][-1], indent=2), flush=True)
+    elif args.what == "accuracy":
         result = bench.accuracy(args.model, args.num_sequences, 0, device)
         print(json.dumps(result, indent=2))
     elif args.what == "peers":
@@ -142,6 +171,7 @@ def _embed_config(args):
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor, checkpoint_every=args.checkpoint_every,
         long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile, exact_gelu=args.exact_gelu,
+        output_dtype=args.output_dtype, overwrite=args.overwrite, compile_cache=args.compile_cache,
         target_sequences=args.target_sequences, world_size=args.world_size, progress_interval=args.progress_interval,
     )
 
@@ -193,12 +223,29 @@ def execute_embed(cfg) -> int:
         raise
     if summary.get("already_complete"):
         print(f"{outdir / 'embeddings.h5'} is already complete for this input and model: nothing to do")
+        _record_earlier_completion(status_path, cfg, summary)
         return EXIT_OK
     write_json_atomic(status_path, {"status": "ok", "reason": None, "config": _config_dict(cfg),
                                     "summary": summary})
     print(f"embedded {summary['total_sequences']} sequences in {summary['elapsed_seconds']:.2f} s "
           f"({summary['avg_tokens_per_sec'] or 0:,.0f} tokens/s) -> {outdir / 'embeddings.h5'}")
     return EXIT_OK
+
+
+def _record_earlier_completion(status_path: Path, cfg, summary: dict) -> None:
+    """A run killed after its final rename but before its status write left a complete result and a stale
+    status; make the status say what is true (ok), from the rank telemetry that run wrote."""
+    import json
+
+    from virnucpro.pipeline.output import write_json_atomic
+
+    try:
+        if json.loads(status_path.read_text()).get("status") == "ok":
+            return
+    except (OSError, ValueError):
+        pass
+    write_json_atomic(status_path, {"status": "ok", "reason": None, "config": _config_dict(cfg), "summary": summary,
+                                    "note": "the result was completed by an earlier run; status written on rerun"})
 
 
 def _add_run_point(sub) -> None:

@@ -82,8 +82,8 @@ def _rank_main(job: "RankJob", events, log_level: int) -> None:
             events.put(("preempted", job.rank, str(exc)))
             code = EXIT_PREEMPTED
         except UserError as exc:
-            events.put(("user_error", job.rank, str(exc)))
-            code = EXIT_USAGE
+            events.put(("user_error", job.rank, str(exc), exc.exit_code))
+            code = exc.exit_code
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
             events.put(("oom", job.rank, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
@@ -188,7 +188,9 @@ def _signal_name(exitcode: int) -> str:
 def _as_exception(msg: tuple) -> BaseException:
     kind, rank = msg[0], msg[1]
     if kind == "user_error":
-        return UserError(msg[2])
+        error = UserError(msg[2])
+        error.exit_code = msg[3] if len(msg) > 3 else EXIT_USAGE  # e.g. 74 for an output that cannot be written
+        return error
     if kind == "oom":
         return RankOutOfMemory(f"rank {rank}: {msg[2]}", msg[3])
     return RankFailed(f"rank {rank} failed: {msg[2]}")

@@ -20,7 +20,7 @@ import torch
 
 from virnucpro.data.fasta import MAX_RESIDUES, Records, read_fasta
 from virnucpro.data.loader import PackedBatchDataset, Vocabulary, collate, make_loader
-from virnucpro.data.packing import check_budget, pack_batches
+from virnucpro.data.packing import check_budget, pack_batches, token_length
 from virnucpro.errors import UserError
 from virnucpro.models.packed_esm2 import PackedESM2, fused_gelu_applies
 from virnucpro.models.weights import Weights, resolve_weights
@@ -30,6 +30,7 @@ from virnucpro.pipeline.preemption import Preempted, StopFlag
 from virnucpro.pipeline.progress_reporter import InferenceProgressReporter, create_progress_callback
 from virnucpro.utils.hardware import capture_hardware_info, matmul_tflops, package_versions
 from virnucpro.utils.gpu_monitor import NvitopMonitor
+from virnucpro.utils.phases import PhaseClock, process_start_epoch
 from virnucpro.utils.telemetry import TelemetryLogger, aggregate_telemetry_shards, queue_state, summarize
 
 logger = logging.getLogger("virnucpro.pipeline.runner")
@@ -56,6 +57,9 @@ class EmbedConfig:
     compile: str = "auto"  # torch.compile the dense layer kernels: auto = on CUDA only
     exact_gelu: bool = False  # on CUDA fp16/bf16, keep ESM's erf gelu instead of cuBLASLt's fused tanh form
     repr_layer: int = -1
+    output_dtype: str = "float32"  # float16 halves the output (relative L2 error ~3e-4: docs/benchmarks)
+    overwrite: bool = False  # discard an existing result or partial state of another configuration
+    compile_cache: str | None = None  # a persistent torch.compile/Triton cache directory shared by jobs
     target_sequences: int = 6_000_000
     world_size: int | None = None  # None: every visible CUDA device, 1 on CPU
     progress_interval: float = 10.0  # seconds between progress lines in a non-interactive log
@@ -103,6 +107,8 @@ class EmbedConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.num_workers < 0 or self.prefetch_factor < 1:
             raise UserError("--num-workers must be >= 0 and --prefetch-factor >= 1")
+        if self.output_dtype not in output.OUTPUT_DTYPES:
+            raise UserError(f"--output-dtype must be one of {', '.join(output.OUTPUT_DTYPES)}, not {self.output_dtype!r}")
 
 
 def resolve_layer(repr_layer: int, num_layers: int) -> int:
@@ -124,7 +130,8 @@ def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision:
                 gelu: str) -> dict:
     """What must match for checkpoint chunks to be reused (throughput knobs may change between reruns)."""
     return {"input_sha256": records.sha256, "num_sequences": len(records), "weights": weights.provenance,
-            "precision": precision, "repr_layer": layer, "long_sequences": cfg.long_sequences, "gelu": gelu}
+            "precision": precision, "repr_layer": layer, "long_sequences": cfg.long_sequences, "gelu": gelu,
+            "output_dtype": cfg.output_dtype}
 
 
 class ResultBuffer:
@@ -169,7 +176,8 @@ def warm_up(model: PackedESM2, device: torch.device, layer: int, pad_to: int | N
 def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarray, model: PackedESM2,
                   device: torch.device, layer: int, telemetry: TelemetryLogger, rank: int = 0,
                   pad_to: int | None = None, stop: StopFlag | None = None,
-                  on_batch: Callable[[dict], None] | None = None, monitor: NvitopMonitor | None = None) -> None:
+                  on_batch: Callable[[dict], None] | None = None, monitor: NvitopMonitor | None = None, *,
+                  layout: output.Layout, key: str) -> None:
     """Embed `seqs` (input positions `global_indices`) on `device`, flushing chunks and recording telemetry.
 
     Between batches the loop checks `stop`: when set, it finishes the batch in flight, flushes every finished
@@ -178,7 +186,7 @@ def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarra
     batches = pack_batches([len(s) for s in seqs], cfg.token_budget, cfg.buffer_size)
     dataset = PackedBatchDataset(seqs, batches, pad_to=pad_to)
     loader = make_loader(dataset, cfg.num_workers, cfg.prefetch_factor, pin_memory=device.type == "cuda")
-    writer = output.AsyncChunkWriter(cfg.outdir / output.PARTIAL_DIR, rank)
+    writer = output.AsyncChunkWriter(cfg.outdir / output.PARTIAL_DIR, rank, layout, key)
     results = ResultBuffer(writer, cfg.checkpoint_every)
     cuda = device.type == "cuda"
     last_done = time.perf_counter()
@@ -246,9 +254,9 @@ def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarra
                 finish(pending)
         results.flush()
     finally:
-        writer.close()  # even on an error: what was computed and queued reaches the disk
-        it = None  # shut the loader's workers down now: they ignore SIGTERM, so exit-time cleanup would wait
+        it = None  # shut the loader's workers down first: they ignore SIGTERM, so exit-time cleanup would hang
         del loader
+        writer.close()  # even on an error: what was computed and queued reaches the disk (its error is raised)
     written = writer.completed_write_ms()
     if written and telemetry.batch_metrics:  # writes that ended after the last batch still count
         last = telemetry.batch_metrics[-1]
@@ -280,27 +288,42 @@ class RankJob:
     seqs: list[bytes]
     run_meta: dict
     started_at: float  # time.time() when the parent launched the rank: its startup cost is measured from here
+    layout: output.Layout  # where this job's rows go
+    key: str  # the run key its checkpoint chunks carry
+
+
+def load_rank_model(job: RankJob, device: torch.device, weights: Weights | None, clock: PhaseClock):
+    """Weights on the rank's device, the model built (and compiled); each step timed as its phase."""
+    cfg = job.cfg
+    with clock.phase("load_weights"):
+        if weights is None or not weights.state_dict:
+            weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device,
+                                      known_sha256=job.weights_sha256)
+        model = build_model(weights, device, job.precision)
+        weights.state_dict = {}
+    with clock.phase("compile"):
+        if job.compiled:
+            model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
+    return model, weights
 
 
 def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | None = None,
              weights: Weights | None = None) -> dict:
-    """Load the model on this rank's device, embed its shard, write `telemetry_rank{r}.json`; returns its summary."""
+    """Load the model on this rank's device, embed its shard, write `telemetry_rank{r}.json`; returns its summary.
+
+    The summary's `phases` time this rank from its launch by the parent to its telemetry being written.
+    """
     cfg, device = job.cfg, torch.device(job.device)
+    clock = PhaseClock(start_epoch=job.started_at, first_phase="rank_startup")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    t_load = time.perf_counter()
-    startup_seconds = time.time() - job.started_at
-    if weights is None:
-        weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device,
-                                  known_sha256=job.weights_sha256)
-    model = build_model(weights, device, job.precision)
-    weights.state_dict = {}
+    startup_seconds = clock.phases["rank_startup"]
+    model, weights = load_rank_model(job, device, weights, clock)
     pad_to = cfg.token_budget if job.compiled else None
-    if job.compiled:
-        model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
-    load_seconds = time.perf_counter() - t_load
-    warmup_seconds = warm_up(model, device, job.layer, pad_to)
-    ceiling = matmul_tflops(device, PRECISIONS[job.precision])  # what this rank's FLOP rate is compared with
+    with clock.phase("warmup"):
+        warmup_seconds = warm_up(model, device, job.layer, pad_to)
+    with clock.phase("matmul_probe"):
+        ceiling = matmul_tflops(device, PRECISIONS[job.precision])  # what this rank's FLOP rate is compared with
     if device.type == "cuda":  # from here on, the peak is what the token budget costs, not weight loading
         load_peak_gb = torch.cuda.max_memory_allocated(device) / 1024**3
         torch.cuda.reset_peak_memory_stats(device)
@@ -312,10 +335,10 @@ def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | No
     monitor = NvitopMonitor([device.index] if device.type == "cuda" else [], interval=cfg.monitor_interval)
     telemetry.set_run_metadata(
         **job.run_meta, rank=job.rank, world_size=job.world_size, device=str(device),
-        shard_sequences=len(job.seqs), shard_tokens=int(sum(len(x) + 2 for x in job.seqs)),
-        startup_seconds=startup_seconds, model_load_seconds=load_seconds, warmup_seconds=warmup_seconds,
-        load_peak_memory_gb=load_peak_gb, compiled=job.compiled, gpu_monitor=monitor.identity(),
-        matmul_tflops=ceiling, model_spec=asdict(weights.spec),
+        shard_sequences=len(job.seqs), shard_tokens=int(sum(token_length(len(x)) for x in job.seqs)),
+        startup_seconds=startup_seconds, model_load_seconds=clock.phases["load_weights"] + clock.phases["compile"],
+        warmup_seconds=warmup_seconds, load_peak_memory_gb=load_peak_gb, compiled=job.compiled,
+        gpu_monitor=monitor.identity(), matmul_tflops=ceiling, model_spec=asdict(weights.spec),
         hardware=capture_hardware_info(),
     )
     preempted: Preempted | None = None
@@ -323,15 +346,22 @@ def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | No
     with monitor.start():
         try:
             embed_indices(cfg, job.seqs, job.global_indices, model, device, job.layer, telemetry, job.rank,
-                          pad_to, stop, on_batch, monitor)
+                          pad_to, stop, on_batch, monitor, layout=job.layout, key=job.key)
         except Preempted as exc:
             preempted = exc
     elapsed = time.perf_counter() - t_start
-    summary = telemetry.get_summary(elapsed)
-    summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
-    summary["gpu_monitor"] = monitor.get_statistics() if monitor.available else None
-    telemetry.set_run_metadata(preempted=preempted is not None, gpu_samples=monitor.samples)
-    telemetry.finalize(summary=summary)
+    clock.add("loop", elapsed)
+    with clock.phase("rank_teardown"):
+        summary = telemetry.get_summary(elapsed)
+        summary["peak_memory_gb"] = (torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda"
+                                     else None)
+        summary["gpu_monitor"] = monitor.get_statistics() if monitor.available else None
+        telemetry.set_run_metadata(preempted=preempted is not None, gpu_samples=monitor.samples)
+        telemetry.set_run_metadata(phases={**clock.phases})  # the rank's own phases, for the report
+        summary["phases"] = {**clock.phases}
+        telemetry.finalize(summary=summary)
+    summary["phases"] = {**clock.phases}  # teardown included, for the job's phase accounting
+    summary["finished_at"] = time.time()
     if preempted is not None:
         raise preempted
     return summary
@@ -350,99 +380,209 @@ def shard_by_tokens(indices: np.ndarray, lengths: np.ndarray, world_size: int) -
     return [np.sort(indices[order[r::world_size]]) for r in range(world_size)]
 
 
-def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = None) -> dict:
-    """Run one embedding job (one process per device) end to end; returns the merged telemetry summary.
+@dataclass
+class Prepared:
+    """What the parent decided before any rank starts: input, weights' identity, output state."""
 
-    Raises `Preempted` after a SIGTERM (chunks flushed), `UserError` for bad input, `RankFailed` when a rank
-    dies. Rerunning the same command resumes. `stop` is the caller's installed signal flag (none: no handler).
-    """
-    stop = stop if stop is not None else StopFlag()
+    cfg: EmbedConfig
+    device: torch.device
+    world_size: int
+    precision: str
+    records: Records
+    weights: Weights
+    layer: int
+    gelu: str
+    fingerprint: dict
+    key: str
+    layout: output.Layout | None = None
+    todo: np.ndarray | None = None
+    resumed: int = 0
+    already_complete: bool = False
+
+
+def set_compile_cache(directory: str | None) -> None:
+    """Point torch.compile's and Triton's caches at a persistent directory (ranks inherit the environment), so
+    the second job with the same model and settings loads compiled kernels instead of compiling them."""
+    if directory:
+        path = Path(directory).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+
+
+def prepare(cfg: EmbedConfig, clock: PhaseClock, stop: StopFlag) -> Prepared:
+    """Validate everything and read the input and the weights' identity, before any output is touched."""
     cfg.validate()
     device = cfg.resolved_device()
     world_size = cfg.resolved_world_size(device)
     precision = cfg.resolved_precision(device)
-    records = read_fasta(cfg.fasta, cfg.long_sequences)
-    if records.truncated:
-        logger.warning("%d sequence(s) longer than %d residues were truncated to %d (--long-sequences truncate)",
-                       records.truncated, MAX_RESIDUES, MAX_RESIDUES)
-    lengths = records.lengths()
-    check_budget(lengths, cfg.token_budget)  # before any output exists
-    in_process = world_size == 1
-    # one rank in this process: load the weights once, here; several: the ranks load them on their devices
-    weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed,
-                              device if in_process else "cpu", materialize=in_process)
+    output.check_outdir(cfg.outdir)
+    with clock.phase("read_input"):
+        records = read_fasta(cfg.fasta, cfg.long_sequences)
+        if records.truncated:
+            logger.warning("%d sequence(s) longer than %d residues were truncated to %d (--long-sequences truncate)",
+                           records.truncated, MAX_RESIDUES, MAX_RESIDUES)
+        check_budget(records.lengths(), cfg.token_budget)
+    with clock.phase("resolve_weights"):
+        # one rank in this process: a checkpoint is loaded (memory-mapped) once, here; random weights and
+        # several ranks: each rank materialises them on its own device
+        in_process = world_size == 1
+        weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed,
+                                  device if in_process else "cpu", materialize=False)
     layer = resolve_layer(cfg.repr_layer, weights.spec.num_layers)
     if weights.provenance["weights"] == "random":
         logger.warning("RANDOM WEIGHTS (seed %d): throughput is real, the embeddings are not", cfg.seed)
     if stop.is_set():
         raise Preempted(f"stopped by {stop.signal_name} while loading")
-
-    outdir = cfg.outdir
-    final_path = outdir / "embeddings.h5"
     gelu = gelu_form(cfg, device, precision)
     fp = fingerprint(cfg, records, weights, precision, layer, gelu)
-    if output.completed(final_path, fp):
-        logger.warning("%s is already complete for this input and model; nothing to do", final_path)
-        return {**(output.read_summary(outdir) or {}), "already_complete": True}
-    outdir.mkdir(parents=True, exist_ok=True)
-    partial = outdir / output.PARTIAL_DIR
-    output.check_manifest(partial, fp)
-    state = output.scan_partial(partial, len(records))
-    todo = np.flatnonzero(~state.done)
-    resumed = int(state.done.sum())
-    if resumed:
-        logger.warning("resuming: %d of %d sequences already checkpointed, %d to go", resumed, len(records),
-                       len(todo))
+    return Prepared(cfg, device, world_size, precision, records, weights, layer, gelu, fp, output.run_key(fp))
+
+
+def prepare_output(prep: Prepared) -> None:
+    """Find this run's finished result or partial state (refusing another configuration's), or start anew."""
+    cfg, outdir = prep.cfg, prep.cfg.outdir
+    final_path, partial = outdir / output.FINAL_FILE, outdir / output.PARTIAL_DIR
+    existing = output.existing_fingerprint(final_path)
+    if existing is not None and not cfg.overwrite:
+        if output.completed(final_path, prep.fingerprint):
+            prep.already_complete = True
+            return
+        changed = sorted(k for k in set(existing) | set(prep.fingerprint) if existing.get(k) != prep.fingerprint.get(k))
+        raise UserError(f"{final_path} is a complete result of another configuration (differs in "
+                        f"{', '.join(changed)}); use a new output directory or pass --overwrite")
+    if cfg.overwrite or (final_path.exists() and existing is None):
+        final_path.unlink(missing_ok=True)  # asked for, or not a result of ours at all (torn, foreign)
+        output.discard_partial(partial)
+    output.check_manifest(partial, prep.fingerprint)
+    data = partial / output.DATA_FILE
+    if output.data_file_matches(data, prep.fingerprint):
+        prep.layout = output.read_layout(data)
+    else:
+        for stale in partial.glob("chunk_*.h5"):  # records of rows in a data file that is gone
+            stale.replace(stale.with_suffix(".orphan"))
+        prep.layout = output.create_data_file(data, prep.records.ids, prep.weights.spec.embed_dim,
+                                              cfg.output_dtype, prep.fingerprint)
+    state = output.scan_partial(partial, len(prep.records), prep.layout, prep.key)
+    prep.todo = np.flatnonzero(~state.done)
+    prep.resumed = int(state.done.sum())
+    if prep.resumed:
+        logger.warning("resuming: %d of %d sequences already checkpointed, %d to go", prep.resumed,
+                       len(prep.records), len(prep.todo))
     telemetry_dir = outdir / "telemetry"
     telemetry_dir.mkdir(exist_ok=True)
     for stale in telemetry_dir.glob("telemetry_rank*.json"):  # from an earlier attempt, maybe more ranks
         stale.unlink()
 
-    compiled = cfg.resolved_compile(device)
-    run_meta = {
-        "model": weights.provenance.get("model"), "weights": weights.provenance, "precision": precision,
-        "gelu": gelu, "repr_layer": layer, "fasta": str(cfg.fasta), "input_sha256": records.sha256,
-        "num_input_sequences": len(records), "resumed_sequences": resumed, "truncated_sequences": records.truncated,
+
+def run_meta(prep: Prepared) -> dict:
+    cfg, w = prep.cfg, prep.weights
+    return {
+        "model": w.provenance.get("model"), "weights": w.provenance, "precision": prep.precision,
+        "gelu": prep.gelu, "repr_layer": prep.layer, "fasta": str(cfg.fasta), "input_sha256": prep.records.sha256,
+        "num_input_sequences": len(prep.records), "resumed_sequences": prep.resumed,
+        "truncated_sequences": prep.records.truncated, "output_dtype": cfg.output_dtype,
         "engine": {k: v for k, v in asdict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")},
         "versions": package_versions(), **cfg.extra_metadata,
     }
-    t_job = time.perf_counter()
-    summaries: list[dict] = []
-    if len(todo):
-        shards = shard_by_tokens(todo, np.asarray(lengths, dtype=np.int64), world_size)
-        now = time.time()
-        jobs = [RankJob(cfg, r, world_size, str(rank_device(device, r, world_size)), precision, layer, compiled,
-                        weights.provenance.get("sha256"), shard, [records.seqs[i] for i in shard], run_meta, now)
-                for r, shard in enumerate(shards)]
-        del records.seqs[:]  # the ranks hold their own copies now; keep the ids only
-        if stop.is_set():
-            raise Preempted(f"stopped by {stop.signal_name} before embedding began")
-        with InferenceProgressReporter(
-                len(todo), description=f"embedding x{world_size}", stream=progress_stream,
-                interval=cfg.progress_interval) as reporter:
-            callback = create_progress_callback(reporter)
-            on_batch = lambda m: callback(0, m["num_sequences"], m)  # noqa: E731
-            if in_process:
-                summaries = [run_rank(jobs[0], stop, on_batch, weights)]
-            else:
-                summaries = launch_ranks(jobs, stop, on_batch)
-    rank_files = sorted(telemetry_dir.glob("telemetry_rank*.json"))
+
+
+def execute(prep: Prepared, stop: StopFlag, progress_stream=None) -> list[dict]:
+    """Embed what is left, one process per device (this process when there is one); the ranks' summaries."""
+    cfg, todo, world_size = prep.cfg, prep.todo, prep.world_size
+    if todo is None or not len(todo):
+        return []
+    set_compile_cache(cfg.compile_cache)
+    compiled = cfg.resolved_compile(prep.device)
+    shards = shard_by_tokens(todo, np.asarray(prep.records.lengths(), dtype=np.int64), world_size)
+    meta, now = run_meta(prep), time.time()
+    jobs = [RankJob(cfg, r, world_size, str(rank_device(prep.device, r, world_size)), prep.precision, prep.layer,
+                    compiled, prep.weights.provenance.get("sha256"), shard, [prep.records.seqs[i] for i in shard],
+                    meta, now, prep.layout, prep.key)
+            for r, shard in enumerate(shards)]
+    del prep.records.seqs[:]  # the ranks hold their own copies now; keep the ids only
+    if stop.is_set():
+        raise Preempted(f"stopped by {stop.signal_name} before embedding began")
+    with InferenceProgressReporter(len(todo), description=f"embedding x{world_size}", stream=progress_stream,
+                                   interval=cfg.progress_interval) as reporter:
+        callback = create_progress_callback(reporter)
+
+        def on_batch(m: dict) -> None:
+            callback(0, m["num_sequences"], m)
+
+        if world_size == 1:
+            return [run_rank(jobs[0], stop, on_batch, prep.weights)]
+        return launch_ranks(jobs, stop, on_batch)
+
+
+def job_summary(prep: Prepared, summaries: list[dict]) -> dict:
+    """The merged telemetry of every rank file in OUTDIR (elapsed = slowest rank)."""
+    rank_files = sorted((prep.cfg.outdir / "telemetry").glob("telemetry_rank*.json"))
     summary = (aggregate_telemetry_shards(rank_files)["global_summary"] if rank_files
-               else {**summarize([], 0.0, cfg.target_sequences), "note": "everything was already checkpointed"})
-    summary["world_size"] = world_size
+               else {**summarize([], 0.0, prep.cfg.target_sequences), "note": "everything was already checkpointed"})
+    summary["world_size"] = prep.world_size
     summary["per_rank"] = summaries
     peaks = [r["peak_memory_gb"] for r in summaries if r.get("peak_memory_gb") is not None]
     summary["peak_memory_gb"] = max(peaks) if peaks else None
+    return summary
 
+
+def finish_output(prep: Prepared) -> None:
+    cfg, w, records = prep.cfg, prep.weights, prep.records
     attrs = {
-        "model": weights.provenance.get("model"), "weights": weights.provenance["weights"],
-        "weights_provenance": weights.provenance, "precision": precision, "gelu": gelu, "repr_layer": layer,
+        "model": w.provenance.get("model"), "weights": w.provenance["weights"], "weights_provenance": w.provenance,
+        "precision": prep.precision, "gelu": prep.gelu, "repr_layer": prep.layer, "output_dtype": cfg.output_dtype,
         "truncated_count": records.truncated, "input_sha256": records.sha256, "input_path": str(cfg.fasta),
-        "num_sequences": len(records), "versions": package_versions(), "fingerprint": fp, "world_size": world_size,
+        "num_sequences": len(records), "versions": package_versions(), "fingerprint": prep.fingerprint,
+        "world_size": prep.world_size,
     }
-    output.assemble(partial, final_path, records.ids, weights.spec.embed_dim, attrs)
+    partial = cfg.outdir / output.PARTIAL_DIR
+    output.finalize(partial, cfg.outdir / output.FINAL_FILE, len(records), prep.key, attrs)
     output.discard_partial(partial)
-    summary["job_wall_seconds"] = time.perf_counter() - t_job
+
+
+def rank_phases(clock: PhaseClock, summaries: list[dict], embed_seconds: float) -> None:
+    """Charge the embedding stage to the critical rank's phases (the last to finish), the rest to `rank_wait`."""
+    if not summaries:
+        clock.add("rank_wait", embed_seconds)
+        return
+    critical = max(summaries, key=lambda r: r.get("finished_at", 0.0))
+    for name, seconds in critical.get("phases", {}).items():
+        clock.add(name, seconds)
+    clock.add("rank_wait", embed_seconds - sum(critical.get("phases", {}).values()))
+
+
+def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = None,
+              clock: PhaseClock | None = None) -> dict:
+    """Run one embedding job (one process per device) end to end; returns the merged telemetry summary.
+
+    prepare (input, weights' identity) -> output state (lock, resume or start) -> execute (ranks) -> finish
+    (check, stamp, rename: no copy). Raises `Preempted` after a SIGTERM (chunks flushed), `UserError` for bad
+    input, `RankFailed` when a rank dies. Rerunning the same command resumes. `stop` is the caller's installed
+    signal flag (none: no handler). `summary["phases"]` covers the process's wall time.
+    """
+    stop = stop if stop is not None else StopFlag()
+    clock = clock if clock is not None else PhaseClock(process_start_epoch(), first_phase="python_startup")
+    prep = prepare(cfg, clock, stop)
+    cfg.outdir.mkdir(parents=True, exist_ok=True)
+    with output.OutdirLock(cfg.outdir):
+        with clock.phase("prepare_output"):
+            prepare_output(prep)
+        if prep.already_complete:
+            logger.warning("%s is already complete for this input and model; nothing to do",
+                           cfg.outdir / output.FINAL_FILE)
+            output.discard_partial(cfg.outdir / output.PARTIAL_DIR)  # left by a kill after the final rename
+            return {**job_summary(prep, []), "already_complete": True}
+        t_embed = time.perf_counter()
+        summaries = execute(prep, stop, progress_stream)
+        rank_phases(clock, summaries, time.perf_counter() - t_embed)
+        summary = job_summary(prep, summaries)
+        with clock.phase("finalize"):
+            finish_output(prep)
+    summary["phases"] = clock.as_dict()
+    summary["job_wall_seconds"] = clock.wall()
+    summary["resumed_sequences"] = prep.resumed
+    summary["output_dtype"] = cfg.output_dtype
     return summary
 
 

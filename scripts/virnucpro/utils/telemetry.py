@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from virnucpro.pipeline.output import write_json_atomic
 from virnucpro.utils.hardware import capture_hardware_info  # noqa: F401  (re-exported: plan 10-01's home for it)
 
 logger = logging.getLogger("virnucpro.utils.telemetry")
@@ -129,13 +130,8 @@ class TelemetryLogger:
             "summary": summary if summary is not None else self.get_summary(elapsed_seconds),
             "per_batch_metrics": self.batch_metrics,
         }
-        tmp = self.json_path.with_name(self.json_path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.json_path)
-        logger.info("telemetry written to %s", self.json_path)
+        self.output_dir.mkdir(parents=True, exist_ok=True)  # deleted mid-run: write it again, don't crash
+        write_json_atomic(self.json_path, payload)
         return self.json_path
 
 
