@@ -95,10 +95,19 @@ def job(workdir: Path, model: str, num_sequences: int, profile: str, extra: list
     return result
 
 
-def finalize_only(workdir: Path, num_sequences: int, dim: int, dtype: str, ranks: int = 1,
+def engine_order(num_sequences: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Input positions in the order the engine finishes them: it walks the input in packing buffers of
+    `window` sequences and sorts each by length, so rows are scattered within a window, not across the file."""
+    order = np.arange(num_sequences)
+    for start in range(0, num_sequences, window):
+        rng.shuffle(order[start:start + window])
+    return order
+
+
+def finalize_only(workdir: Path, num_sequences: int, dim: int, dtype: str, window: int = 5000,
                   rows_per_chunk: int = 10000) -> dict:
-    """N x D synthetic rows through the real output path: create, write in chunks (scattered, like packed
-    batches), finish. Times each part and samples the disk."""
+    """N x D synthetic rows through the real output path: create, write in chunks (in the engine's order, see
+    `engine_order`), finish. Times each part and samples the disk."""
     outdir = workdir / f"finalize_{num_sequences}x{dim}_{dtype}"
     partial = outdir / output.PARTIAL_DIR
     output.discard_partial(partial)
@@ -106,13 +115,14 @@ def finalize_only(workdir: Path, num_sequences: int, dim: int, dtype: str, ranks
     partial.mkdir(parents=True)
     fp = {"synthetic": True, "n": num_sequences, "dim": dim, "dtype": dtype}
     key, rng = output.run_key(fp), np.random.default_rng(0)
-    result: dict = {"num_sequences": num_sequences, "dim": dim, "dtype": dtype, "rows_per_chunk": rows_per_chunk}
+    result: dict = {"num_sequences": num_sequences, "dim": dim, "dtype": dtype, "rows_per_chunk": rows_per_chunk,
+                    "window": window}
     with DiskPeak(outdir, interval=1.0) as disk:
         t = time.perf_counter()
         ids = [f"read_{i}_f{i % 6}" for i in range(num_sequences)]
         layout = output.create_data_file(partial / output.DATA_FILE, ids, dim, dtype, fp)
         result["create_seconds"] = time.perf_counter() - t
-        order = rng.permutation(num_sequences)  # packed batches finish rows in length order, not input order
+        order = engine_order(num_sequences, window, rng)
         block = rng.standard_normal((rows_per_chunk, dim)).astype(np.float32)
         t = time.perf_counter()
         writer = output.AsyncChunkWriter(partial, 0, layout, key)
