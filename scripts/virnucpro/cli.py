@@ -58,7 +58,7 @@ def _embed_arguments(p) -> None:
                         "epilogue (tanh form; ~4%% slower, same measured accuracy: docs/benchmarks/README.md)")
     p.add_argument("--repr-layer", type=int, default=d.repr_layer, help="layer to pool (-1 = last, fair-esm style)")
     p.add_argument("--output-dtype", default=d.output_dtype, choices=["float32", "float16"],
-                   help="dtype of the stored embeddings (float16 halves the file; adds ~3e-4 relative L2)")
+                   help="dtype of the stored embeddings (float16 halves the file; adds ~2e-4 relative L2)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard an existing result or partial state in OUTDIR (of any configuration) and start anew")
     p.add_argument("--compile-cache", default=d.compile_cache, metavar="DIR",

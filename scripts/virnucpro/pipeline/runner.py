@@ -57,7 +57,7 @@ class EmbedConfig:
     compile: str = "auto"  # torch.compile the dense layer kernels: auto = on CUDA only
     exact_gelu: bool = False  # on CUDA fp16/bf16, keep ESM's erf gelu instead of cuBLASLt's fused tanh form
     repr_layer: int = -1
-    output_dtype: str = "float32"  # float16 halves the output (relative L2 error ~3e-4: docs/benchmarks)
+    output_dtype: str = "float32"  # float16 halves the output (relative L2 error ~2e-4: README)
     overwrite: bool = False  # discard an existing result or partial state of another configuration
     compile_cache: str | None = None  # a persistent torch.compile/Triton cache directory shared by jobs
     target_sequences: int = 6_000_000
