@@ -250,10 +250,11 @@ def test_second_run_on_the_same_outdir_is_refused_while_the_first_holds_it(reads
     assert not (out / "embeddings.h5").exists()
 
 
-@pytest.mark.parametrize("case", ["file", "parent_file", "empty"])
+@pytest.mark.parametrize("case", ["file", "parent_file", "empty", "not_creatable"])
 def test_unusable_outdir_is_refused_before_loading(reads, tiny_checkpoint, tmp_path, case):
     (tmp_path / "f").write_text("x")
-    outdir = {"file": tmp_path / "f", "parent_file": tmp_path / "f" / "out", "empty": ""}[case]
+    outdir = {"file": tmp_path / "f", "parent_file": tmp_path / "f" / "out", "empty": "",
+              "not_creatable": "/proc/virnucpro-test/out"}[case]
     res = cli(*embed_args(reads, outdir, tiny_checkpoint))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "output directory" in res.stderr or "must name a directory" in res.stderr, res.stderr
@@ -319,6 +320,35 @@ def test_peak_disk_stays_within_1_15x_of_the_final_output(tmp_path, tiny_checkpo
         watcher.join()
     final = (out / "embeddings.h5").stat().st_blocks * 512
     assert peak[0] <= 1.15 * final, (peak[0], final)
+
+
+def test_a_damaged_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / output.MANIFEST).write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        output.check_manifest(tmp_path, {"a": 1})
+
+
+def wait_for_first_chunk(proc, partial, limit=90):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None and not list(partial.glob("chunk_*.h5")):
+        time.sleep(0.02)
+
+
+def test_output_deleted_mid_run_is_a_clear_error_and_a_rerun_finishes(reads, tiny_checkpoint,
+                                                                                   tmp_path):
+    import shutil
+
+    args = [sys.executable, "-m", "virnucpro.cli", *map(str, embed_args(reads, tmp_path / "o", tiny_checkpoint,
+                                                                       "--checkpoint-every", "20"))]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_first_chunk(proc, tmp_path / "o" / output.PARTIAL_DIR)
+    shutil.rmtree(tmp_path / "o" / "telemetry")
+    shutil.rmtree(tmp_path / "o" / output.PARTIAL_DIR)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_IO and "Traceback" not in err and "rerun" in err, err
+    res = cli(*embed_args(reads, tmp_path / "o", tiny_checkpoint))  # the rerun recomputes and finishes
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "o" / "telemetry").glob("telemetry_rank0.json"))
 
 
 def test_user_errors_are_user_errors():
