@@ -177,7 +177,9 @@ def test_phases_cover_the_process_wall_time(reads, tiny_checkpoint, tmp_path):
     assert phases["python_startup"] > 0 and phases["loop"] > 0
     assert abs(sum(phases.values()) - wall) <= 0.03 * wall  # `other` included: nothing double-counted
     assert phases["other"] <= 0.03 * wall  # and the named phases leave next to nothing unexplained
-    assert 0.8 * outside <= wall <= outside  # the process's own wall time, interpreter start included
+    # the process's own wall time from its creation (interpreter start included); only the exit after the status
+    # write is outside it, which a loaded machine can stretch to seconds
+    assert wall <= outside and outside - wall <= max(0.25 * outside, 5.0)
 
 
 def test_rerun_after_a_kill_between_rename_and_status_says_ok(reads, reference, tmp_path, tiny_checkpoint):
