@@ -203,8 +203,7 @@ def _is_projection(name: str) -> bool:
     return any(f".{m}." in name for m in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"))
 
 
-def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.device, token_budget: int = 16384,
-             precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> dict:
+def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.device, token_budget: int = 16384) -> dict:
     """This engine as `virnucpro embed` configures it (compiled kernels and batches padded to the budget on
     CUDA) against fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32 with the projection weights
     rounded to the engine's dtype as the engine holds them: the second isolates the arithmetic's error from the
@@ -232,8 +231,7 @@ def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.devic
     result = {"model": model_name, "weights": f"random (seed {seed})", "num_sequences": len(seqs),
               "reference": "fair-esm ESM2 fp32 on the same weights", "device": str(device),
               "engine": "compiled kernels, batches padded to the budget" if compiled else "eager"}
-    for name in precisions:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         try:
