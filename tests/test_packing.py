@@ -44,3 +44,18 @@ def test_efficiency_near_one_with_large_buffer(low, high):
 def test_budget_smaller_than_longest_sequence_is_refused():
     with pytest.raises(UserError, match="smaller than the longest sequence .*1002 tokens.*#2"):
         pack_batches([10, 1000, 20], 512, 10)
+
+
+def test_budget_past_int32_offsets_is_refused_before_loading(tmp_path, capsys):
+    """Below 2^31 tokens only memory limits a budget (64-bit element offsets; past memory: exit 3); beyond it
+    the int32 segment offsets would wrap: refused up front, naming the largest budget."""
+    from virnucpro.cli import main
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKV\n")
+    out = tmp_path / "out"
+    rc = main(["embed", str(fasta), "-o", str(out), "--random-weights", "--device", "cpu", "--token-budget",
+               str(2**31)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "2,147,483,647" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / "embeddings.h5").exists()

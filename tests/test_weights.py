@@ -19,6 +19,47 @@ def test_random_weights_deterministic_per_seed():
     assert not torch.equal(a["layers.0.fc1.weight"], c["layers.0.fc1.weight"])
 
 
+def test_random_weights_do_not_depend_on_reading_order():
+    """Each tensor is generated when read (a consumer that casts per tensor never holds the fp32 model)."""
+    spec = ARCHITECTURES["esm2_t6_8M_UR50D"]
+    forward, backward = random_state_dict(spec, 3), random_state_dict(spec, 3)
+    names = list(forward)
+    later = {k: backward[k] for k in reversed(names)}
+    assert all(torch.equal(forward[k], later[k]) for k in names)
+    assert forward["layers.5.final_layer_norm.weight"].mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_half_precision_build_makes_no_full_precision_copy_of_the_projections():
+    """ESM-2 15B in bf16 on an 80 GB card: the linear layers must go straight to bf16, never through fp32
+    tensors of their size on the device (that doubled the build's memory)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from virnucpro.data.loader import Vocabulary
+    from virnucpro.models.packed_esm2 import PackedESM2
+    from virnucpro.models.weights import ModelSpec
+
+    spec = ModelSpec(2, 64, 4)
+    state = dict(random_state_dict(spec, 0))  # the source itself may be fp32 (a checkpoint on the CPU)
+    created = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    created.append((str(func), t.dtype, t.numel()))
+            return out
+
+    vocab = Vocabulary.esm2()
+    with Record():
+        model = PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, "cpu", torch.bfloat16)
+    big_fp32 = [c for c in created if c[1] == torch.float32 and c[2] >= spec.embed_dim**2]
+    assert not big_fp32, big_fp32[:3]
+    assert model.layers[0].qkv.weight.dtype == torch.bfloat16
+    expected = torch.cat([state[f"layers.0.self_attn.{m}_proj.weight"] for m in "qkv"]).to(torch.bfloat16)
+    assert torch.equal(model.layers[0].qkv.weight, expected)
+
+
 def test_no_silent_fallback_to_random(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     with pytest.raises(UserError, match="no weights for esm2_t6_8M_UR50D.*--random-weights"):

@@ -35,14 +35,29 @@ def _sync(device):
 
 
 def fair_esm_model(spec, state, device, dtype):
+    """fair-esm's ESM2 in `dtype` with `state` copied in tensor by tensor (a lazily generated state is never
+    whole in memory: ESM-2 15B fits at fp32 on an 80 GB card this way)."""
     from esm.model.esm2 import ESM2
 
     with torch.device(device):
         model = ESM2(num_layers=spec.num_layers, embed_dim=spec.embed_dim, attention_heads=spec.attention_heads,
                      token_dropout=spec.token_dropout)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith(("lm_head", "contact_head")) or k.endswith("rot_emb.inv_freq") for k in missing), missing
+    load_tensors(model, state)
     return model.to(dtype).eval()
+
+
+@torch.no_grad()
+def load_tensors(model, state, transform=None) -> None:
+    """Copy `state` into `model` one tensor at a time (optionally through `transform(name, tensor)`); every key
+    must exist, and only the LM / contact heads and rotary frequencies may be left out."""
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not (
+        k.startswith(("lm_head", "contact_head")) or k.endswith("rot_emb.inv_freq"))]
+    assert not unexpected and not missing, (unexpected, missing)
+    for name in state:
+        t = state[name]
+        own[name].copy_(transform(name, t) if transform else t)
 
 
 def sorted_batches_embed(forward, dim: int, alphabet, seqs: list[str], toks_per_batch: int,
@@ -206,27 +221,38 @@ def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.devic
     ref_model = fair_esm_model(spec, state, device, torch.float32)
     refs = {"fp32": fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]}
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        rounded = {k: v.to(dtype).float() if _is_projection(k) else v for k, v in state.items()}
-        ref_model.load_state_dict(rounded, strict=False)
+        load_tensors(ref_model, state, lambda k, v, dt=dtype: v.to(dt).float() if _is_projection(k) else v)
         refs[name] = fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]
-        del rounded
     del ref_model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     vocab = Vocabulary.esm2()
     compiled = device.type == "cuda"
     result = {"model": model_name, "weights": f"random (seed {seed})", "num_sequences": len(seqs),
               "reference": "fair-esm ESM2 fp32 on the same weights", "device": str(device),
               "engine": "compiled kernels, batches padded to the budget" if compiled else "eager"}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        model = PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, device, dtype)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            model = PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, device, dtype)
+        except torch.cuda.OutOfMemoryError as exc:  # 15B fp32 may not fit a card: recorded, not fatal
+            result[name] = {"error": "out of memory while building", "detail": str(exc).splitlines()[0]}
+            torch.cuda.empty_cache()
+            continue
+        load_peak = _peak_gb(device)
         if compiled:
             model.compile_kernels()
         got = packed_embed(model, [s.encode() for s in seqs], token_budget, device,
                            token_budget if compiled else None)
-        result[name] = _errors(got, refs["fp32"], lengths)
+        result[name] = {**_errors(got, refs["fp32"], lengths), "load_peak_memory_gb": load_peak,
+                        "peak_memory_gb": _peak_gb(device)}
         if name != "fp32":
             result[name]["vs_reference_on_rounded_weights"] = _errors(got, refs[name], lengths)
         print(name, result[name], flush=True)
         del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return result
 
 

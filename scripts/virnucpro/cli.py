@@ -118,7 +118,7 @@ def cmd_bench(args) -> int:
             result["finalize"].append(bench_scale.finalize_only(args.workdir, int(n), int(dim), dtype))
             print(json.dumps(result["finalize"][-1], indent=2), flush=True)
     elif args.what == "accuracy":
-        result = bench.accuracy(args.model, args.num_sequences, 0, device)
+        result = bench.accuracy(args.model, args.num_sequences, 0, device, args.token_budget)
         print(json.dumps(result, indent=2))
     elif args.what == "peers":
         result = bench.peers(args.model, device, args.seed_mix, args.short_reads, args.fp32_subset)

@@ -15,6 +15,9 @@ from virnucpro.errors import UserError
 
 #: Tokens added to each sequence: BOS (<cls>) and EOS.
 SPECIAL_TOKENS = 2
+#: The largest budget any model supports: a batch's segment offsets (cu_seqlens) are int32 for the attention
+#: kernels. Element offsets inside them are 64-bit, so below this only GPU memory limits the budget (exit 3).
+MAX_TOKEN_BUDGET = 2**31 - 1
 
 
 def token_length(num_residues: int) -> int:
@@ -40,7 +43,11 @@ def _best_fit_decreasing(items: list[int], sizes: Sequence[int], budget: int) ->
 
 
 def check_budget(residue_lengths: Sequence[int], token_budget: int) -> None:
-    """Refuse a budget that the longest sequence cannot fit into (a sequence is never split or dropped)."""
+    """Refuse a budget past the engine's int32 segment offsets, or one that the longest sequence cannot fit into
+    (a sequence is never split or dropped)."""
+    if token_budget > MAX_TOKEN_BUDGET:
+        raise UserError(f"token budget {token_budget:,} is larger than the largest this engine supports "
+                        f"({MAX_TOKEN_BUDGET:,} tokens: batch offsets are 32-bit); lower --token-budget")
     if not residue_lengths:
         return
     longest = max(range(len(residue_lengths)), key=residue_lengths.__getitem__)

@@ -10,6 +10,8 @@ precision; the linear layers and attention run in the model's dtype.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +61,25 @@ def residual_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype):
     """
     x = x + y.float()
     return x, F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, LAYER_NORM_EPS).to(out_dtype)
+
+
+#: FlashAttention-2 (varlen_attn) launches one grid row per segment on grid axis y, which stops at 65,535.
+FA2_MAX_SEGMENTS = 65_535
+
+
+def attention_path(device: torch.device, dtype: torch.dtype, segments: int, fused_requested: bool) -> str:
+    """Which attention a batch of `segments` packed segments runs: "triton" (fused rotary + attention, any
+    ESM-2 head dim, any segment count), "varlen" (FlashAttention-2) or "padded" (SDPA, the CPU/fp32 twin).
+
+    The fused kernel when asked for and available; else FlashAttention-2 where it can launch the batch;
+    a batch with more segments than FA2's grid allows goes to the fused kernel even when not asked for (it
+    would fail otherwise), and to padded SDPA without Triton.
+    """
+    if triton_available(device, dtype) and (fused_requested or segments > FA2_MAX_SEGMENTS):
+        return "triton"
+    if varlen_available(device, dtype) and segments <= FA2_MAX_SEGMENTS:
+        return "varlen"
+    return "padded"
 
 
 def fused_gelu_applies(device: torch.device, dtype: torch.dtype) -> bool:
@@ -124,16 +145,26 @@ class PackedESM2(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_state_dict(cls, spec: ModelSpec, state: dict[str, torch.Tensor], cls_idx: int, eos_idx: int,
+    def from_state_dict(cls, spec: ModelSpec, state: Mapping[str, torch.Tensor], cls_idx: int, eos_idx: int,
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "PackedESM2":
-        """Build from fair-esm parameter names (prefix-stripped), fusing q/k/v into one projection."""
+        """Build from fair-esm parameter names (prefix-stripped), fusing q/k/v into one projection.
+
+        Parameters are allocated on `device` once, in their final dtypes (only the linear layers take `dtype`;
+        what feeds the fp32 residual stream -- layer norms, embeddings -- and the rotary tables stay fp32), and
+        each source tensor is cast as it is copied: the device never holds a full-precision copy of the model
+        (ESM-2 15B in bf16 needs 30 GB, not 60 + 30).
+        """
         with torch.device("meta"):
             model = cls(spec, cls_idx, eos_idx)
+            for module in model.modules():
+                if isinstance(module, nn.Linear):
+                    module.to(dtype)
         model = model.to_empty(device=device)
         model.inv_freq.copy_(rotary_inv_freq(spec.head_dim, device))
 
         def put(param: torch.Tensor, *names: str) -> None:
-            param.copy_(torch.cat([state[n].to(device=device, dtype=torch.float32) for n in names]))
+            parts = [state[n].to(device=device, dtype=param.dtype) for n in names]
+            param.copy_(parts[0] if len(parts) == 1 else torch.cat(parts))
 
         put(model.embed_tokens.weight, "embed_tokens.weight")
         for i, layer in enumerate(model.layers):
@@ -147,9 +178,6 @@ class PackedESM2(nn.Module):
                 put(getattr(layer, mine).bias, p + theirs + ".bias")
         put(model.emb_layer_norm_after.weight, "emb_layer_norm_after.weight")
         put(model.emb_layer_norm_after.bias, "emb_layer_norm_after.bias")
-        for module in model.modules():  # only the GEMMs take `dtype`; what feeds the fp32 residual stream (layer
-            if isinstance(module, nn.Linear):  # norms, embeddings) and the rotary tables keep their fp32 values
-                module.to(dtype)
         return model.eval().requires_grad_(False)
 
     def embed(self, batch, repr_layer: int | None = None) -> torch.Tensor:
@@ -174,9 +202,8 @@ class PackedESM2(nn.Module):
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (T, 1, Dh)
         cos, sin = emb.cos(), emb.sin()
-        use_varlen = varlen_available(x.device, dtype)
-        fused = self.fused_attention and triton_available(x.device, dtype)
-        if fused:
+        path = attention_path(x.device, dtype, cu_seqlens.numel() - 1, self.fused_attention)
+        if path == "triton":
             tables = self.rotary_tables(max_len)
         tanh_gelu = self.tanh_gelu_epilogue and fused_gelu_applies(x.device, dtype)
         layers = self.layers[:repr_layer]
@@ -184,13 +211,13 @@ class PackedESM2(nn.Module):
         h = F.layer_norm(x, (d,), layers[0].ln1.weight, layers[0].ln1.bias, LAYER_NORM_EPS).to(dtype) if layers else x
         for i, layer in enumerate(layers):
             qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias)
-            if fused:
+            if path == "triton":
                 keys = rotate_keys(qkv, cos, sin, layer.heads) if max_len > ROTATE_KEYS_MAX_LEN else None
                 a = rotary_varlen_attention(qkv, cu_seqlens, max_len, tables, layer.heads, rotated_keys=keys)
             else:
                 q, k = rotate(qkv, cos, sin, layer.heads)
                 v = qkv.view(T, 3, layer.heads, -1)[:, 2]
-                if use_varlen:
+                if path == "varlen":
                     a = varlen_attention(q, k, v, cu_seqlens, max_len)
                 else:
                     a = padded_attention(q, k, v, cu_seqlens, max_len, positions, seq_ids)

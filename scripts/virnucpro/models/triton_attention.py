@@ -35,62 +35,89 @@ def triton_available(device: torch.device, dtype: torch.dtype) -> bool:
     return triton is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
+def padded_head_dims(head_dim: int) -> tuple[int, int]:
+    """(half, full) widths the kernel computes with for `head_dim`: powers of two >= 16 (what `tl.arange` and
+    `tl.dot` need), the extra columns loaded as zeros by masked loads. 16 -> (16, 16) (half 8 padded: ESM-2
+    8M), 24 -> (16, 32) (35M), 32 -> (16, 32), 64 -> (32, 64), 128 -> (64, 128) (15B). Zero columns add
+    nothing to q.k and are never stored, so the result is the unpadded attention's."""
+    if head_dim < 2 or head_dim % 2:
+        raise ValueError(f"rotary attention needs an even head dimension, not {head_dim}")
+
+    def pow2(n: int) -> int:
+        return max(16, 1 << (n - 1).bit_length())
+
+    return pow2(head_dim // 2), pow2(head_dim)
+
+
+def launch_grid(max_len: int, segments: int, heads: int, block_m: int) -> tuple[int, int]:
+    """(query blocks x segments, heads): segments share grid axis 0 (up to 2^31 - 1 programs) with the query
+    blocks, because axes 1 and 2 stop at 65,535 and a large budget of short reads (or the 64-token padding
+    segments of a nearly empty batch) holds more segments than that."""
+    return -(-max_len // block_m) * segments, heads
+
+
 if triton is not None:
 
     @triton.jit
     def _rotary_varlen_attention(qkv, keys, out, cu_seqlens, cos_table, sin_table, scale_log2, qkv_row_stride,
-                                 key_row_stride, out_row_stride, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                                 key_row_stride, out_row_stride, m_blocks, HEADS: tl.constexpr,
+                                 HEAD_DIM: tl.constexpr, HALF_P: tl.constexpr, DIM_P: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROTATE_KEYS: tl.constexpr):
-        m_block = tl.program_id(0)
-        seq = tl.program_id(1)
-        head = tl.program_id(2)
-        start = tl.load(cu_seqlens + seq)
-        seqlen = tl.load(cu_seqlens + seq + 1) - start
+        seq = tl.program_id(0) // m_blocks
+        m_block = tl.program_id(0) % m_blocks
+        head = tl.program_id(1)
+        start32 = tl.load(cu_seqlens + seq)
+        seqlen = tl.load(cu_seqlens + seq + 1) - start32
+        start = start32.to(tl.int64)  # row x stride passes 2^31 elements at ~280k tokens for ESM-2 3B
         if m_block * BLOCK_M < seqlen:
             HALF: tl.constexpr = HEAD_DIM // 2
-            half = tl.arange(0, HALF)
+            half = tl.arange(0, HALF_P)
+            half_ok = (half < HALF)[None, :]
+            dims = tl.arange(0, DIM_P)
+            dims_ok = (dims < HEAD_DIM)[None, :]
             pos_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
             in_m = (pos_m < seqlen)[:, None]
             q_at = qkv + (start + pos_m)[:, None] * qkv_row_stride + head * HEAD_DIM + half[None, :]
-            q1 = tl.load(q_at, mask=in_m, other=0.0).to(tl.float32)
-            q2 = tl.load(q_at + HALF, mask=in_m, other=0.0).to(tl.float32)
+            q1 = tl.load(q_at, mask=in_m & half_ok, other=0.0).to(tl.float32)
+            q2 = tl.load(q_at + HALF, mask=in_m & half_ok, other=0.0).to(tl.float32)
             at_m = pos_m[:, None] * HALF + half[None, :]
-            cos, sin = tl.load(cos_table + at_m, mask=in_m, other=1.0), tl.load(sin_table + at_m, mask=in_m, other=0.0)
+            cos = tl.load(cos_table + at_m, mask=in_m & half_ok, other=1.0)
+            sin = tl.load(sin_table + at_m, mask=in_m & half_ok, other=0.0)
             q1r = (q1 * cos - q2 * sin).to(qkv.dtype.element_ty)
             q2r = (q2 * cos + q1 * sin).to(qkv.dtype.element_ty)
 
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
-            acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-            dims = tl.arange(0, HEAD_DIM)
+            acc = tl.zeros([BLOCK_M, DIM_P], tl.float32)
             for n0 in range(0, seqlen, BLOCK_N):
                 pos_n = n0 + tl.arange(0, BLOCK_N)
                 in_n = pos_n < seqlen
+                k_ok = in_n[:, None] & half_ok
                 row_n = (start + pos_n)[:, None] * qkv_row_stride
                 k_at = keys + (start + pos_n)[:, None] * key_row_stride + head * HEAD_DIM + half[None, :]
                 if ROTATE_KEYS:
-                    k1 = tl.load(k_at, mask=in_n[:, None], other=0.0).to(tl.float32)
-                    k2 = tl.load(k_at + HALF, mask=in_n[:, None], other=0.0).to(tl.float32)
+                    k1 = tl.load(k_at, mask=k_ok, other=0.0).to(tl.float32)
+                    k2 = tl.load(k_at + HALF, mask=k_ok, other=0.0).to(tl.float32)
                     at_n = pos_n[:, None] * HALF + half[None, :]
-                    cos_n = tl.load(cos_table + at_n, mask=in_n[:, None], other=1.0)
-                    sin_n = tl.load(sin_table + at_n, mask=in_n[:, None], other=0.0)
+                    cos_n = tl.load(cos_table + at_n, mask=k_ok, other=1.0)
+                    sin_n = tl.load(sin_table + at_n, mask=k_ok, other=0.0)
                     k1r = (k1 * cos_n - k2 * sin_n).to(qkv.dtype.element_ty)
                     k2r = (k2 * cos_n + k1 * sin_n).to(qkv.dtype.element_ty)
                 else:  # already rotated (long segments: rotating each key block once per query block costs more)
-                    k1r = tl.load(k_at, mask=in_n[:, None], other=0.0)
-                    k2r = tl.load(k_at + HALF, mask=in_n[:, None], other=0.0)
+                    k1r = tl.load(k_at, mask=k_ok, other=0.0)
+                    k2r = tl.load(k_at + HALF, mask=k_ok, other=0.0)
                 s = tl.dot(q1r, tl.trans(k1r)) + tl.dot(q2r, tl.trans(k2r))
                 s = tl.where(in_n[None, :], s * scale_log2, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 p = tl.exp2(s - m_new[:, None])
                 alpha = tl.exp2(m_i - m_new)
                 l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None],
+                v = tl.load(qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None] & dims_ok,
                             other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
                 m_i = m_new
             o_at = out + (start + pos_m)[:, None] * out_row_stride + head * HEAD_DIM + dims[None, :]
-            tl.store(o_at, (acc / l_i[:, None]).to(out.dtype.element_ty), mask=in_m)
+            tl.store(o_at, (acc / l_i[:, None]).to(out.dtype.element_ty), mask=in_m & dims_ok)
 
 
 def rotary_tables(inv_freq: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,11 +140,13 @@ def rotary_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_len
     head_dim = three_d // (3 * heads)
     out = torch.empty(T, heads, head_dim, device=qkv.device, dtype=qkv.dtype)
     block_m, block_n, warps, stages = config or (SHORT_CONFIG if rotated_keys is None else LONG_CONFIG)
-    grid = (triton.cdiv(max_len, block_m), cu_seqlens.numel() - 1, heads)
+    grid = launch_grid(max_len, cu_seqlens.numel() - 1, heads, block_m)
     keys = qkv[:, heads * head_dim:] if rotated_keys is None else rotated_keys.view(T, -1)
     cos, sin = tables
+    half_p, dim_p = padded_head_dims(head_dim)
     _rotary_varlen_attention[grid](qkv, keys, out, cu_seqlens, cos, sin, math.log2(math.e) / math.sqrt(head_dim),
-                                   qkv.stride(0), keys.stride(0), out.stride(0), HEADS=heads, HEAD_DIM=head_dim,
-                                   BLOCK_M=block_m, BLOCK_N=block_n, ROTATE_KEYS=rotated_keys is None,
-                                   num_warps=warps, num_stages=stages)
+                                   qkv.stride(0), keys.stride(0), out.stride(0), -(-max_len // block_m),
+                                   HEADS=heads, HEAD_DIM=head_dim, HALF_P=half_p, DIM_P=dim_p, BLOCK_M=block_m,
+                                   BLOCK_N=block_n, ROTATE_KEYS=rotated_keys is None, num_warps=warps,
+                                   num_stages=stages)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ SAFE_GLOBALS = [argparse.Namespace]
 @dataclass
 class Weights:
     spec: ModelSpec
-    state_dict: dict[str, torch.Tensor]
+    state_dict: Mapping[str, torch.Tensor]  # a dict, or a RandomStateDict that generates on reading
     provenance: dict  # {"weights": "random"|"checkpoint", "path", "sha256", "seed", ...}
 
 
@@ -118,14 +119,12 @@ def required_keys(spec: ModelSpec) -> list[str]:
     return keys
 
 
-def random_state_dict(spec: ModelSpec, seed: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Deterministic random weights (fp32) for throughput work: same seed and device type, same weights.
+#: Names the random-weight recipe in the provenance (and so in the run's fingerprint): results and checkpoint
+#: chunks made with another recipe for the same seed are other weights.
+RANDOM_RECIPE = "per-tensor normal(0, 0.02), seed from sha256(seed:name)"
 
-    Built directly on `device` (a 3B model takes seconds on a GPU). Linear weights ~ N(0, 0.02), biases
-    ~ N(0, 0.02), layer norms around 1: activations stay in range through 48 layers.
-    """
-    device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+
+def _random_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     d, ff = spec.embed_dim, 4 * spec.embed_dim
     shapes = {"embed_tokens.weight": (spec.vocab_size, d)}
     for i in range(spec.num_layers):
@@ -140,13 +139,41 @@ def random_state_dict(spec: ModelSpec, seed: int, device: torch.device | str = "
             shapes[p + ln + ".bias"] = (d,)
     shapes["emb_layer_norm_after.weight"] = (d,)
     shapes["emb_layer_norm_after.bias"] = (d,)
-    state = {}
-    for name, shape in shapes.items():  # dict order is fixed, so the generator stream is too
-        t = torch.randn(shape, generator=gen, device=device) * 0.02
+    return shapes
+
+
+class RandomStateDict(Mapping):
+    """Deterministic random weights (fp32), each tensor generated when it is read, from its own seed.
+
+    Why lazy: a consumer that casts tensor by tensor (the model build, fair-esm's per-tensor copy) then never
+    holds the whole model in fp32 -- 60 GB for ESM-2 15B, which left no room for its 30 GB bf16 copy on an
+    80 GB card. Each tensor's generator is seeded from (seed, name), so the values do not depend on the order
+    of reading. Same seed and device type, same weights. Linear weights and biases ~ N(0, 0.02), layer norm
+    weights around 1: activations stay in range through 48 layers.
+    """
+
+    def __init__(self, spec: ModelSpec, seed: int, device: torch.device | str = "cpu"):
+        self.shapes, self.seed, self.device = _random_shapes(spec), seed, torch.device(device)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        shape = self.shapes[name]  # KeyError for unknown names, as a dict
+        tensor_seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{name}".encode()).digest()[:8], "little") >> 1
+        gen = torch.Generator(device=self.device).manual_seed(tensor_seed)
+        t = torch.randn(shape, generator=gen, device=self.device) * 0.02
         if "layer_norm" in name and name.endswith(".weight"):
             t += 1.0
-        state[name] = t
-    return state
+        return t
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def random_state_dict(spec: ModelSpec, seed: int, device: torch.device | str = "cpu") -> RandomStateDict:
+    """Random weights for throughput work, generated on `device` as they are read (see `RandomStateDict`)."""
+    return RandomStateDict(spec, seed, device)
 
 
 def resolve_weights(model_name: str | None, checkpoint: str | None, random_weights: bool, seed: int,
@@ -173,7 +200,7 @@ def resolve_weights(model_name: str | None, checkpoint: str | None, random_weigh
         device = torch.device(device)
         state = random_state_dict(spec, seed, device) if materialize else {}
         return Weights(spec, state, {"weights": "random", "model": model_name, "seed": seed,
-                                     "generated_on": device.type})
+                                     "generated_on": device.type, "recipe": RANDOM_RECIPE})
     cached = hub_checkpoint_path(model_name)
     if cached.is_file():
         weights = load_checkpoint(cached, known_sha256)
