@@ -330,27 +330,29 @@ def test_a_damaged_manifest_is_a_clear_error(tmp_path):
         output.check_manifest(tmp_path, {"a": 1})
 
 
-def wait_for_first_chunk(proc, partial, limit=90):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and proc.poll() is None and not list(partial.glob("chunk_*.h5")):
-        time.sleep(0.02)
-
-
-def test_output_deleted_mid_run_is_a_clear_error_and_a_rerun_finishes(reads, tiny_checkpoint,
-                                                                                   tmp_path):
+def test_output_deleted_mid_run_is_a_clear_error_and_a_rerun_finishes(reads, reference, tiny_checkpoint, tmp_path,
+                                                                     monkeypatch):
+    """`.partial` (with the data file) and `telemetry/` removed after the first chunk: a one-line OutputError
+    (exit 74) instead of a traceback after all the work, and the rerun recomputes and finishes."""
     import shutil
 
-    args = [sys.executable, "-m", "virnucpro.cli", *map(str, embed_args(reads, tmp_path / "o", tiny_checkpoint,
-                                                                       "--checkpoint-every", "20"))]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_first_chunk(proc, tmp_path / "o" / output.PARTIAL_DIR)
-    shutil.rmtree(tmp_path / "o" / "telemetry")
-    shutil.rmtree(tmp_path / "o" / output.PARTIAL_DIR)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_IO and "Traceback" not in err and "rerun" in err, err
-    res = cli(*embed_args(reads, tmp_path / "o", tiny_checkpoint))  # the rerun recomputes and finishes
-    assert res.returncode == 0, res.stderr
-    assert list((tmp_path / "o" / "telemetry").glob("telemetry_rank0.json"))
+    out, real = tmp_path / "o", output.write_chunk
+
+    def delete_after_first(directory, *a, **k):
+        path = real(directory, *a, **k)
+        if (out / "telemetry").exists():
+            shutil.rmtree(out / "telemetry")
+            shutil.rmtree(out / output.PARTIAL_DIR)
+        return path
+
+    monkeypatch.setattr(output, "write_chunk", delete_after_first)
+    with pytest.raises(OutputError, match="rerun the same command") as info:
+        run_embed(config(reads, out, tiny_checkpoint, checkpoint_every=20))
+    assert info.value.exit_code == EXIT_IO
+    monkeypatch.undo()
+    run_embed(config(reads, out, tiny_checkpoint))
+    assert np.array_equal(embeddings(out)[1], embeddings(reference[0])[1])
+    assert (out / "telemetry" / "telemetry_rank0.json").exists()
 
 
 def test_user_errors_are_user_errors():
