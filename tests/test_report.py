@@ -21,14 +21,19 @@ def test_nothing_run_renders_every_verdict_as_na_with_escaped_provenance(tmp_pat
 def point(label, sps, pack, status="ok", group="packing", elapsed=10.0):
     steady = {"avg_sequences_per_sec": sps, "min_packing_efficiency": pack} if status == "ok" else None
     return {"label": label, "group": group, "status": status, "steady": steady, "params": {"checkpoint_every": 5},
-            "summary": {"elapsed_seconds": elapsed}, "reason": None if status == "ok" else "OOM"}
+            "summary": {"elapsed_seconds": elapsed}, "reason": None if status == "ok" else "OOM",
+            "repeats": [sps * f for f in (0.99, 1.0, 1.01)] if status == "ok" else []}
 
 
-def test_best_point_needs_enough_packing_and_a_finished_run():
-    pts = [point("fast_but_sparse", 300, 0.80), point("good", 200, 0.95), point("oom", 0, 0, "failed"),
+def test_best_point_needs_enough_packing_a_finished_run_and_a_significant_gain():
+    base = point("base", 100, 0.95, group="baseline")
+    pts = [base, point("fast_but_sparse", 300, 0.80), point("good", 200, 0.95), point("oom", 0, 0, "failed"),
            point("slower", 150, 0.99)]
     assert best_point(pts, 0.90)["label"] == "good"
-    assert best_point(pts[:1] + pts[2:3], 0.90) is None
+    # nothing eligible beats the baseline: the recommendation is the baseline itself, not the fastest point
+    assert best_point([base] + pts[1:2] + pts[3:4], 0.90)["label"] == "base"
+    assert best_point([base, point("noise", 101, 0.95)], 0.90)["label"] == "base"
+    assert best_point(pts[1:], 0.90) is None  # no baseline: nothing to recommend over
 
 
 def test_checkpoint_overhead_and_job_steady_hand_values():

@@ -28,12 +28,13 @@ def _add_embed(sub) -> None:
     _embed_arguments(p)
 
 
-def _embed_arguments(p) -> None:
+def _embed_arguments(p, outdir: bool = True) -> None:
     from virnucpro.pipeline.runner import EmbedConfig
 
     d = EmbedConfig(fasta=Path("-"), outdir=Path("-"))
     p.add_argument("fasta", type=Path)
-    p.add_argument("-o", "--outdir", required=True, type=_nonempty_path)
+    if outdir:
+        p.add_argument("-o", "--outdir", required=True, type=_nonempty_path)
     p.add_argument("--model", default=d.model,
                    help="fair-esm model name (default: the checkpoint's architecture, else esm2_t36_3B_UR50D)")
     p.add_argument("--checkpoint", help="path to a fair-esm esm2_*.pt file")
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_run_point(sub)
     _add_sample(sub)
+    _add_measure(sub)
     _add_best_config(sub)
     _add_report(sub)
     _add_merge(sub)
@@ -166,7 +168,7 @@ def _embed_config(args):
     from virnucpro.pipeline.runner import EmbedConfig
 
     return EmbedConfig(
-        fasta=args.fasta, outdir=args.outdir, model=args.model, checkpoint=args.checkpoint,
+        fasta=args.fasta, outdir=getattr(args, "outdir", None) or Path("-"), model=args.model, checkpoint=args.checkpoint,
         random_weights=args.random_weights, seed=args.seed, precision=args.precision, device=args.device,
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor, checkpoint_every=args.checkpoint_every,
@@ -262,19 +264,35 @@ def _add_run_point(sub) -> None:
     p.add_argument("--discard-embeddings", action="store_true", help="delete embeddings.h5 once measured")
 
 
-def cmd_run_point(args) -> int:
+def _read_json(path: Path, option: str) -> dict:
     import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{option} {path}: cannot read it as JSON ({exc.__class__.__name__}: {exc})") from None
+
+
+def _apply_params_from(cfg, path: Path | None):
+    """Override `cfg`'s engine settings with the `params` of a best-config JSON (world size excepted)."""
+    from virnucpro.report.results import KNOBS
+
+    if path is None:
+        return cfg
+    best = _read_json(path, "--params-from").get("params") or {}
+    for knob in KNOBS:
+        if knob in best and knob != "world_size":
+            setattr(cfg, knob, best[knob])
+    return cfg
+
+
+def cmd_run_point(args) -> int:
     import traceback
 
     from virnucpro.pipeline.output import write_json_atomic
     from virnucpro.report.results import KNOBS, collect_result
 
-    cfg = _embed_config(args)
-    if args.params_from:
-        best = json.loads(args.params_from.read_text()).get("params") or {}
-        for knob in KNOBS:
-            if knob in best and knob != "world_size":
-                setattr(cfg, knob, best[knob])
+    cfg = _apply_params_from(_embed_config(args), args.params_from)
     reason = None
     try:
         code = execute_embed(cfg)
@@ -342,30 +360,114 @@ def cmd_sample(args) -> int:
     return EXIT_OK
 
 
+def _add_measure(sub) -> None:
+    p = sub.add_parser("measure", help="a workflow job: time-boxed, repeated throughput of one engine configuration "
+                                       "(warm-up until stable, then --repeats windows of --seconds) -> result JSON")
+    _embed_arguments(p, outdir=False)
+    p.add_argument("--result", required=True, type=Path, help="result JSON to write")
+    p.add_argument("--label", required=True)
+    p.add_argument("--group", required=True, help="baseline, dataloader, packing, interaction, optimal, ...")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of one measured window (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="measured windows (default %(default)s)")
+    p.add_argument("--warmup-window", type=float, default=1.0,
+                   help="warm-up window seconds; stable when two in a row agree (default %(default)s)")
+    p.add_argument("--warmup-max", type=float, default=10.0, help="warm-up bound in seconds (default %(default)s)")
+    p.add_argument("--stable-tolerance", type=float, default=0.02,
+                   help="relative change between two warm-up windows that counts as stable (default %(default)s)")
+    p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
+    p.add_argument("--baseline", type=Path,
+                   help="with --params-from: the baseline's result JSON; adds `validation` (does this measurement "
+                        "agree with the best-config claim?)")
+    p.add_argument("--strict", action="store_true", help="a failure is the job's failure (no result written)")
+
+
+def _measure_or_record(cfg, protocol, strict: bool):
+    """(measurement, exit code, reason): failures are recorded unless `strict`; preemption propagates."""
+    import traceback
+
+    import torch
+
+    from virnucpro.pipeline.measure import measure_throughput
+    from virnucpro.pipeline.preemption import StopFlag
+
+    try:
+        with StopFlag() as stop:
+            return measure_throughput(cfg, protocol, stop), EXIT_OK, None
+    except UserError as exc:
+        if strict:
+            raise
+        print(f"virnucpro: error: {exc}", file=sys.stderr)
+        return None, exc.exit_code, str(exc)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        print(f"virnucpro: out of memory ({exc.__class__.__name__})", file=sys.stderr)
+        return None, EXIT_OOM, "OOM"
+    except Exception as exc:  # recorded as this point's failure; the traceback stays in the job's log
+        if strict:
+            raise
+        traceback.print_exc()
+        return None, EXIT_FAILURE, f"{exc.__class__.__name__}: {exc}"
+
+
+def cmd_measure(args) -> int:
+    from virnucpro.pipeline.measure import Protocol
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.pipeline.preemption import Preempted
+    from virnucpro.report.results import KNOBS, measured_result
+    from virnucpro.report.significance import validation_check
+
+    protocol = Protocol(args.seconds, args.repeats, args.warmup_window, args.warmup_max, args.stable_tolerance)
+    protocol.validate()
+    cfg = _apply_params_from(_embed_config(args), args.params_from)
+    try:
+        measurement, code, reason = _measure_or_record(cfg, protocol, args.strict)
+    except Preempted as exc:
+        print(f"virnucpro: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED  # nothing to keep: a rerun measures again
+    if code != EXIT_OK and args.strict:
+        return code
+    params = {k: getattr(cfg, k) for k in KNOBS} | {"world_size": 1}
+    result = measured_result(args.label, args.group, params, measurement, code, reason, cfg.target_sequences)
+    if args.baseline and args.params_from:
+        result["validation"] = validation_check(result, _read_json(args.baseline, "--baseline"),
+                                                _read_json(args.params_from, "--params-from"))
+    write_json_atomic(args.result, result)
+    if result["status"] == "ok":
+        lo, hi = result["ci95"] or (float("nan"),) * 2
+        print(f"{args.label}: {result['median']:,.1f} sequences/s median of {len(result['repeats'])} windows of "
+              f"{args.seconds:g} s (95 % interval {lo:,.1f}-{hi:,.1f}); warm-up "
+              f"{'stable' if measurement['warmup']['stabilised'] else 'NOT stable'} after "
+              f"{measurement['warmup']['seconds']:.1f} s")
+    else:
+        print(f"{args.label}: failed ({result['reason']})")
+    return EXIT_OK
+
+
 def _add_best_config(sub) -> None:
-    p = sub.add_parser("best-config", help="pick the fastest sweep point with enough packing efficiency")
+    p = sub.add_parser("best-config", help="the sweep point that beats the baseline beyond noise, else the baseline")
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--min-packing", type=float, default=0.90)
+    p.add_argument("--min-gain", type=float, default=0.02,
+                   help="a winner's simultaneous 95 %% speedup interval must lie above 1 + this (default %(default)s)")
+    p.add_argument("--between-job-cv", type=float, default=0.01,
+                   help="relative spread of one configuration's rate between jobs, which the repeats inside a job "
+                        "cannot show; added to every speedup interval (default %(default)s)")
+    p.add_argument("--tsv", type=Path, help="also write one row per point here (results/sweeps.tsv)")
 
 
 def cmd_best_config(args) -> int:
     from virnucpro.pipeline.output import write_json_atomic
-    from virnucpro.report.results import best_point, load_results, speedup
+    from virnucpro.report.results import load_results
+    from virnucpro.report.significance import sweep_decision, write_sweeps_tsv
 
-    results = load_results(args.results)
-    best = best_point(results, args.min_packing)
-    baseline = next((r for r in results if r["group"] == "baseline"), None)
-    if best is None:
-        fallback = baseline or results[0]
-        out = {"label": None, "params": fallback["params"], "steady": None, "speedup_over_baseline": None,
-               "note": f"no point finished with packing >= {args.min_packing}: using {fallback['label']}'s settings"}
-    else:
-        out = {"label": best["label"], "params": best["params"], "steady": best["steady"],
-               "speedup_over_baseline": speedup(best, baseline), "note": None}
-    out["candidates"] = len(results)
-    write_json_atomic(args.output, out)
-    print(f"best configuration: {out['label'] or out['note']}")
+    if args.min_gain < 0 or args.between_job_cv < 0:
+        raise UserError("--min-gain and --between-job-cv must be >= 0")
+    decision = sweep_decision(load_results(args.results), args.min_packing, args.min_gain,
+                              between_job_cv=args.between_job_cv)
+    write_json_atomic(args.output, decision)
+    if args.tsv:
+        write_sweeps_tsv(decision, args.tsv)
+    print(f"best configuration: {decision['label']} ({decision['note']})")
     return EXIT_OK
 
 
@@ -452,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed, "bench": cmd_bench, "run-point": cmd_run_point,
-                "sample": cmd_sample, "best-config": cmd_best_config, "report": cmd_report,
+                "sample": cmd_sample, "measure": cmd_measure, "best-config": cmd_best_config, "report": cmd_report,
                 "merge-telemetry": cmd_merge, "scaling": cmd_scaling}
     try:
         return handlers[args.command](args)

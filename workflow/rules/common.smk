@@ -68,8 +68,8 @@ SWEEP_RESULTS = [
 ]
 
 
-def run_point_args(overrides=None, world_size=1):
-    """The `virnucpro run-point` options of a job: config model and engine, then the point overrides."""
+def engine_args(overrides=None, world_size=1):
+    """The model and engine options of a job: config model and engine, then the point overrides."""
     m, e = config["model"], {**config["engine"], **(overrides or {})}
     args = [
         f"--model {m['name']}",
@@ -92,10 +92,27 @@ def run_point_args(overrides=None, world_size=1):
         f"--progress-interval {e['progress_interval']}",
         f"--world-size {world_size}",
         f"--target-sequences {config['targets']['target_sequences']}",
-        f"--warmup-seconds {config['warmup']['seconds']}",
-        f"--warmup-batches {config['warmup']['batches']}",
     ]
     return " ".join(args)
+
+
+def run_point_args(overrides=None, world_size=1):
+    """The `virnucpro run-point` options of an embedding job (production, profiling, checkpoint runs)."""
+    w = config["warmup"]
+    return (
+        f"{engine_args(overrides, world_size)} "
+        f"--warmup-seconds {w['seconds']} --warmup-batches {w['batches']}"
+    )
+
+
+def measure_args(overrides=None):
+    """The `virnucpro measure` options of a throughput measurement (sweep points, optimal validation)."""
+    p = config["measure"]
+    return (
+        f"{engine_args(overrides)} --seconds {p['seconds']} --repeats {p['repeats']} "
+        f"--warmup-window {p['warmup_window_seconds']} --warmup-max {p['warmup_max_seconds']} "
+        f"--stable-tolerance {p['stable_tolerance']}"
+    )
 
 
 def gpu_resources(kind):

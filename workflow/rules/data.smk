@@ -49,7 +49,7 @@ rule workload_fasta:
     log:
         "results/logs/data/workload_{workload}.log",
     wildcard_constraints:
-        workload="subset|sweep|checkpoint|optimal",
+        workload="subset|sweep|checkpoint",
     conda:
         ENV
     params:

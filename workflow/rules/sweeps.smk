@@ -1,5 +1,6 @@
-# Stage 3: parameter sweeps, one job per point (a failed or OOM point is recorded, the workflow goes on),
-# then the best configuration and its validation on a larger workload.
+# Stage 3: parameter sweeps, one time-boxed throughput measurement per point (a failed or OOM point is
+# recorded, the workflow goes on), then the best configuration (significant winners only) and its validation:
+# the recommended settings measured again, in a job of their own, on the same workload as the baseline.
 
 
 rule sweep_point:
@@ -23,18 +24,18 @@ rule sweep_point:
         mem_mb=gpu_resources("gpu_job")[1],
     params:
         cli=VIRNUCPRO,
-        args=lambda wc: run_point_args(SWEEPS[wc.group][wc.point]),
+        args=lambda wc: measure_args(SWEEPS[wc.group][wc.point]),
     shell:
-        "{params.cli} run-point {input} -o results/sweeps/{wildcards.group}/{wildcards.point} {params.args} "
-        "--discard-embeddings --label {wildcards.group}:{wildcards.point} --group {wildcards.group} "
-        "--result {output} > {log} 2>&1"
+        "{params.cli} measure {input} {params.args} --label {wildcards.group}:{wildcards.point} "
+        "--group {wildcards.group} --result {output} > {log} 2>&1"
 
 
 rule best_config:
     input:
         SWEEP_RESULTS,
     output:
-        "results/sweeps/best.json",
+        best="results/sweeps/best.json",
+        table="results/sweeps.tsv",
     log:
         "results/logs/sweeps/best_config.log",
     conda:
@@ -42,14 +43,19 @@ rule best_config:
     params:
         cli=VIRNUCPRO,
         min_packing=config["targets"]["min_packing"],
+        min_gain=config["measure"]["min_gain"],
+        job_cv=config["measure"]["between_job_cv"],
     shell:
-        "{params.cli} best-config {input} -o {output} --min-packing {params.min_packing} > {log} 2>&1"
+        "{params.cli} best-config {input} -o {output.best} --tsv {output.table} "
+        "--min-packing {params.min_packing} --min-gain {params.min_gain} "
+        "--between-job-cv {params.job_cv} > {log} 2>&1"
 
 
 rule optimal_validation:
     input:
-        fasta="results/data/optimal.fasta",
+        fasta="results/data/sweep.fasta",
         best="results/sweeps/best.json",
+        baseline="results/sweeps/baseline/baseline.json",
     output:
         "results/sweeps/optimal.json",
     log:
@@ -66,7 +72,7 @@ rule optimal_validation:
         mem_mb=gpu_resources("gpu_job")[1],
     params:
         cli=VIRNUCPRO,
-        args=run_point_args(),
+        args=measure_args(),
     shell:
-        "{params.cli} run-point {input.fasta} -o results/sweeps/optimal {params.args} --params-from {input.best} "
-        "--discard-embeddings --label optimal_validation --group optimal --result {output} > {log} 2>&1"
+        "{params.cli} measure {input.fasta} {params.args} --params-from {input.best} --baseline {input.baseline} "
+        "--label optimal_validation --group optimal --result {output} > {log} 2>&1"

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro.models.weights import ModelSpec
+from virnucpro.report.significance import sweep_decision
+from virnucpro.report.stats import describe
 from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, calculate_scaling_efficiency, steady_state
 
 #: The engine settings a sweep varies and the report shows.
@@ -108,20 +110,58 @@ def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code
     }
 
 
+def measured_result(label: str, group: str, params: dict, measurement: dict | None, exit_code: int,
+                    reason: str | None, target_sequences: int) -> dict[str, Any]:
+    """The result of a `virnucpro measure` job: an embedding job's keys (`steady` = the median measured window)
+    plus `repeats` (per-window sequences/s), `median`, `ci95`, `tokens_per_sec` and the whole `measurement`."""
+    ok = exit_code == 0 and measurement is not None
+    m = measurement or {}
+    base = {"label": label, "group": group, "params": params, "kind": "measurement",
+            "status": "ok" if ok else "failed", "reason": None if ok else (reason or f"exit code {exit_code}"),
+            "exit_code": exit_code, "ranks": [], "outdir": None, "peak_memory_gb": m.get("peak_memory_gb"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "hostname": platform.node(),
+            "hardware": m.get("hardware"), "weights": m.get("weights")}
+    if not ok:
+        return {**base, "summary": None, "steady": None, "repeats": [], "median": None, "ci95": None,
+                "tokens_per_sec": None, "measurement": measurement}
+    windows = m["windows"]
+    seq = describe([w["sequences_per_sec"] for w in windows])
+    tok = describe([w["tokens_per_sec"] for w in windows])
+    tokens, seqs = sum(w["tokens"] for w in windows), sum(w["sequences"] for w in windows)
+    batches, seconds = sum(w["batches"] for w in windows), sum(w["seconds"] for w in windows)
+    utils = [w["gpu_util"] for w in windows if w.get("gpu_util") is not None]
+    steady = {
+        "avg_tokens_per_sec": tok["median"], "avg_sequences_per_sec": seq["median"],
+        "projected_hours": target_sequences / seq["median"] / 3600,
+        "projected_hours_tokens": target_sequences * DEFAULT_TARGET_TOKENS_PER_SEQUENCE / tok["median"] / 3600,
+        "p95_wait_time_ms": max(w["p95_wait_ms"] for w in windows),
+        "avg_gpu_util": sum(utils) / len(utils) if utils else None, "min_gpu_util": min(utils, default=None),
+        "min_packing_efficiency": m["workload"]["packing_efficiency"],  # the plan's: windows see parts of it
+        "window_packing_efficiency": tokens / (batches * params["token_budget"]),
+        "warmup_excluded": True, "warmup_stabilised": m["warmup"]["stabilised"],
+        "excluded_batches": None, "steady_batches": batches,
+    }
+    summary = {"total_sequences": seqs, "total_tokens": tokens, "total_batches": batches, "elapsed_seconds": seconds,
+               "avg_tokens_per_sec": tokens / seconds, "avg_sequences_per_sec": seqs / seconds,
+               "peak_memory_gb": m.get("peak_memory_gb"), "projected_hours": steady["projected_hours"]}
+    return {**base, "summary": summary, "steady": steady, "repeats": seq["repeats"], "median": seq["median"],
+            "ci95": seq["ci95"], "tokens_per_sec": tok, "measurement": measurement}
+
+
 def load_results(paths: list[str | Path]) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
 
-def best_point(results: list[dict], min_packing: float) -> dict | None:
-    """Highest steady sequences/s among points that finished with packing >= `min_packing` (seed plan 10-04)."""
-    eligible = [r for r in results if r["status"] == "ok" and r.get("steady")
-                and (r["steady"].get("min_packing_efficiency") or 0) >= min_packing]
-    if not eligible:
-        return None
-    return max(eligible, key=lambda r: r["steady"]["avg_sequences_per_sec"])
+def best_point(results: list[dict], min_packing: float, min_gain: float = 0.02,
+               between_job_cv: float = 0.0) -> dict | None:
+    """The result whose settings to recommend: the significant winner of `sweep_decision`, else the baseline
+    (no point beats it beyond noise); None without a baseline."""
+    decision = sweep_decision(results, min_packing, min_gain, between_job_cv=between_job_cv)
+    return next((r for r in results if r["label"] == decision["label"]), None) if decision["label"] else None
 
 
 def speedup(result: dict, baseline: dict | None) -> float | None:
+    """Ratio of the steady sequences/s (a measurement's median window) of `result` over `baseline`'s."""
     if not baseline or baseline["status"] != "ok" or result["status"] != "ok":
         return None
     return result["steady"]["avg_sequences_per_sec"] / baseline["steady"]["avg_sequences_per_sec"]

@@ -1,0 +1,198 @@
+"""Time-boxed throughput measurement: what a sweep point, the baseline and the optimal validation report.
+
+One process builds the model once (the runner's own building blocks), warms up until the rate is stable (two
+consecutive windows of `warmup_window_seconds` within `stable_tolerance`, bounded by `warmup_max_seconds`),
+then measures `repeats` windows of `seconds` each. The batches are the workload's real packed batches, cycled
+through the real DataLoader (the point's workers, prefetch, budget and buffer), so a fast GPU never runs out
+of input however long the window; the embeddings are read back to the host, as in a run, and discarded.
+Repeats are windows inside one job, not separate jobs: one model build and warm-up instead of R, and the
+windows see the same process; what they cannot see (drift between jobs) is why a winner must also beat
+`min_gain` and is measured again by the optimal validation.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+from virnucpro.data.fasta import read_fasta
+from virnucpro.data.loader import PackedBatch, PackedBatchDataset, make_loader
+from virnucpro.data.packing import check_budget, pack_batches
+from virnucpro.errors import UserError
+from virnucpro.models.weights import resolve_weights
+from virnucpro.pipeline.preemption import Preempted, StopFlag
+from virnucpro.pipeline.runner import EmbedConfig, build_model, gelu_form, resolve_layer, warm_up
+from virnucpro.utils.gpu_monitor import NvitopMonitor
+from virnucpro.utils.hardware import capture_hardware_info, package_versions
+from virnucpro.utils.telemetry import percentile
+
+#: Items of one pass of the cycled loader: effectively endless (the sampler walks range() lazily).
+ENDLESS = 2**62
+
+
+@dataclass
+class Protocol:
+    seconds: float = 3.0  # one measured window
+    repeats: int = 3  # measured windows
+    warmup_window_seconds: float = 1.0
+    warmup_max_seconds: float = 10.0
+    stable_tolerance: float = 0.02  # two consecutive warm-up windows within this relative change: stable
+
+    def validate(self) -> None:
+        if not self.seconds > 0 or not self.warmup_window_seconds > 0:
+            raise UserError("--seconds and --warmup-window must be positive")
+        if self.repeats < 1 or self.warmup_max_seconds < 0 or self.stable_tolerance < 0:
+            raise UserError("--repeats must be >= 1, --warmup-max and --stable-tolerance >= 0")
+
+
+class CycledBatches(PackedBatchDataset):
+    """The batch plan repeated without end: item k is planned batch k mod len(plan)."""
+
+    def __len__(self) -> int:
+        return ENDLESS
+
+    def __getitem__(self, k: int) -> PackedBatch:
+        return super().__getitem__(k % len(self.batches))
+
+
+def finished_batches(batches: Iterator[PackedBatch], model, device: torch.device, layer: int,
+                     stop: StopFlag | None = None) -> Iterator[tuple[float, PackedBatch, float]]:
+    """(finish time, batch, loader wait ms) of each batch, in order. On CUDA the device is kept one batch
+    ahead (batch k launched before batch k-1's rows are awaited, as in the runner's loop); call it under
+    `torch.inference_mode()`. Raises `Preempted` between batches once `stop` is set."""
+    pending = None
+    while True:
+        if stop is not None and stop.is_set():
+            raise Preempted(f"stopped by {stop.signal_name} while measuring; rerun to measure again")
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait_ms = (time.perf_counter() - t0) * 1000
+        pooled = model.embed(batch.to(device), layer)
+        if device.type != "cuda":
+            yield time.perf_counter(), batch, wait_ms
+            continue
+        rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+        rows.copy_(pooled, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        if pending is not None:
+            pending[0].synchronize()
+            yield time.perf_counter(), pending[1], pending[2]
+        pending = (event, batch, wait_ms)
+
+
+def run_window(stream: Iterator, seconds: float, start: float, token_budget: int,
+               monitor: NvitopMonitor | None = None) -> dict:
+    """Consume finished batches until `seconds` have passed since `start` (a perf_counter time); the window ends
+    when the first batch finishing after that does, so it holds whole batches and the next one starts there."""
+    tokens = sequences = 0
+    waits, packing = [], []
+    end = start
+    for end, batch, wait_ms in stream:
+        tokens += batch.num_tokens
+        sequences += batch.num_sequences
+        waits.append(wait_ms)
+        packing.append(batch.num_tokens / token_budget)
+        if end - start >= seconds:
+            break
+    elapsed = end - start
+    utils = [s["gpu_util"] for s in (monitor.samples if monitor is not None else [])
+             if start <= s["at"] <= end and s.get("gpu_util") is not None]
+    return {"start": start, "end": end, "seconds": elapsed, "batches": len(waits), "tokens": tokens,
+            "sequences": sequences, "tokens_per_sec": tokens / elapsed if elapsed > 0 else None,
+            "sequences_per_sec": sequences / elapsed if elapsed > 0 else None,
+            "gpu_util": statistics.fmean(utils) if utils else None, "p95_wait_ms": percentile(waits, 95),
+            "packing_efficiency": statistics.fmean(packing) if packing else None}
+
+
+def is_stable(previous: float, current: float, tolerance: float) -> bool:
+    """Two consecutive warm-up rates agree: the later is within `tolerance` (relative) of the earlier."""
+    return previous > 0 and abs(current - previous) <= tolerance * previous
+
+
+def warm_until_stable(stream: Iterator, protocol: Protocol, token_budget: int, start: float) -> tuple[dict, float]:
+    """Warm-up windows until two consecutive rates agree or `warmup_max_seconds` have passed (a window begun
+    before the bound is finished). Returns the record and the time measurement starts."""
+    rates: list[float] = []
+    stable = False
+    t0 = start
+    while not stable and start - t0 < protocol.warmup_max_seconds:
+        window = run_window(stream, protocol.warmup_window_seconds, start, token_budget)
+        start = window["end"]
+        rates.append(window["tokens_per_sec"] or 0.0)
+        stable = len(rates) >= 2 and is_stable(rates[-2], rates[-1], protocol.stable_tolerance)
+    return {"stabilised": stable, "seconds": start - t0, "window_tokens_per_sec": rates}, start
+
+
+def measure_windows(stream: Iterator, protocol: Protocol, token_budget: int,
+                    monitor: NvitopMonitor | None = None) -> dict:
+    """Warm up, then `protocol.repeats` contiguous measured windows."""
+    warmup, start = warm_until_stable(stream, protocol, token_budget, time.perf_counter())
+    windows = []
+    for _ in range(protocol.repeats):
+        windows.append(run_window(stream, protocol.seconds, start, token_budget, monitor))
+        start = windows[-1]["end"]
+    return {"warmup": warmup, "windows": windows}
+
+
+def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | None = None) -> dict:
+    """Measure `cfg`'s engine settings on `cfg.fasta` (one process, one device); returns the measurement."""
+    t_start = time.perf_counter()
+    protocol.validate()
+    cfg.validate()
+    if cfg.world_size not in (None, 1):
+        raise UserError("a throughput measurement is one process on one device: --world-size must be 1")
+    device = cfg.resolved_device()
+    precision = cfg.resolved_precision(device)
+    records = read_fasta(cfg.fasta, cfg.long_sequences)
+    lengths = records.lengths()
+    check_budget(lengths, cfg.token_budget)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device)
+    layer = resolve_layer(cfg.repr_layer, weights.spec.num_layers)
+    model = build_model(weights, device, precision)
+    weights.state_dict = {}
+    compiled = cfg.resolved_compile(device)
+    pad_to = cfg.token_budget if compiled else None
+    if compiled:
+        model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
+    warm_up(model, device, layer, pad_to)
+    plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
+    loader = make_loader(CycledBatches(records.seqs, plan, pad_to=pad_to), cfg.num_workers, cfg.prefetch_factor,
+                         pin_memory=device.type == "cuda")
+    monitor = NvitopMonitor([device.index if device.index is not None else torch.cuda.current_device()]
+                            if device.type == "cuda" else [])
+    startup = time.perf_counter() - t_start
+    stream = finished_batches(iter(loader), model, device, layer, stop)
+    try:
+        with monitor.start(), torch.inference_mode():
+            result = measure_windows(stream, protocol, cfg.token_budget, monitor)
+    finally:
+        stream.close()  # drops the last reference to the loader's iterator: its workers (which ignore SIGTERM)
+        del stream, loader  # are shut down now, not at exit
+    plan_tokens = int(sum(lengths)) + 2 * len(lengths)
+    return {
+        **result, "protocol": asdict(protocol), "startup_seconds": startup, "device": str(device),
+        "precision": precision, "gelu": gelu_form(cfg, device, precision), "compiled": compiled,
+        "weights": weights.provenance, "model_spec": asdict(weights.spec), "gpu_monitor": monitor.identity(),
+        "workload": {"sequences": len(records), "tokens": plan_tokens, "batches": len(plan),
+                     "packing_efficiency": plan_tokens / (len(plan) * cfg.token_budget),
+                     "input_sha256": records.sha256},
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None,
+        "hardware": capture_hardware_info(), "versions": package_versions(),
+    }
+
+
+def window_rates(measurement: dict, key: str = "sequences_per_sec") -> list[float]:
+    return [w[key] for w in measurement["windows"] if w.get(key)]
+
+
+def cycles(measurement: dict) -> float:
+    """Passes over the workload's batch plan that the measured windows made (> 1: the input was cycled)."""
+    return sum(w["batches"] for w in measurement["windows"]) / max(1, measurement["workload"]["batches"])
+

@@ -1,0 +1,169 @@
+"""Which sweep point beats the baseline beyond noise, and whether its validation agrees.
+
+Each point's speedup over the baseline is the ratio of geometric means of their per-window sequences/s, with
+Welch's t interval on the logs (`stats.ratio_ci`). The windows of one job cannot show drift between jobs (another
+process on the host, GPU clocks and temperature, memory placement): `between_job_cv`, the relative spread of
+one configuration's rate from job to job, is added to every comparison of two jobs as a known variance
+(2 log(1 + cv)^2), and the optimal validation reports the drift it actually sees. The m points compared (finished, packing >= the minimum,
+>= 2 repeats) are covered together: each interval is taken at 1 - alpha/m (Bonferroni), so all m hold at
+once with probability >= 1 - alpha (95 %). A winner is declared only when its interval's LOWER bound is above
+1 + `min_gain`; among several, the one with the highest lower bound (the gain that can be promised; the highest
+point estimate would favour the noisiest point). Otherwise the recommendation is the baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from virnucpro.report.stats import describe, ratio_ci
+
+ALPHA = 0.05
+METHOD = ("Welch t on log sequences/s per window, plus the between-job variance 2 log(1 + between_job_cv)^2; "
+          "simultaneous 95 % over the points compared (Bonferroni: each interval at 1 - 0.05/m, two-sided)")
+
+
+def job_variance(between_job_cv: float) -> float:
+    """Variance of the log ratio of two jobs' rates from drift between jobs alone."""
+    return 2.0 * math.log1p(between_job_cv) ** 2
+
+
+def _rates(result: dict, key: str = "sequences_per_sec") -> list[float]:
+    if key == "sequences_per_sec":
+        return list(result.get("repeats") or [])
+    return list((result.get("tokens_per_sec") or {}).get("repeats") or [])
+
+
+def _why_not_compared(result: dict, min_packing: float) -> str | None:
+    if result["status"] != "ok":
+        return f"did not finish ({result.get('reason')})"
+    packing = (result.get("steady") or {}).get("min_packing_efficiency") or 0.0
+    if packing < min_packing:
+        return f"packing efficiency {packing:.3f} < {min_packing:.2f}"
+    if len(_rates(result)) < 2:
+        return "fewer than 2 measured repeats: no interval"
+    return None
+
+
+def point_row(result: dict, baseline: dict | None, level: float, why_not: str | None, min_gain: float,
+              known_var: float = 0.0) -> dict:
+    """One sweep point's figures: per-repeat rates, medians and intervals, speedup and its interval."""
+    seq, tok = describe(_rates(result)), describe(_rates(result, "tokens_per_sec"))
+    ratio = None
+    if why_not is None and baseline is not None:
+        ratio = ratio_ci(_rates(result), _rates(baseline), level, known_var)
+    return {
+        "label": result["label"], "group": result["group"], "params": result["params"], "status": result["status"],
+        "reason": result.get("reason"), "repeats": seq["repeats"], "median": seq["median"], "ci95": seq["ci95"],
+        "tokens_per_sec": tok, "speedup": ratio["ratio"] if ratio else None,
+        "speedup_ci95": [ratio["low"], ratio["high"]] if ratio else None,
+        "compared": ratio is not None, "not_compared_because": why_not,
+        "significant": bool(ratio and ratio["low"] > 1.0 + min_gain),
+    }
+
+
+def sweep_decision(results: list[dict], min_packing: float, min_gain: float = 0.02, alpha: float = ALPHA,
+                   between_job_cv: float = 0.0) -> dict:
+    """The best-configuration record (best.json): the winner, or the baseline when no point is significant."""
+    baseline = next((r for r in results if r["group"] == "baseline"), None)
+    base_usable = baseline is not None and _why_not_compared(baseline, 0.0) is None
+    others = [r for r in results if r is not baseline]
+    why = {id(r): (_why_not_compared(r, min_packing) if base_usable else "the baseline has no interval")
+           for r in others}
+    m = sum(why[id(r)] is None for r in others)
+    level = 1.0 - alpha / max(1, m)
+    rows = [point_row(baseline, None, level, None, min_gain)] if baseline else []
+    rows += [point_row(r, baseline, level, why[id(r)], min_gain, job_variance(between_job_cv)) for r in others]
+    winners = [row for row in rows if row["significant"]]
+    best = max(winners, key=lambda row: row["speedup_ci95"][0]) if winners else None
+    chosen = best or (rows[0] if baseline else None)
+    if best:
+        note = (f"{best['label']} beats the baseline: speedup {best['speedup']:.3f}x, simultaneous 95 % interval "
+                f"[{best['speedup_ci95'][0]:.3f}, {best['speedup_ci95'][1]:.3f}] above {1 + min_gain:.2f}x")
+    elif base_usable:
+        note = (f"no point beats the baseline beyond noise (none of the {m} compared has its simultaneous 95 % "
+                f"interval above {1 + min_gain:.2f}x): the recommended settings are the baseline's")
+    else:
+        note = "the baseline has no usable measurement: no speedup can be established; the settings are the baseline's"
+    return {
+        "label": chosen["label"] if chosen else None, "params": chosen["params"] if chosen else None,
+        "steady": next((r.get("steady") for r in results if chosen and r["label"] == chosen["label"]), None),
+        "significant": best is not None, "speedup": best["speedup"] if best else None,
+        "speedup_ci95": best["speedup_ci95"] if best else None,
+        "speedup_over_baseline": best["speedup"] if best else None,
+        "baseline_label": baseline["label"] if baseline else None, "min_gain": min_gain, "min_packing": min_packing,
+        "alpha": alpha, "between_job_cv": between_job_cv, "comparisons": m, "interval_level_each": level,
+        "method": METHOD, "note": note,
+        "candidates": len(results), "sweep_points": rows,
+    }
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
+    """The recommended settings measured again (`result`), in a job of their own.
+
+    Two checks: its speedup over the sweep's baseline measurement (95 % interval): does it confirm the claimed
+    gain, or contradict the claim (the intervals do not overlap; with no winner the claim is 1.0x)? That reuses
+    the baseline's sample, so it is not independent of the sweep. Hence also: its rate against the same settings'
+    own sweep measurement (`rate_vs_sweep`): an interval excluding 1 shows drift between jobs that the repeats
+    inside one job cannot see, i.e. the sweep's intervals were too narrow.
+    """
+    def ratio(a: dict | None, b: dict | None, known_var: float) -> dict | None:
+        if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
+            return None
+        return ratio_ci(_rates(a), _rates(b), 0.95, known_var)
+
+    same = next((row for row in best.get("sweep_points", []) if row["label"] == best.get("label")), None)
+    vs_base = ratio(result, baseline, job_variance(best.get("between_job_cv", 0.0)))
+    vs_sweep = ratio(result, same, 0.0)  # no allowance: this is where drift between jobs shows
+    claimed = best.get("speedup_ci95") if best.get("significant") else [1.0, 1.0]
+    out = {"claimed_speedup_ci95": claimed, "significant_claim": bool(best.get("significant")),
+           "speedup": vs_base["ratio"] if vs_base else None,
+           "speedup_ci95": [vs_base["low"], vs_base["high"]] if vs_base else None,
+           "rate_vs_sweep": vs_sweep["ratio"] if vs_sweep else None,
+           "rate_vs_sweep_ci95": [vs_sweep["low"], vs_sweep["high"]] if vs_sweep else None,
+           "drift_between_jobs": bool(vs_sweep and not vs_sweep["low"] <= 1.0 <= vs_sweep["high"])}
+    if vs_base is None:
+        return {**out, "confirmed": None, "contradicted": None, "note": "no interval: a run failed or had < 2 repeats"}
+    contradicted = not _overlap(claimed, out["speedup_ci95"])
+    confirmed = bool(best.get("significant")) and vs_base["low"] > 1.0 + best.get("min_gain", 0.02)
+    notes = [f"the validation contradicts the sweep: its speedup interval [{vs_base['low']:.3f}, {vs_base['high']:.3f}] "
+             f"excludes the claimed [{claimed[0]:.3f}, {claimed[1]:.3f}]" if contradicted else
+             "the validation agrees with the sweep"]
+    if out["drift_between_jobs"]:
+        notes.append(f"the same settings ran {vs_sweep['ratio']:.3f}x their sweep rate: jobs drift more than the "
+                     "repeats inside one job show")
+    return {**out, "confirmed": confirmed, "contradicted": contradicted, "note": "; ".join(notes)}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+TSV_COLUMNS = ("group", "label", "params", "status", "seq_per_sec_median", "seq_per_sec_ci95_low",
+               "seq_per_sec_ci95_high", "tok_per_sec_median", "tok_per_sec_ci95_low", "tok_per_sec_ci95_high",
+               "speedup", "speedup_ci95_low", "speedup_ci95_high", "significant", "note")
+
+
+def write_sweeps_tsv(decision: dict, path: Path) -> None:
+    """`results/sweeps.tsv`: one row per point (the decision's figures, tab-separated, params as JSON)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(TSV_COLUMNS)
+        for row in decision["sweep_points"]:
+            ci, tok, sp = row["ci95"] or [None] * 2, row["tokens_per_sec"], row["speedup_ci95"] or [None] * 2
+            tci = tok["ci95"] or [None] * 2
+            w.writerow([_fmt(v) for v in (
+                row["group"], row["label"], json.dumps(row["params"], sort_keys=True), row["status"], row["median"],
+                ci[0], ci[1], tok["median"], tci[0], tci[1], row["speedup"], sp[0], sp[1],
+                "yes" if row["significant"] else "no", row["not_compared_because"] or row["reason"])])

@@ -1,0 +1,221 @@
+"""The measurement protocol and significant winners: intervals on known data, the placebo sweep (simulated and one
+real CPU run), time-boxed windows that stop on time and cycle the input, and the warm-up stability rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from virnucpro import cli
+from virnucpro.data.fasta import write_fasta
+from virnucpro.data.loader import make_loader
+from virnucpro.data.synthetic import make_sequences
+from virnucpro.pipeline.measure import CycledBatches, Protocol, is_stable, run_window, warm_until_stable
+from virnucpro.report.significance import sweep_decision, validation_check
+from virnucpro.report.stats import geometric_ci, ratio_ci, t_quantile
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 1, 12.706205), (0.975, 2, 4.302653), (0.975, 4, 2.776445),
+                                             (0.975, 10, 2.228139), (0.995, 3, 5.840909), (0.9, 5, 1.475884),
+                                             (0.025, 4, -2.776445), (0.975, 1e7, 1.959964)])
+def test_t_quantile_matches_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=2e-6)
+
+
+def test_intervals_hand_values():
+    # logs 0, 0.1, 0.2: mean 0.1, sd 0.1, n 3 -> 0.1 +- 4.302653 * 0.1 / sqrt(3)
+    low, high = geometric_ci([1.0, math.exp(0.1), math.exp(0.2)])
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert low == pytest.approx(math.exp(0.1 - half), rel=1e-6) and high == pytest.approx(math.exp(0.1 + half), rel=1e-6)
+    # Welch on logs: a = 0.1, 0.2, 0.3 and b = -0.1, 0, 0.1: difference 0.2, se sqrt(0.02/3), df exactly 4
+    r = ratio_ci([math.exp(x) for x in (0.1, 0.2, 0.3)], [math.exp(x) for x in (-0.1, 0.0, 0.1)])
+    half = 2.776445 * math.sqrt(0.02 / 3)
+    assert r["df"] == pytest.approx(4.0) and r["ratio"] == pytest.approx(math.exp(0.2))
+    assert r["low"] == pytest.approx(math.exp(0.2 - half), rel=1e-6)
+    assert r["high"] == pytest.approx(math.exp(0.2 + half), rel=1e-6)
+    assert geometric_ci([5.0]) is None and ratio_ci([1.0, 2.0], [3.0]) is None
+
+
+def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95):
+    reps = [rate * math.exp(rng.gauss(0.0, sigma)) for _ in range(repeats)]
+    return {"label": label, "group": group, "params": {"token_budget": 1}, "status": "ok", "reason": None,
+            "steady": {"min_packing_efficiency": packing, "avg_sequences_per_sec": sorted(reps)[1]},
+            "repeats": reps, "tokens_per_sec": {"repeats": [50 * x for x in reps]}}
+
+
+def simulated_sweep(rng, sigma, gains=(), points=15, job_sd=0.005):
+    """A baseline and `points` points, each job with its own small drift (job_sd) and noisy repeats (sigma)."""
+    job = lambda: math.exp(rng.gauss(0.0, job_sd))  # noqa: E731
+    results = [simulated("baseline", "baseline", 1000 * job(), rng, sigma)]
+    for k in range(points):
+        gain = gains[k] if k < len(gains) else 1.0
+        results.append(simulated(f"p{k}", "packing", 1000 * gain * job(), rng, sigma))
+    return results
+
+
+def test_a_placebo_sweep_never_yields_a_winner_and_a_real_gain_is_found():
+    rng = random.Random(13)
+    # within-job noise at or below min_gain (a GPU over long windows), jobs drifting 0.5 %: no false winner at all
+    for sigma in (0.002, 0.005, 0.01):
+        assert not any(sweep_decision(simulated_sweep(rng, sigma), 0.90, between_job_cv=0.01)["significant"]
+                       for _ in range(120)), sigma
+    # any noise: the simultaneous intervals bound the false-winner rate by alpha/2 = 2.5 % per sweep
+    for sigma in (0.03, 0.15):
+        false = sum(sweep_decision(simulated_sweep(rng, sigma, job_sd=0.0), 0.90)["significant"] for _ in range(300))
+        assert false <= 0.025 * 300 + 5, sigma  # + 2 binomial standard deviations
+    # the test can fail: a true 15 % gain with 1 % noise is declared, as that point, nearly always
+    found = [sweep_decision(simulated_sweep(rng, 0.01, gains=(1.0, 1.15)), 0.90, between_job_cv=0.01)
+             for _ in range(50)]
+    assert sum(d["significant"] and d["label"] == "p1" for d in found) >= 45
+    d = found[0]
+    assert d["params"] == {"token_budget": 1} and d["comparisons"] == 15 and d["speedup_ci95"][0] > 1.02
+
+
+def test_drift_between_jobs_needs_its_allowance():
+    """Quiet windows inside jobs that drift 1.5 % from job to job: without the between-job allowance the narrow
+    within-job intervals crown noise; with it, nothing wins."""
+    rng = random.Random(3)
+    sweeps = [simulated_sweep(rng, 0.002, job_sd=0.015) for _ in range(100)]
+    assert sum(sweep_decision(s, 0.90)["significant"] for s in sweeps) >= 10
+    assert not any(sweep_decision(s, 0.90, between_job_cv=0.02)["significant"] for s in sweeps)
+
+
+def test_unadjusted_intervals_would_crown_noise():
+    """Why the intervals are simultaneous: 15 placebo points at plain 95 % produce winners far more often."""
+    rng = random.Random(7)
+    adjusted = sum(sweep_decision(simulated_sweep(rng, 0.03, job_sd=0.0), 0.90, min_gain=0.0)["significant"]
+                   for _ in range(200))
+    rng = random.Random(7)
+    plain = sum(sweep_decision(simulated_sweep(rng, 0.03, job_sd=0.0), 0.90, 0.0, alpha=0.05 * 15)["significant"]
+                for _ in range(200))
+    assert adjusted <= 0.025 * 200 + 4 and plain >= 3 * max(adjusted, 5)
+
+
+def test_no_winner_recommends_the_baseline_and_says_so():
+    rng = random.Random(1)
+    d = sweep_decision(simulated_sweep(rng, 0.03), 0.90)
+    assert not d["significant"] and d["label"] == "baseline" and d["speedup_ci95"] is None
+    assert "no point beats the baseline beyond noise" in d["note"]
+    rows = {r["label"]: r for r in d["sweep_points"]}
+    assert len(rows) == 16 and rows["p0"]["compared"] and len(rows["p0"]["speedup_ci95"]) == 2
+    assert rows["p0"]["repeats"] and rows["p0"]["ci95"][0] < rows["p0"]["median"] < rows["p0"]["ci95"][1]
+
+
+def test_validation_contradiction_is_reported():
+    best = {"significant": True, "speedup_ci95": [1.10, 1.30], "min_gain": 0.02}
+    base = simulated("baseline", "baseline", 100, random.Random(2), 0.001)
+    same = simulated("optimal", "optimal", 100, random.Random(3), 0.001)
+    faster = simulated("optimal", "optimal", 120, random.Random(4), 0.001)
+    v = validation_check(same, base, best)
+    assert v["contradicted"] and not v["confirmed"] and "contradicts" in v["note"]
+    assert v["rate_vs_sweep"] is None and not v["drift_between_jobs"]  # best names no sweep point here
+    v = validation_check(faster, base, best)
+    assert not v["contradicted"] and v["confirmed"]
+    # no winner: the baseline's settings measured again should read 1.0x; a 20 % faster rerun is drift
+    no_winner = {"significant": False, "label": "baseline", "sweep_points": [{"label": "baseline", **base}]}
+    assert not validation_check(same, base, no_winner)["contradicted"]
+    v = validation_check(faster, base, no_winner)
+    assert v["contradicted"] and v["drift_between_jobs"] and v["rate_vs_sweep"] == pytest.approx(1.2, rel=0.01)
+
+
+def fake_stream(durations, tokens=100):
+    """(finish time, batch, wait) with synthetic times: batch k takes durations[k] seconds."""
+    t = 0.0
+    for d in durations:
+        t += d
+        yield t, SimpleNamespace(num_tokens=tokens, num_sequences=2), 0.1
+
+
+def test_warm_up_stops_once_two_windows_agree_and_is_bounded():
+    steady = [0.5, 0.3, 0.2] + [0.1] * 1000
+    record, start = warm_until_stable(fake_stream(steady), Protocol(warmup_window_seconds=0.3, warmup_max_seconds=10),
+                                      100, 0.0)
+    assert record["stabilised"] and record["window_tokens_per_sec"][-2:] == pytest.approx([1000.0, 1000.0])
+    assert 1.0 < start < 2.0 and start == pytest.approx(record["seconds"])
+    alternating = [0.1, 0.1, 0.1, 0.3] * 1000  # windows of 0.3 s alternate between 1000 and 333 tokens/s
+    record, start = warm_until_stable(fake_stream(alternating), Protocol(warmup_window_seconds=0.3,
+                                                                         warmup_max_seconds=2.0), 100, 0.0)
+    assert not record["stabilised"] and 2.0 <= record["seconds"] < 2.0 + 0.3 + 0.3 + 1e-9
+    assert is_stable(100, 101.9, 0.02) and not is_stable(100, 102.1, 0.02) and not is_stable(100, 97.9, 0.02)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_window_stops_at_its_time_and_cycles_the_input(workers):
+    ids, seqs = make_sequences(6, 0, "short-reads")
+    plan = [[0, 1], [2, 3], [4, 5]]
+    loader = make_loader(CycledBatches([s.encode() for s in seqs], plan), workers, 2, pin_memory=False)
+    it = iter(loader)
+
+    def timed(batches):
+        while True:
+            batch = next(batches)
+            time.sleep(0.02)  # a model that takes 20 ms a batch
+            yield time.perf_counter(), batch, 0.0
+
+    start = time.perf_counter()
+    stream = timed(it)
+    w = run_window(stream, 0.4, start, 1024)
+    assert 0.4 <= w["seconds"] < 0.4 + 0.2 and w["end"] == pytest.approx(start + w["seconds"])
+    assert w["batches"] > 3 * len(plan)  # many passes over a 3-batch workload
+    assert w["sequences"] == 2 * w["batches"] and w["tokens_per_sec"] == pytest.approx(w["tokens"] / w["seconds"])
+    nxt = next(it)
+    stream.close()
+    assert nxt.indices.tolist() == plan[w["batches"] % 3]  # the plan in order, over and over
+    if workers:
+        it._shutdown_workers()  # now, not at exit: the workers ignore SIGTERM
+
+
+def measure(fasta, ckpt, result, label, group, *extra):
+    args = [str(fasta), "--checkpoint", str(ckpt), "--device", "cpu", "--precision", "fp32", "--token-budget", "512",
+            "--num-workers", "0", "--seconds", "0.4", "--repeats", "3", "--warmup-window", "0.2",
+            "--warmup-max", "1", "--result", str(result), "--label", label, "--group", group, *extra]
+    return cli.main(["measure", *args])
+
+
+def test_a_real_placebo_sweep_on_cpu_declares_no_winner(tmp_path, tiny_checkpoint):
+    ids, seqs = make_sequences(20, 3, "short-reads")  # 3 batches of 512 tokens, cycled
+    fasta = tmp_path / "w.fa"
+    write_fasta(fasta, ids, seqs)
+    paths = []
+    for label, group in (("baseline", "baseline"), ("same_a", "packing"), ("same_b", "dataloader")):
+        paths.append(tmp_path / f"{label}.json")
+        assert measure(fasta, tiny_checkpoint, paths[-1], label, group) == 0
+    r = json.loads(paths[0].read_text())
+    assert r["status"] == "ok" and len(r["repeats"]) == 3 and r["ci95"][0] <= r["median"] <= r["ci95"][1]
+    m = r["measurement"]
+    assert m["warmup"]["window_tokens_per_sec"] and all(w["seconds"] >= 0.4 for w in m["windows"])
+    best, tsv = tmp_path / "best.json", tmp_path / "sweeps.tsv"
+    assert cli.main(["best-config", *map(str, paths), "-o", str(best), "--tsv", str(tsv),
+                     "--between-job-cv", "0.05", "--min-packing", "0.5"]) == 0  # config.yaml's CPU allowance
+    decision = json.loads(best.read_text())
+    assert decision["significant"] is False and decision["label"] == "baseline" and decision["comparisons"] == 2
+    assert decision["params"] == r["params"]
+    rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
+    assert [row["label"] for row in rows] == ["baseline", "same_a", "same_b"]
+    assert all(row["significant"] == "no" and row["seq_per_sec_ci95_low"] for row in rows)
+    # the validation job: the recommended (baseline) settings measured again, compared with the baseline
+    opt = tmp_path / "optimal.json"
+    assert measure(fasta, tiny_checkpoint, opt, "optimal", "optimal", "--params-from", str(best),
+                   "--baseline", str(paths[0])) == 0
+    v = json.loads(opt.read_text())["validation"]
+    assert v["significant_claim"] is False and len(v["speedup_ci95"]) == 2
+
+
+def test_a_failing_point_is_recorded_and_bad_protocol_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
+    ids, seqs = make_sequences(10, 3, "short-reads")
+    fasta = tmp_path / "w.fa"
+    write_fasta(fasta, ids, seqs)
+    out = tmp_path / "p.json"
+    assert measure(fasta, tiny_checkpoint, out, "tiny", "packing", "--token-budget", "8") == 0
+    r = json.loads(out.read_text())
+    assert r["status"] == "failed" and r["exit_code"] == 2 and "token budget" in r["reason"] and r["repeats"] == []
+    assert measure(fasta, tiny_checkpoint, tmp_path / "q.json", "x", "packing", "--repeats", "0") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("virnucpro: error:") and "--repeats" in err[-1]
+    assert not (tmp_path / "q.json").exists()
