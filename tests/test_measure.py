@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from virnucpro import cli
 from virnucpro.data.fasta import write_fasta
@@ -122,6 +123,7 @@ def test_validation_contradiction_is_reported():
     assert not validation_check(same, base, no_winner)["contradicted"]
     v = validation_check(faster, base, no_winner)
     assert v["contradicted"] and v["drift_between_jobs"] and v["rate_vs_sweep"] == pytest.approx(1.2, rel=0.01)
+    assert "drift" in v["note"] and "baseline's settings" in v["note"]
 
 
 def fake_stream(durations, tokens=100):
@@ -219,3 +221,24 @@ def test_a_failing_point_is_recorded_and_bad_protocol_is_a_usage_error(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("virnucpro: error:") and "--repeats" in err[-1]
     assert not (tmp_path / "q.json").exists()
+
+
+def test_a_stop_request_ends_the_measurement_between_batches():
+    from virnucpro.pipeline.measure import finished_batches
+    from virnucpro.pipeline.preemption import Preempted, StopFlag
+
+    class Model:
+        calls = 0
+
+        def embed(self, batch, layer):
+            Model.calls += 1
+            return batch
+
+    batches = iter([SimpleNamespace(to=lambda device: None)] * 10)
+    stop = StopFlag()
+    stream = finished_batches(batches, Model(), torch.device("cpu"), 0, stop)
+    next(stream)
+    stop.set("SIGTERM")
+    with pytest.raises(Preempted, match="SIGTERM"):
+        next(stream)
+    assert Model.calls == 1  # nothing started after the request

@@ -25,7 +25,7 @@ from virnucpro.data.packing import check_budget, pack_batches
 from virnucpro.errors import UserError
 from virnucpro.models.weights import resolve_weights
 from virnucpro.pipeline.preemption import Preempted, StopFlag
-from virnucpro.pipeline.runner import EmbedConfig, build_model, gelu_form, resolve_layer, warm_up
+from virnucpro.pipeline.runner import EmbedConfig, build_model, gelu_form, rank_device, resolve_layer, warm_up
 from virnucpro.utils.gpu_monitor import NvitopMonitor
 from virnucpro.utils.hardware import capture_hardware_info, package_versions
 from virnucpro.utils.telemetry import percentile
@@ -146,7 +146,7 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
     cfg.validate()
     if cfg.world_size not in (None, 1):
         raise UserError("a throughput measurement is one process on one device: --world-size must be 1")
-    device = cfg.resolved_device()
+    device = rank_device(cfg.resolved_device(), 0, 1)  # "cuda" -> the current CUDA device, with its index
     precision = cfg.resolved_precision(device)
     records = read_fasta(cfg.fasta, cfg.long_sequences)
     lengths = records.lengths()
@@ -165,8 +165,7 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
     plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
     loader = make_loader(CycledBatches(records.seqs, plan, pad_to=pad_to), cfg.num_workers, cfg.prefetch_factor,
                          pin_memory=device.type == "cuda")
-    monitor = NvitopMonitor([device.index if device.index is not None else torch.cuda.current_device()]
-                            if device.type == "cuda" else [])
+    monitor = NvitopMonitor([device.index] if device.type == "cuda" else [])
     startup = time.perf_counter() - t_start
     stream = finished_batches(iter(loader), model, device, layer, stop)
     try:
