@@ -33,7 +33,8 @@ def test_intervals_hand_values():
     # logs 0, 0.1, 0.2: mean 0.1, sd 0.1, n 3 -> 0.1 +- 4.302653 * 0.1 / sqrt(3)
     low, high = geometric_ci([1.0, math.exp(0.1), math.exp(0.2)])
     half = 4.302653 * 0.1 / math.sqrt(3)
-    assert low == pytest.approx(math.exp(0.1 - half), rel=1e-6) and high == pytest.approx(math.exp(0.1 + half), rel=1e-6)
+    assert low == pytest.approx(math.exp(0.1 - half), rel=1e-6)
+    assert high == pytest.approx(math.exp(0.1 + half), rel=1e-6)
     # Welch on logs: a = 0.1, 0.2, 0.3 and b = -0.1, 0, 0.1: difference 0.2, se sqrt(0.02/3), df exactly 4
     r = ratio_ci([math.exp(x) for x in (0.1, 0.2, 0.3)], [math.exp(x) for x in (-0.1, 0.0, 0.1)])
     half = 2.776445 * math.sqrt(0.02 / 3)

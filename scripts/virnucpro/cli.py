@@ -168,7 +168,8 @@ def _embed_config(args):
     from virnucpro.pipeline.runner import EmbedConfig
 
     return EmbedConfig(
-        fasta=args.fasta, outdir=getattr(args, "outdir", None) or Path("-"), model=args.model, checkpoint=args.checkpoint,
+        fasta=args.fasta, outdir=getattr(args, "outdir", None) or Path("-"),  # `measure` writes no OUTDIR
+        model=args.model, checkpoint=args.checkpoint,
         random_weights=args.random_weights, seed=args.seed, precision=args.precision, device=args.device,
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor, checkpoint_every=args.checkpoint_every,
