@@ -186,12 +186,3 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
         "hardware": capture_hardware_info(), "versions": package_versions(),
     }
 
-
-def window_rates(measurement: dict, key: str = "sequences_per_sec") -> list[float]:
-    return [w[key] for w in measurement["windows"] if w.get(key)]
-
-
-def cycles(measurement: dict) -> float:
-    """Passes over the workload's batch plan that the measured windows made (> 1: the input was cycled)."""
-    return sum(w["batches"] for w in measurement["windows"]) / max(1, measurement["workload"]["batches"])
-
