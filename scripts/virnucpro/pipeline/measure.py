@@ -25,7 +25,8 @@ from virnucpro.data.packing import check_budget, pack_batches
 from virnucpro.errors import UserError
 from virnucpro.models.weights import resolve_weights
 from virnucpro.pipeline.preemption import Preempted, StopFlag
-from virnucpro.pipeline.runner import EmbedConfig, build_model, gelu_form, rank_device, resolve_layer, warm_up
+from virnucpro.pipeline.runner import (EmbedConfig, build_model, gelu_form, rank_device, resolve_layer,
+                                      set_compile_cache, warm_up)
 from virnucpro.utils.gpu_monitor import NvitopMonitor
 from virnucpro.utils.hardware import capture_hardware_info, package_versions
 from virnucpro.utils.telemetry import percentile
@@ -160,6 +161,7 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
     compiled = cfg.resolved_compile(device)
     pad_to = cfg.token_budget if compiled else None
     if compiled:
+        set_compile_cache(cfg.compile_cache)
         model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
     warm_up(model, device, layer, pad_to)
     plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
