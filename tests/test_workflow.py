@@ -155,6 +155,21 @@ def test_an_impossible_sweep_point_is_recorded_and_marked(workflow_run):
     assert summary["best"] is not None and summary["best"]["params"]["token_budget"] != 8
 
 
+def test_sweep_points_are_repeated_measurements_and_the_best_is_a_decision(workflow_run):
+    results = workflow_run / "results"
+    base = json.loads((results / "sweeps/baseline/baseline.json").read_text())
+    assert base["kind"] == "measurement" and len(base["repeats"]) == 2  # measure.repeats of ci.yaml
+    assert base["ci95"][0] <= base["median"] <= base["ci95"][1] and "stabilised" in base["measurement"]["warmup"]
+    best = json.loads((results / "sweeps/best.json").read_text())
+    assert isinstance(best["significant"], bool) and "speedup_ci95" in best and best["params"]
+    if not best["significant"]:
+        assert best["label"] == base["label"] and best["params"] == base["params"]
+    rows = (results / "sweeps.tsv").read_text().splitlines()
+    assert rows[0].startswith("group\tlabel\tparams\tstatus") and len(rows) == 1 + 1 + 2 + 2 + 1
+    validation = json.loads((results / "sweeps/optimal.json").read_text())["validation"]
+    assert validation["significant_claim"] == best["significant"] and "contradicted" in validation
+
+
 def test_report_escapes_html_from_the_input(workflow_run):
     html = (workflow_run / "results" / "report.html").read_text()
     assert "prod&amp;x&#39;y.fa" in html and "r&lt;i&gt;0&lt;/i&gt;_0" in html
