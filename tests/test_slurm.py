@@ -55,11 +55,18 @@ def slurm_run(cluster, tmp_path_factory):
     """The whole workflow through Slurm; the 2-rank production job is cancelled once while it runs."""
     root = copy_project(tmp_path_factory.mktemp("wf_slurm"))
     shutil.copy(ROOT / "tests" / "data" / "slurm_ci.yaml", root / "slurm_ci.yaml")
+    # every sbatch call is logged (then run): the tests read what the plugin asked Slurm for
+    wrappers = root / "bin"
+    wrappers.mkdir()
+    (wrappers / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {root / "sbatch.calls"}\n'
+                                     f'exec {shutil.which("sbatch")} "$@"\n')
+    (wrappers / "sbatch").chmod(0o755)
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "ci.yaml",
            "slurm_ci.yaml", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
            "--jobs", "4"]
     log = (root / "snakemake.out").open("w")
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     cancelled = None
     deadline = time.monotonic() + 1500
     while proc.poll() is None and time.monotonic() < deadline:
@@ -87,10 +94,18 @@ def test_workflow_runs_through_slurm(slurm_run, capsys):
     root, output, _ = slurm_run
     results = root / "results"
     assert (results / "report.html").is_file()
-    submitted = [ln for ln in output.splitlines() if "has been submitted with SLURM jobid" in ln]
-    assert len(submitted) >= 20, output[-3000:]  # every job, the small ones too, went through sbatch
+    submitted = [ln for ln in output.splitlines()
+                 if "has been submitted with SLURM jobid" in ln or "Submitted array job" in ln]
+    calls = sbatch_calls(root)
     with capsys.disabled():  # the submissions, for the CI log
         print(f"\n{len(submitted)} Slurm submissions:", *submitted, sep="\n  ")
+    # only the embedding jobs queue (the short ones are localrules); the 6 sweep points go as one array job
+    rules = {comment.split("_wildcards_")[0] for comment in calls}
+    assert rules == {"rule_production", "rule_subset_profiling", "rule_checkpoint_overhead", "rule_sweep_point",
+                     "rule_optimal_validation"}, rules
+    arrays = [c for comment, c in calls.items() if comment.startswith("rule_sweep_point")]
+    assert len(arrays) == 1 and "--array=1-6" in arrays[0], arrays
+    assert all("--requeue" in c and "--nodes=1" in c for c in calls.values())
     summary = json.loads((results / "summary.json").read_text())
     groups = ("baseline", "dataloader", "packing", "interaction")
     paths = [*(p for g in groups for p in (results / "sweeps" / g).glob("*.json")), results / "sweeps/optimal.json",
@@ -104,8 +119,20 @@ def test_workflow_runs_through_slurm(slurm_run, capsys):
     assert list((root / ".snakemake" / "slurm_logs").rglob("*.log"))  # the executor's per-job logs
 
 
+def sbatch_calls(root) -> dict[str, str]:
+    """{--comment value: the sbatch command line} of every submission (the last one per comment: retries)."""
+    calls = {}
+    for line in (root / "sbatch.calls").read_text().splitlines():
+        words = line.split()
+        if "--comment" in words:
+            calls[words[words.index("--comment") + 1].strip("'")] = line
+    return calls
+
+
 def test_two_rank_production_job_saw_two_devices(slurm_run):
     root, _, _ = slurm_run
+    call = sbatch_calls(root)["rule_production_wildcards_2"]
+    assert "--nodes=1" in call and "--gpus=2" in call, call  # both GPUs on one node: the ranks share a launcher
     for rank in (0, 1):
         tel = json.loads((root / "results/production/ws2/telemetry" / f"telemetry_rank{rank}.json").read_text())
         meta = tel["run_metadata"]
@@ -123,6 +150,12 @@ def test_a_cancelled_job_is_retried_and_resumes(slurm_run):
     assert "Trying to restart job" in output
     meta = json.loads((root / "results/production/ws2/telemetry/telemetry_rank0.json").read_text())["run_metadata"]
     assert meta["resumed_sequences"] > 0  # the retry started from the cancelled attempt's checkpoints
+    # ... and says so: flagged in its result and the report, refused for the scaling verdict
+    assert result["resumed"] and result["resumed_sequences"] == meta["resumed_sequences"]
+    summary = json.loads((root / "results/summary.json").read_text())
+    assert "production_ws2" in {r["label"] for r in summary["flagged_runs"] if r["resumed"]}
+    perf03 = [v for v in summary["verdicts"] if v["id"] == "PERF-03" and v["scope"] == "production_ws2"]
+    assert perf03 and perf03[0]["status"] == "N/A" and "resumed" in perf03[0]["reason"]
 
 
 def test_without_root_the_reason_is_given(monkeypatch):

@@ -16,7 +16,8 @@ from virnucpro.data.synthetic import make_sequences
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("synthetic_fasta", "input_info", "workload_fasta", "production", "subset_profiling", "checkpoint_overhead",
-         "sweep_point", "best_config", "optimal_validation", "merge_telemetry", "scaling", "report")
+         "sweep_point", "best_config", "optimal_validation", "analyse_run", "merge_telemetry", "scaling", "report")
+GPU_RULES = {"production", "subset_profiling", "checkpoint_overhead", "sweep_point", "optimal_validation"}
 
 
 def snakemake(*args, cwd=ROOT, env=None, timeout=900):
@@ -70,23 +71,55 @@ def test_default_profile_dry_run_plans_every_stage():
     counts = job_counts(res.stdout)
     assert set(RULES) <= set(counts), counts
     assert counts["production"] == 2 and counts["sweep_point"] == 1 + 6 + 6 + 2  # baseline + grids + pairs
+    assert counts["analyse_run"] == 2 + 15 + 1 + 1 + 2  # one cheap local analysis per GPU job
     assert "esm2_t6_8M_UR50D" in res.stdout and "--device auto" in res.stdout and "--exact-gelu" not in res.stdout
 
 
-def test_slurm_profile_dry_run_uses_the_cluster_settings(tmp_path):
-    extra = tmp_path / "four.yaml"
-    extra.write_text("production:\n  world_sizes: [1, 2, 4]\nengine:\n  exact_gelu: true\n")
-    res = snakemake("--profile", "profiles/slurm", "-n", "--configfile", "config/cluster.yaml", str(extra))
+def shell_commands(text: str, rule: str | None = None) -> list[str]:
+    lines, current = [], None
+    for line in text.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            current = line.split()[1].rstrip(":")
+        elif line.startswith("Shell command:") and (rule is None or current == rule):
+            lines.append(line)
+    return lines
+
+
+def test_slurm_profile_layers_a_configfile_over_the_cluster_overlay(tmp_path):
+    """Issue 14 point 1: `--configfile x.yaml` must not drop config/cluster.yaml (x.yaml goes on top of it)."""
+    extra = tmp_path / "x.yaml"
+    extra.write_text("production:\n  world_sizes: [1, 2, 4]\nengine:\n  exact_gelu: true\n  token_budget: 2048\n"
+                     "resources:\n  gpu_job:\n    gpu_model: h100\n    slurm_partition: gpu\n")
+    res = snakemake("--profile", "profiles/slurm", "-n", "--configfile", str(extra))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in out
     assert job_counts(res.stdout)["production"] == 3
-    assert "--model esm2_t36_3B_UR50D --precision bf16" in out and "--device cuda" in out
-    assert "--exact-gelu" in out  # a config switch reaches every job's command line
+    runs = shell_commands(res.stdout, "sweep_point") + shell_commands(res.stdout, "production")
+    assert len(runs) == 15 + 3
+    for cmd in runs:  # cluster.yaml's model, precision and device, x.yaml's budget and switch
+        assert "--model esm2_t36_3B_UR50D --precision bf16" in cmd and "--device cuda" in cmd, cmd
+        assert "--exact-gelu" in cmd and ("--token-budget 2048" in cmd or "packing:" in cmd or "interaction:" in cmd), cmd
+    # point 6: every GPU job on one node, with the partition and GPU model set once in the config
     gpu_jobs = [ln for ln in out.splitlines() if "resources:" in ln and "gpu=" in ln]
-    assert any("gpu=4" in ln for ln in gpu_jobs)
-    # cpus_per_task would make the Slurm plugin ignore cpus_per_gpu: GPU jobs must not carry it
-    assert gpu_jobs and all("cpus_per_gpu=8" in ln and "cpus_per_task" not in ln for ln in gpu_jobs)
+    assert len(gpu_jobs) == 3 + 1 + 2 + 15 + 1 and any("gpu=4" in ln for ln in gpu_jobs)
+    for ln in gpu_jobs:
+        assert "nodes=1" in ln and "gpu_model=h100" in ln and "slurm_partition=gpu" in ln, ln
+        assert "cpus_per_gpu=8" in ln and "cpus_per_task" not in ln, ln  # else the plugin ignores cpus_per_gpu
+    local = {ln.split()[1].rstrip(":") for ln in out.splitlines() if ln.startswith("localrule ")}
+    assert local == set(RULES) - GPU_RULES, local  # the short jobs do not queue
+
+
+def test_gpu_jobs_carry_no_machine_paths_or_analysis_settings():
+    """Issue 14 point 5: the checkout path, the interpreter and analysis-only settings stay out of GPU jobs."""
+    res = snakemake("-n")
+    assert res.returncode == 0, res.stderr
+    runs = [c for c in shell_commands(res.stdout) if "run-point" in c]
+    assert len(runs) == 21
+    for cmd in runs:
+        assert str(ROOT) not in cmd and sys.executable not in cmd and "PYTHONPATH" not in cmd, cmd
+        for analysis in ("--warmup", "--target-sequences", "--progress-interval", "--min-packing"):
+            assert analysis not in cmd, cmd
 
 
 def test_a_production_path_with_angle_brackets_is_refused_clearly(tmp_path):
@@ -141,6 +174,52 @@ def test_local_run_produces_the_report(workflow_run):
     assert merged["summary"]["num_shards"] == 2 and merged["summary"]["total_sequences"] == 400
     text = (results / "report.txt").read_text()
     assert "PERF-01" in text and "VirNucPro embedding performance report" in text
+
+
+def test_runs_are_marked_valid_or_not_with_the_reason(workflow_run):
+    """Issue 14 point 4: the CPU runs are shorter than the default 60-second warm-up: invalid, and said so."""
+    results = workflow_run / "results"
+    run = json.loads((results / "production/ws1.json").read_text())
+    assert run["valid"] is False and "nothing was excluded" in run["invalid_reasons"][0]
+    assert run["resumed"] is False and run["analysis"]["warmup_seconds"] == 60
+    summary = json.loads((results / "summary.json").read_text())
+    assert "production_ws1" in {r["label"] for r in summary["flagged_runs"]}
+    assert "INVALID" in (results / "report.html").read_text()
+
+
+def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(workflow_run, tmp_path):
+    """Issue 14 point 5: no machine path in params; warm-up, targets, thresholds and the progress interval are
+    applied by local analysis jobs only."""
+    moved = tmp_path / "moved checkout"
+    shutil.copytree(workflow_run, moved, symlinks=True)  # keeps mtimes and .snakemake's records
+    env = {"VIRNUCPRO_PRODUCTION_FASTA": str(workflow_run / HTML_NAME)}
+    res = snakemake("-n", "--configfile", "ci.yaml", cwd=moved, env=env)
+    assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-3000:]
+    (moved / "analysis.yaml").write_text("warmup:\n  seconds: 1\n  batches: 2\n  min_steady_batches: 3\n"
+                                         "targets:\n  target_sequences: 1000\n  min_packing: 0.5\n"
+                                         "  min_scaling_efficiency: 50\nengine:\n  progress_interval: 1\n")
+    res = snakemake("-n", "--configfile", "ci.yaml", "analysis.yaml", cwd=moved, env=env)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["analyse_run"] == 2 + 6 + 1 + 2 + 1 and counts["report"] == 1
+    # the best point may change with the analysis, so its validation runs again; no other GPU job does
+    assert not (GPU_RULES - {"optimal_validation"}) & set(counts), counts
+
+
+def test_a_checkpoint_path_with_a_space_and_command_substitution_works_and_runs_nothing(tmp_path):
+    """Issue 18: model.checkpoint reaches the shell quoted."""
+    from conftest import write_fairesm_checkpoint
+
+    root = copy_project(tmp_path / "wf")
+    ckpt = write_fairesm_checkpoint(tmp_path / "my weights $(touch PWNED)" / "esm2_tiny_test.pt")
+    (root / "ckpt.yaml").write_text(f"model:\n  name: esm2_tiny_test\n  checkpoint: {json.dumps(str(ckpt))}\n"
+                                    "  random_weights: false\n")
+    res = snakemake("results/sweeps/baseline/baseline.json", "--configfile", "ci.yaml", "ckpt.yaml", cwd=root)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    result = json.loads((root / "results/sweeps/baseline/baseline.json").read_text())
+    assert result["status"] == "ok", result["reason"]
+    assert result["weights"]["path"] == str(ckpt.resolve())
+    assert not list(tmp_path.rglob("PWNED")) and not (root / "PWNED").exists()
 
 
 def test_an_impossible_sweep_point_is_recorded_and_marked(workflow_run):

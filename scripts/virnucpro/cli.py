@@ -1,7 +1,8 @@
-"""`virnucpro` command line: make-fasta, embed, bench.
+"""`virnucpro` command line: make-fasta, embed, bench, and the workflow's jobs (run-point, analyse-run, ...).
 
-Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 75 stopped by SIGTERM/SIGINT
-after flushing checkpoints (rerun to resume); 1 anything unexpected (with its traceback, since that is a bug).
+Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 74 the output could not be written
+(disk full, quota; rerun to resume); 75 stopped by SIGTERM/SIGINT after flushing checkpoints (rerun to resume);
+1 anything unexpected (with its traceback, since that is a bug).
 """
 
 from __future__ import annotations
@@ -12,11 +13,39 @@ import signal
 import sys
 from pathlib import Path
 
-from virnucpro.errors import EXIT_FAILURE, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, UserError
+from virnucpro.errors import EXIT_FAILURE, EXIT_IO, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, UserError
+
+EXIT_CODES = (f"exit codes: {EXIT_OK} ok; 2 bad input or usage (one line on stderr); {EXIT_OOM} out of memory "
+              f"(status.json reason: OOM); {EXIT_IO} the output could not be written (disk full, quota; rerun to "
+              f"resume); {EXIT_PREEMPTED} stopped by SIGTERM/SIGINT after flushing checkpoints "
+              f"(rerun the same command to resume); {EXIT_FAILURE} unexpected error (traceback: a bug)")
+EMBED_EXAMPLE = ("virnucpro embed reads.faa -o out/ --checkpoint esm2_t36_3B_UR50D.pt --precision bf16 "
+                 "--token-budget 16384")
+RUN_POINT_EXAMPLE = ("virnucpro run-point results/data/sweep.fasta -o results/sweeps/baseline/baseline "
+                     "--random-weights --label baseline:baseline --group baseline "
+                     "--result results/sweeps/baseline/baseline.run.json")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option's help (not None or a flag's False: the help says what unset means); the
+    epilog (example, exit codes) keeps its line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _help_style(example: str | None = None) -> dict:
+    """Keyword arguments of every (sub)parser: defaults shown, an example and the exit codes as epilog."""
+    epilog = (f"example:\n  {example}\n\n" if example else "") + EXIT_CODES
+    return {"formatter_class": _HelpFormatter, "epilog": epilog}
 
 
 def _add_make_fasta(sub) -> None:
-    p = sub.add_parser("make-fasta", help="write a deterministic synthetic protein FASTA")
+    p = sub.add_parser("make-fasta", help="write a deterministic synthetic protein FASTA",
+                       **_help_style("virnucpro make-fasta -o reads.faa --num-sequences 100000 --seed 1 "
+                                     "--profile short-reads"))
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--num-sequences", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -24,7 +53,8 @@ def _add_make_fasta(sub) -> None:
 
 
 def _add_embed(sub) -> None:
-    p = sub.add_parser("embed", help="embed a protein FASTA with ESM-2 (packed, padding-free)")
+    p = sub.add_parser("embed", help="embed a protein FASTA with ESM-2 (packed, padding-free)",
+                       **_help_style(EMBED_EXAMPLE))
     _embed_arguments(p)
 
 
@@ -79,7 +109,8 @@ def _nonempty_path(text: str) -> Path:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks for the GPU machine: accuracy vs fair-esm, engine throughput, peers")
+    p = sub.add_parser("bench", help="benchmarks for the GPU machine: accuracy vs fair-esm, engine throughput, peers",
+                       **_help_style("virnucpro bench engines -o docs/benchmarks/engines.json"))
     p.add_argument("what", choices=["accuracy", "engines", "peers", "scale"])
     p.add_argument("--model", default="esm2_t36_3B_UR50D")
     p.add_argument("--num-sequences", type=int, default=200, help="accuracy: seed-mix sequences compared")
@@ -137,13 +168,15 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__.splitlines()[0],
+                                     **_help_style(f"{EMBED_EXAMPLE}\n  virnucpro embed --help"))
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_make_fasta(sub)
     _add_embed(sub)
     _add_bench(sub)
     _add_run_point(sub)
+    _add_analyse_run(sub)
     _add_sample(sub)
     _add_measure(sub)
     _add_best_config(sub)
@@ -252,17 +285,32 @@ def _record_earlier_completion(status_path: Path, cfg, summary: dict) -> None:
 
 
 def _add_run_point(sub) -> None:
-    p = sub.add_parser("run-point", help="a workflow job: embed, then write one result JSON (failures recorded)")
+    p = sub.add_parser("run-point", help="a workflow job: embed, then write the job's raw record (failures recorded)",
+                       description="Embed FASTA as one measurement (from a clean OUTDIR unless resuming an "
+                                   "interrupted attempt of the same configuration) and write its raw record; "
+                                   "`analyse-run` turns it into the result.", **_help_style(RUN_POINT_EXAMPLE))
     _embed_arguments(p)
-    p.add_argument("--result", required=True, type=Path, help="result JSON to write")
+    p.set_defaults(progress_interval=None)
+    next(a for a in p._actions if a.dest == "progress_interval").help += \
+        " (default: $VIRNUCPRO_PROGRESS_INTERVAL, which the workflow sets, else 10)"
+    p.add_argument("--result", required=True, type=Path, help="raw record (JSON) to write")
     p.add_argument("--label", required=True)
     p.add_argument("--group", required=True, help="production, baseline, dataloader, packing, interaction, ...")
     p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
-    p.add_argument("--warmup-seconds", type=float, default=60.0)
-    p.add_argument("--warmup-batches", type=int, default=20)
     p.add_argument("--strict", action="store_true",
                    help="a failure is the job's failure (production runs); without it, it is recorded and exit 0")
     p.add_argument("--discard-embeddings", action="store_true", help="delete embeddings.h5 once measured")
+
+
+def _progress_from_env() -> float:
+    """run-point's progress interval: $VIRNUCPRO_PROGRESS_INTERVAL (the workflow's shell prefix sets it), else 10."""
+    import os
+
+    raw = os.environ.get("VIRNUCPRO_PROGRESS_INTERVAL", "10")
+    try:
+        return float(raw)
+    except ValueError:
+        raise UserError(f"VIRNUCPRO_PROGRESS_INTERVAL={raw!r} is not a number of seconds") from None
 
 
 def _read_json(path: Path, option: str) -> dict:
@@ -290,10 +338,16 @@ def _apply_params_from(cfg, path: Path | None):
 def cmd_run_point(args) -> int:
     import traceback
 
+    from virnucpro.pipeline.measurement import prepare_outdir
     from virnucpro.pipeline.output import write_json_atomic
-    from virnucpro.report.results import KNOBS, collect_result
+    from virnucpro.report.results import KNOBS, collect_run
 
+    if args.progress_interval is None:
+        args.progress_interval = _progress_from_env()
     cfg = _apply_params_from(_embed_config(args), args.params_from)
+    cleared = prepare_outdir(cfg)
+    if cleared:
+        print(f"{args.label}: cleared {cfg.outdir}: {cleared}", file=sys.stderr)
     reason = None
     try:
         code = execute_embed(cfg)
@@ -310,18 +364,51 @@ def cmd_run_point(args) -> int:
     if code == EXIT_PREEMPTED or (code != EXIT_OK and args.strict):
         return code  # no result: the scheduler retries (or the workflow stops) and a rerun resumes
     params = {k: getattr(cfg, k) for k in KNOBS}
-    result = collect_result(cfg.outdir, args.label, args.group, params, code, reason, args.warmup_seconds,
-                            args.warmup_batches, cfg.target_sequences)
+    result = collect_run(cfg.outdir, args.label, args.group, params, code, reason)
     args.result.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.result, result)
     if args.discard_embeddings:
         (cfg.outdir / "embeddings.h5").unlink(missing_ok=True)
-    print(f"{args.label}: {result['status']}" + (f" ({result['reason']})" if result["reason"] else ""))
+    print(f"{args.label}: {result['status']}" + (f" ({result['reason']})" if result["reason"] else "")
+          + (f", resumed {result['resumed_sequences']:,} sequences" if result["resumed"] else ""))
+    if args.strict and result["status"] != "ok":
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _add_analyse_run(sub) -> None:
+    p = sub.add_parser("analyse-run", help="a run-point record + its raw telemetry -> the job's result (local)",
+                       description="Steady state (warm-up excluded), projections and validity of one measured "
+                                   "run, from its raw telemetry: analysis settings never rerun a GPU job.",
+                       **_help_style("virnucpro analyse-run results/sweeps/baseline/baseline.run.json "
+                                     "-o results/sweeps/baseline/baseline.json --warmup-seconds 2"))
+    p.add_argument("run", type=Path, help="the raw record written by run-point --result")
+    p.add_argument("-o", "--output", type=Path, required=True, help="result JSON to write")
+    p.add_argument("--warmup-seconds", type=float, default=60.0, help="warm-up excluded from steady state")
+    p.add_argument("--warmup-batches", type=int, default=20,
+                   help="warm-up excluded from steady state; the larger of the two applies")
+    p.add_argument("--min-steady-batches", type=int, default=20,
+                   help="fewer steady batches on any rank marks the run invalid")
+    p.add_argument("--target-sequences", type=int, default=6_000_000, help="sequence count projections are for")
+
+
+def cmd_analyse_run(args) -> int:
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.report.results import analyse_run, load_results
+
+    if args.min_steady_batches < 1 or args.target_sequences < 1:
+        raise UserError("--min-steady-batches and --target-sequences must be at least 1")
+    result = analyse_run(load_results([args.run])[0], args.warmup_seconds, args.warmup_batches,
+                         args.min_steady_batches, args.target_sequences)
+    write_json_atomic(args.output, result)
+    print(f"{result['label']}: {result['status']}, " + ("valid" if result["valid"] else
+                                                       "INVALID: " + "; ".join(result["invalid_reasons"])))
     return EXIT_OK
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="a seeded random subset of a FASTA (input order kept), or just describe it")
+    p = sub.add_parser("sample", help="a seeded random subset of a FASTA (input order kept), or just describe it",
+                       **_help_style("virnucpro sample reads.faa -o subset.faa -n 1000 --seed 42 --info subset.json"))
     p.add_argument("fasta", type=Path)
     p.add_argument("-o", "--output", type=Path, help="subset FASTA to write (omit to only describe the input)")
     p.add_argument("-n", "--num-sequences", type=int, help="subset size (at most the input's count)")
@@ -363,7 +450,9 @@ def cmd_sample(args) -> int:
 
 def _add_measure(sub) -> None:
     p = sub.add_parser("measure", help="a workflow job: time-boxed, repeated throughput of one engine configuration "
-                                       "(warm-up until stable, then --repeats windows of --seconds) -> result JSON")
+                                       "(warm-up until stable, then --repeats windows of --seconds) -> result JSON",
+                       **_help_style("virnucpro measure results/data/sweep.fasta --random-weights --seconds 60 "
+                                     "--repeats 3 --label baseline:baseline --group baseline --result b.json"))
     _embed_arguments(p, outdir=False)
     p.add_argument("--result", required=True, type=Path, help="result JSON to write")
     p.add_argument("--label", required=True)
@@ -444,7 +533,8 @@ def cmd_measure(args) -> int:
 
 
 def _add_best_config(sub) -> None:
-    p = sub.add_parser("best-config", help="the sweep point that beats the baseline beyond noise, else the baseline")
+    p = sub.add_parser("best-config", help="the sweep point that beats the baseline beyond noise, else the baseline",
+                       **_help_style("virnucpro best-config results/sweeps/*/*.json -o best.json --tsv sweeps.tsv"))
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--min-packing", type=float, default=0.90)
@@ -473,7 +563,8 @@ def cmd_best_config(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="merge telemetry, compute verdicts, render report.html/.txt and summary.json")
+    p = sub.add_parser("report", help="merge telemetry, compute verdicts, render report.html/.txt and summary.json",
+                       **_help_style())
     p.add_argument("results", nargs="+", type=Path, help="result JSONs of every job (run-point)")
     p.add_argument("--input-info", type=Path, required=True)
     p.add_argument("--config", type=Path, required=True, help="the workflow's configuration as JSON")
@@ -501,7 +592,8 @@ def cmd_report(args) -> int:
 
 
 def _add_merge(sub) -> None:
-    p = sub.add_parser("merge-telemetry", help="merge per-rank telemetry into one JSON (elapsed = slowest rank)")
+    p = sub.add_parser("merge-telemetry", help="merge per-rank telemetry into one JSON (elapsed = slowest rank)",
+                       **_help_style("virnucpro merge-telemetry out/telemetry/telemetry_rank*.json -o merged.json"))
     p.add_argument("shards", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
 
@@ -522,7 +614,9 @@ def cmd_merge(args) -> int:
 
 
 def _add_scaling(sub) -> None:
-    p = sub.add_parser("scaling", help="speedup and efficiency of each production run over the 1-rank run")
+    p = sub.add_parser("scaling", help="speedup and efficiency of each production run over the 1-rank run",
+                       **_help_style("virnucpro scaling results/production/ws1.json results/production/ws2.json "
+                                     "-o scaling.json"))
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--min-efficiency", type=float, default=95.0)
@@ -555,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed, "bench": cmd_bench, "run-point": cmd_run_point,
-                "sample": cmd_sample, "measure": cmd_measure, "best-config": cmd_best_config, "report": cmd_report,
+                "analyse-run": cmd_analyse_run, "sample": cmd_sample, "measure": cmd_measure,
+                "best-config": cmd_best_config, "report": cmd_report,
                 "merge-telemetry": cmd_merge, "scaling": cmd_scaling}
     try:
         return handlers[args.command](args)

@@ -1,7 +1,10 @@
-# Helpers shared by the rules: the input FASTA, the sweep points, the `virnucpro` command line of a job.
+# Helpers shared by the rules: the input FASTA, the sweep points, the `virnucpro` command line of a job, the one
+# definition of a GPU job's Slurm resources.
 import os
+import shlex
 import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 SCRIPTS = os.path.abspath(os.path.join(workflow.basedir, "..", "scripts"))
@@ -11,8 +14,22 @@ PYTHON = (
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
     else sys.executable
 )
-VIRNUCPRO = (
-    f"PYTHONPATH={SCRIPTS}${{PYTHONPATH:+:$PYTHONPATH}} {PYTHON} -m virnucpro.cli"
+
+
+# `virnucpro` is a shell function defined in every job's shell prefix, so that neither the checkout's path nor
+# the interpreter appears in a rule's params or command (moving the checkout or the environment reruns nothing);
+# the progress interval (it only shapes job logs) and the report's git checkout travel the same way.
+def shell_literal(value):
+    """`value` shell-quoted, its braces doubled: Snakemake formats the shell prefix like a command."""
+    return shlex.quote(str(value)).replace("{", "{{").replace("}", "}}")
+
+
+shell.prefix(
+    "set -euo pipefail; "
+    f"virnucpro() {{{{ PYTHONPATH={shell_literal(SCRIPTS)}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
+    f'{shell_literal(PYTHON)} -m virnucpro.cli "$@"; }}}}; '
+    f"export VIRNUCPRO_PROGRESS_INTERVAL={float(config['engine']['progress_interval'])} "
+    f"VIRNUCPRO_WORKFLOW_DIR={shell_literal(workflow.basedir)}; "
 )
 ENV = "../../envs/virnucpro.yaml"
 
@@ -42,7 +59,7 @@ INPUT_FASTA = PRODUCTION_FASTA or "results/data/synthetic.fasta"
 
 def sweep_points():
     """{group: {point name: engine settings}}: one job per point (baseline = the engine section)."""
-    e, s = config["engine"], config["sweeps"]
+    s = config["sweeps"]
     points = {"baseline": {"baseline": {}}}
     points["dataloader"] = {
         f"w{w}_p{p}": {"num_workers": w, "prefetch_factor": p}
@@ -66,70 +83,106 @@ SWEEP_RESULTS = [
     for group, names in SWEEPS.items()
     for name in names
 ]
+# The results (under results/) that `analyse_run` derives from a run-point job's raw `.run.json` (sweep points
+# and the optimal validation are `virnucpro measure` jobs, which write their results themselves).
+MEASURED = "|".join(
+    [
+        r"production/ws\d+",
+        r"profiling/subset",
+        r"checkpoint/checkpoint_(on|off)",
+    ]
+)
 
 
 def engine_args(overrides=None, world_size=1):
-    """The model and engine options of a job: config model and engine, then the point overrides."""
+    """The model and engine options of a GPU job: config model and engine, then the point overrides.
+
+    Only what the job computes with: analysis settings (warm-up, projections, thresholds) are applied by local
+    jobs, so changing them reruns no GPU job; the progress interval reaches jobs through the shell prefix. Every
+    value is shell-quoted.
+    """
     m, e = config["model"], {**config["engine"], **(overrides or {})}
     args = [
-        f"--model {m['name']}",
-        f"--precision {m['precision']}",
-        f"--seed {m['seed']}",
+        ("--model", m["name"]),
+        ("--precision", m["precision"]),
+        ("--seed", m["seed"]),
     ]
     if m["checkpoint"]:
-        args.append(f"--checkpoint {m['checkpoint']}")
+        args.append(("--checkpoint", m["checkpoint"]))
     elif m["random_weights"]:
-        args.append("--random-weights")
+        args.append(("--random-weights", None))
     args += [
-        f"--device {e['device']}",
-        f"--token-budget {e['token_budget']}",
-        f"--buffer-size {e['buffer_size']}",
-        f"--num-workers {e['num_workers']}",
-        f"--prefetch-factor {e['prefetch_factor']}",
-        f"--checkpoint-every {e['checkpoint_every']}",
-        f"--compile {e['compile']}",
-        *(["--exact-gelu"] if e["exact_gelu"] else []),
-        f"--progress-interval {e['progress_interval']}",
-        f"--world-size {world_size}",
-        f"--target-sequences {config['targets']['target_sequences']}",
+        ("--device", e["device"]),
+        ("--token-budget", e["token_budget"]),
+        ("--buffer-size", e["buffer_size"]),
+        ("--num-workers", e["num_workers"]),
+        ("--prefetch-factor", e["prefetch_factor"]),
+        ("--checkpoint-every", e["checkpoint_every"]),
+        ("--compile", e["compile"]),
+        *([("--exact-gelu", None)] if e["exact_gelu"] else []),
+        ("--world-size", world_size),
     ]
-    return " ".join(args)
+    return " ".join(
+        flag if value is None else f"{flag} {shlex.quote(str(value))}"
+        for flag, value in args
+    )
+
+
+def run_outdir(wildcards, output):
+    """An embedding job's OUTDIR: its raw record's path without `.run.json`."""
+    return output[0].removesuffix(".run.json")
 
 
 def run_point_args(overrides=None, world_size=1):
-    """The `virnucpro run-point` options of an embedding job (production, profiling, checkpoint runs)."""
-    w = config["warmup"]
-    return (
-        f"{engine_args(overrides, world_size)} "
-        f"--warmup-seconds {w['seconds']} --warmup-batches {w['batches']}"
-    )
+    """The `virnucpro run-point` options of an embedding job (production, profiling, checkpoint runs): the
+    engine's only; its warm-up and projections are `analyse_run`'s."""
+    return engine_args(overrides, world_size)
 
 
 def measure_args(overrides=None):
     """The `virnucpro measure` options of a throughput measurement (sweep points, optimal validation)."""
     p = config["measure"]
     return (
-        f"{engine_args(overrides)} --seconds {p['seconds']} --repeats {p['repeats']} "
+        f"{engine_args(overrides)} --target-sequences {config['targets']['target_sequences']} "
+        f"--seconds {p['seconds']} --repeats {p['repeats']} "
         f"--warmup-window {p['warmup_window_seconds']} --warmup-max {p['warmup_max_seconds']} "
         f"--stable-tolerance {p['stable_tolerance']}"
     )
 
 
 def gpu_resources(kind):
-    """Slurm requests for an embedding job of `kind` (gpu_job or production), scaled by the attempt."""
+    """The Slurm requests of an embedding job of `kind` (gpu_job or production): one node, `n` GPUs (the
+    wildcard, else 1), the configured partition and GPU model, runtime and memory scaled by the attempt.
+    """
     r = config["resources"]
+    minutes = r.get(kind, {}).get("runtime_minutes", r["gpu_job"]["runtime_minutes"])
 
-    def runtime(wildcards, attempt):
-        minutes = (
-            r[kind]["runtime_minutes"]
-            if kind in r and "runtime_minutes" in r[kind]
-            else 60
+    def gpus(wildcards):
+        return int(getattr(wildcards, "n", 1))
+
+    res = {
+        "gpu": gpus,
+        "nodes": 1,  # all GPUs of a job on one node: the ranks are processes of one launcher
+        "cpus_per_gpu": r["gpu_job"]["cpus_per_gpu"],
+        "runtime": lambda wildcards, attempt: minutes * attempt,
+        "mem_mb": lambda wildcards, attempt: r["gpu_job"]["mem_mb_per_gpu"]
+        * gpus(wildcards)
+        * attempt,
+    }
+    for key in ("slurm_partition", "gpu_model"):
+        if r["gpu_job"].get(key):
+            res[key] = r["gpu_job"][key]
+    return res
+
+
+onstart:
+    if (
+        workflow.executor_plugin
+        and workflow.executor_plugin.name == "slurm"
+        and not config.get("site")
+    ):
+        raise WorkflowError(
+            "the Slurm executor runs with config 'site' unset, so config/cluster.yaml was not loaded: a --config "
+            "on the command line replaces profiles/slurm's `config: [site=cluster]`; add site=cluster "
+            "(or site=local to run the CPU configuration on Slurm on purpose)"
         )
-        return minutes * attempt
-
-    def mem_mb(wildcards, attempt):
-        return (
-            r["gpu_job"]["mem_mb_per_gpu"] * int(getattr(wildcards, "n", 1)) * attempt
-        )
-
-    return runtime, mem_mb

@@ -9,13 +9,12 @@ rule synthetic_fasta:
     conda:
         ENV
     params:
-        cli=VIRNUCPRO,
         n=config["input"]["synthetic"]["num_sequences"],
         seed=config["input"]["synthetic"]["seed"],
         profile=config["input"]["synthetic"]["profile"],
     shell:
-        "{params.cli} make-fasta -o {output} --num-sequences {params.n} --seed {params.seed} "
-        "--profile {params.profile} > {log} 2>&1"
+        "virnucpro make-fasta -o {output:q} --num-sequences {params.n} --seed {params.seed} "
+        "--profile {params.profile} > {log:q} 2>&1"
 
 
 rule input_info:
@@ -28,7 +27,6 @@ rule input_info:
     conda:
         ENV
     params:
-        cli=VIRNUCPRO,
         source="production" if PRODUCTION_FASTA else "synthetic",
         synthetic=(
             ""
@@ -37,7 +35,7 @@ rule input_info:
             f"--profile-seed {config['input']['synthetic']['seed']}"
         ),
     shell:
-        "{params.cli} sample {input:q} --info {output} --source {params.source} {params.synthetic} > {log} 2>&1"
+        "virnucpro sample {input:q} --info {output:q} --source {params.source} {params.synthetic} > {log:q} 2>&1"
 
 
 rule workload_fasta:
@@ -53,9 +51,8 @@ rule workload_fasta:
     conda:
         ENV
     params:
-        cli=VIRNUCPRO,
         n=lambda wc: config["workloads"][wc.workload],
         seed=config["input"]["synthetic"]["seed"],
     shell:
-        "{params.cli} sample {input:q} -o {output.fasta} -n {params.n} --seed {params.seed} "
-        "--info {output.info} > {log} 2>&1"
+        "virnucpro sample {input:q} -o {output.fasta:q} -n {params.n} --seed {params.seed} "
+        "--info {output.info:q} > {log:q} 2>&1"

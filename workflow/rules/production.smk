@@ -1,11 +1,13 @@
-# Stage 2: the production runs (one per world size), the small profiling run, checkpoint overhead on vs off.
+# Stage 2: the production runs (one per world size), the small profiling run, checkpoint overhead on vs off:
+# `virnucpro run-point` jobs made from the `production` template, each writing a raw `.run.json` that the local
+# `analyse_run` (telemetry.smk) turns into its result.
 
 
 rule production:
     input:
-        INPUT_FASTA,
+        fasta=INPUT_FASTA,
     output:
-        "results/production/ws{n}.json",
+        "results/production/ws{n}.run.json",
     log:
         "results/logs/production/ws{n}.log",
     benchmark:
@@ -16,65 +18,51 @@ rule production:
         ENV
     threads: 2
     resources:
-        gpu=lambda wc: int(wc.n),
-        cpus_per_gpu=config["resources"]["gpu_job"]["cpus_per_gpu"],
-        runtime=gpu_resources("production")[0],
-        mem_mb=gpu_resources("production")[1],
+        **gpu_resources("production"),
     params:
-        cli=VIRNUCPRO,
         args=lambda wc: run_point_args(world_size=int(wc.n)),
-        outdir="results/production/ws{n}",
+        outdir=run_outdir,
+        label="production_ws{n}",
+        group="production",
+        extra="--strict",  # a failed production run fails the workflow (with its log)
     shell:
-        "{params.cli} run-point {input:q} -o {params.outdir} {params.args} --strict "
-        "--label production_ws{wildcards.n} --group production --result {output} > {log} 2>&1"
+        "virnucpro run-point {input.fasta:q} -o {params.outdir:q} {params.args} {params.extra} "
+        "--label {params.label:q} --group {params.group:q} --result {output:q} > {log:q} 2>&1"
 
 
-rule subset_profiling:
+use rule production as subset_profiling with:
     input:
-        "results/data/subset.fasta",
+        fasta="results/data/subset.fasta",
     output:
-        "results/profiling/subset.json",
+        "results/profiling/subset.run.json",
     log:
         "results/logs/profiling/subset.log",
     benchmark:
         "results/benchmarks/profiling/subset.tsv"
-    conda:
-        ENV
-    threads: 2
     resources:
-        gpu=1,
-        cpus_per_gpu=config["resources"]["gpu_job"]["cpus_per_gpu"],
-        runtime=gpu_resources("gpu_job")[0],
-        mem_mb=gpu_resources("gpu_job")[1],
+        **gpu_resources("gpu_job"),
     params:
-        cli=VIRNUCPRO,
         args=run_point_args(),
-    shell:
-        "{params.cli} run-point {input} -o results/profiling/subset {params.args} --discard-embeddings "
-        "--label subset_profiling --group subset --result {output} > {log} 2>&1"
+        outdir=run_outdir,
+        label="subset_profiling",
+        group="subset",
+        extra="--discard-embeddings",
 
 
-rule checkpoint_overhead:
+use rule production as checkpoint_overhead with:
     input:
-        "results/data/checkpoint.fasta",
+        fasta="results/data/checkpoint.fasta",
     output:
-        "results/checkpoint/checkpoint_{mode}.json",
+        "results/checkpoint/checkpoint_{mode}.run.json",
     log:
         "results/logs/checkpoint/{mode}.log",
     benchmark:
         "results/benchmarks/checkpoint/{mode}.tsv"
     wildcard_constraints:
         mode="on|off",
-    conda:
-        ENV
-    threads: 2
     resources:
-        gpu=1,
-        cpus_per_gpu=config["resources"]["gpu_job"]["cpus_per_gpu"],
-        runtime=gpu_resources("gpu_job")[0],
-        mem_mb=gpu_resources("gpu_job")[1],
+        **gpu_resources("gpu_job"),
     params:
-        cli=VIRNUCPRO,
         # "off": one chunk at the very end, i.e. no checkpoint while the run goes
         args=lambda wc: run_point_args(
             {
@@ -85,7 +73,7 @@ rule checkpoint_overhead:
                 )
             }
         ),
-    shell:
-        "{params.cli} run-point {input} -o results/checkpoint/{wildcards.mode} {params.args} "
-        "--discard-embeddings --label checkpoint_{wildcards.mode} --group checkpoint --result {output} "
-        "> {log} 2>&1"
+        outdir=run_outdir,
+        label="checkpoint_{mode}",
+        group="checkpoint",
+        extra="--discard-embeddings",

@@ -30,12 +30,10 @@ rule report:
     conda:
         ENV
     params:
-        cli=VIRNUCPRO,
         config=json.dumps(config),
-        workflow_dir=workflow.basedir,
     shell:
-        "echo {params.config:q} > {output.config} && "
-        "{params.cli} report {input.production} {input.sweeps} {input.optimal} {input.subset} "
-        "{input.checkpoint} --input-info {input.info} --config {output.config} --best {input.best} "
-        "--merged {input.merged} --html {output.html} --text {output.text} --summary {output.summary} "
-        "--workflow-dir {params.workflow_dir} > {log} 2>&1"
+        "echo {params.config:q} > {output.config:q} && "
+        "virnucpro report {input.production:q} {input.sweeps:q} {input.optimal:q} {input.subset:q} "
+        "{input.checkpoint:q} --input-info {input.info:q} --config {output.config:q} --best {input.best:q} "
+        "--merged {input.merged:q} --html {output.html:q} --text {output.text:q} --summary {output.summary:q} "
+        '--workflow-dir "$VIRNUCPRO_WORKFLOW_DIR" > {log:q} 2>&1'

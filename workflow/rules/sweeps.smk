@@ -5,7 +5,7 @@
 
 rule sweep_point:
     input:
-        "results/data/sweep.fasta",
+        fasta="results/data/sweep.fasta",
     output:
         "results/sweeps/{group}/{point}.json",
     log:
@@ -14,20 +14,17 @@ rule sweep_point:
         "results/benchmarks/sweeps/{group}/{point}.tsv"
     wildcard_constraints:
         group="|".join(SWEEPS),
+        point=r"[^/.]+",
     conda:
         ENV
     threads: 2
     resources:
-        gpu=1,
-        cpus_per_gpu=config["resources"]["gpu_job"]["cpus_per_gpu"],
-        runtime=gpu_resources("gpu_job")[0],
-        mem_mb=gpu_resources("gpu_job")[1],
+        **gpu_resources("gpu_job"),
     params:
-        cli=VIRNUCPRO,
         args=lambda wc: measure_args(SWEEPS[wc.group][wc.point]),
     shell:
-        "{params.cli} measure {input} {params.args} --label {wildcards.group}:{wildcards.point} "
-        "--group {wildcards.group} --result {output} > {log} 2>&1"
+        "virnucpro measure {input.fasta:q} {params.args} --label {wildcards.group}:{wildcards.point} "
+        "--group {wildcards.group} --result {output:q} > {log:q} 2>&1"
 
 
 rule best_config:
@@ -41,14 +38,13 @@ rule best_config:
     conda:
         ENV
     params:
-        cli=VIRNUCPRO,
         min_packing=config["targets"]["min_packing"],
         min_gain=config["measure"]["min_gain"],
         job_cv=config["measure"]["between_job_cv"],
     shell:
-        "{params.cli} best-config {input} -o {output.best} --tsv {output.table} "
+        "virnucpro best-config {input:q} -o {output.best:q} --tsv {output.table:q} "
         "--min-packing {params.min_packing} --min-gain {params.min_gain} "
-        "--between-job-cv {params.job_cv} > {log} 2>&1"
+        "--between-job-cv {params.job_cv} > {log:q} 2>&1"
 
 
 rule optimal_validation:
@@ -66,13 +62,9 @@ rule optimal_validation:
         ENV
     threads: 2
     resources:
-        gpu=1,
-        cpus_per_gpu=config["resources"]["gpu_job"]["cpus_per_gpu"],
-        runtime=gpu_resources("gpu_job")[0],
-        mem_mb=gpu_resources("gpu_job")[1],
+        **gpu_resources("gpu_job"),
     params:
-        cli=VIRNUCPRO,
         args=measure_args(),
     shell:
-        "{params.cli} measure {input.fasta} {params.args} --params-from {input.best} --baseline {input.baseline} "
-        "--label optimal_validation --group optimal --result {output} > {log} 2>&1"
+        "virnucpro measure {input.fasta:q} {params.args} --params-from {input.best:q} "
+        "--baseline {input.baseline:q} --label optimal_validation --group optimal --result {output:q} > {log:q} 2>&1"

@@ -1,9 +1,43 @@
-# Stage 4: per-rank telemetry of each production run merged into one file; scaling over the 1-rank run.
+# Stage 4 (local, cheap): each GPU job's raw telemetry analysed into its result (warm-up excluded, validity,
+# projections), per-rank telemetry of each production run merged into one file, scaling over the 1-rank run.
+
+
+localrules:
+    synthetic_fasta,
+    input_info,
+    workload_fasta,
+    analyse_run,
+    best_config,
+    merge_telemetry,
+    scaling,
+    report,
+
+
+rule analyse_run:
+    input:
+        "results/{job}.run.json",
+    output:
+        "results/{job}.json",
+    log:
+        "results/logs/analysis/{job}.log",
+    wildcard_constraints:
+        job=MEASURED,
+    conda:
+        ENV
+    params:
+        warmup_seconds=config["warmup"]["seconds"],
+        warmup_batches=config["warmup"]["batches"],
+        min_steady=config["warmup"]["min_steady_batches"],
+        target=config["targets"]["target_sequences"],
+    shell:
+        "virnucpro analyse-run {input:q} -o {output:q} --warmup-seconds {params.warmup_seconds} "
+        "--warmup-batches {params.warmup_batches} --min-steady-batches {params.min_steady} "
+        "--target-sequences {params.target} > {log:q} 2>&1"
 
 
 rule merge_telemetry:
     input:
-        "results/production/ws{n}.json",
+        "results/production/ws{n}.run.json",
     output:
         "results/telemetry/production_ws{n}.json",
     log:
@@ -11,13 +45,12 @@ rule merge_telemetry:
     conda:
         ENV
     params:
-        cli=VIRNUCPRO,
         shards=lambda wc: " ".join(
             f"results/production/ws{wc.n}/telemetry/telemetry_rank{r}.json"
             for r in range(int(wc.n))
         ),
     shell:
-        "{params.cli} merge-telemetry {params.shards} -o {output} > {log} 2>&1"
+        "virnucpro merge-telemetry {params.shards} -o {output:q} > {log:q} 2>&1"
 
 
 rule scaling:
@@ -30,7 +63,6 @@ rule scaling:
     conda:
         ENV
     params:
-        cli=VIRNUCPRO,
         min_eff=config["targets"]["min_scaling_efficiency"],
     shell:
-        "{params.cli} scaling {input} -o {output} --min-efficiency {params.min_eff} > {log} 2>&1"
+        "virnucpro scaling {input:q} -o {output:q} --min-efficiency {params.min_eff} > {log:q} 2>&1"

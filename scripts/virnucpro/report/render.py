@@ -142,6 +142,8 @@ def build_context(results: list[dict], input_info: dict, config: dict, best: dic
         "subset": by_group.get("subset", []),
         "checkpoint_runs": [r for r in (ckpt_off, ckpt_on) if r],
         "telemetry_links": telemetry_links,
+        "site": config.get("site"),
+        "flagged": [r for r in results if r["status"] == "ok" and (r.get("resumed") or not r.get("valid", True))],
     }
 
 
@@ -169,6 +171,8 @@ def summary_json(context: dict) -> dict:
                          for r in context["production"]]
     out["best"] = ({k: context["best"][k] for k in ("label", "params", "steady")} if context["best"] else None)
     out["best_speedup_over_baseline"] = context["best_speedup"]
+    out["flagged_runs"] = [{k: r.get(k) for k in ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")}
+                           for r in context["flagged"]]
     out["sweep_points"] = [{k: r.get(k) for k in ("label", "group", "params", "status", "reason")}
                            for r in context["sweep_rows"]]
     return out

@@ -1,9 +1,11 @@
 """One JSON per workflow job (a production run or a sweep point), and the choices made from them.
 
-A result holds what the job was asked (`params`), how it ended (`status`, `reason`, `exit_code`), the merged
-telemetry summary, the steady-state figures of each rank (warm-up excluded, seed plan 10-02) and their sum
-for the job, and where its raw telemetry lies. Everything downstream (best configuration, verdicts, the
-report) reads these files only.
+The GPU job writes a raw record (`collect_run`): what it was asked (`params`), how it ended (`status`, `reason`,
+`exit_code`), whether it resumed an interrupted attempt, the merged telemetry summary and where its raw
+telemetry lies. A cheap local job turns it into the result (`analyse_run`): the steady-state figures of each
+rank (warm-up excluded, seed plan 10-02), their sum for the job, projections, and validity with reasons, so
+that analysis settings never rerun a GPU job. Everything downstream (best configuration, verdicts, the report)
+reads the results only.
 """
 
 from __future__ import annotations
@@ -72,41 +74,52 @@ def with_flop_utilisation(steady: dict | None, ranks: list[dict]) -> dict | None
     return {**steady, "pct_of_matmul_ceiling": 100 * flops / (sum(rates) * 1e12), "matmul_tflops": sum(rates)}
 
 
-def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code: int, reason: str | None,
-                   warmup_seconds: float, warmup_batches: int, target_sequences: int) -> dict[str, Any]:
-    """Build the result of the job whose `virnucpro embed` output is in `outdir`."""
+def _ran_differently(params: dict, status: dict, metas: list[dict]) -> list[str]:
+    """Where what ran (status.json's config, each rank's telemetry) differs from the job's `params`."""
+    sources = [("status.json", status.get("config") or {})] if status else []
+    sources += [(f"rank {m.get('rank')}'s telemetry", m.get("engine") or {}) for m in metas]
+    return [f"{knob}={value!r} asked but {where} says {ran[knob]!r}" for where, ran in sources
+            for knob, value in params.items() if knob in ran and ran[knob] != value]
+
+
+def collect_run(outdir: Path, label: str, group: str, params: dict, exit_code: int,
+                reason: str | None) -> dict[str, Any]:
+    """The raw record of the GPU job whose `virnucpro embed` output is in `outdir` (no analysis settings: warm-up,
+    projections and validity are `analyse_run`'s, in a cheap local job). A run whose telemetry or status says
+    it ran other settings than `params` is recorded as failed, with the difference as the reason."""
     status_path = outdir / "status.json"
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
-    ranks, hardware, weights = [], None, None
+    ranks, metas = [], []
     for path in sorted((outdir / "telemetry").glob("telemetry_rank*.json")) if exit_code == 0 else []:
-        tel = json.loads(path.read_text())
-        meta = tel["run_metadata"]
-        hardware, weights = hardware or meta.get("hardware"), weights or meta.get("weights")
+        meta = json.loads(path.read_text())["run_metadata"]
+        metas.append(meta)
         ranks.append({
             "rank": meta.get("rank"), "device": meta.get("device"), "telemetry": str(path),
             "startup_seconds": meta.get("startup_seconds"), "model_load_seconds": meta.get("model_load_seconds"),
             "warmup_seconds": meta.get("warmup_seconds"), "gpu_monitor": meta.get("gpu_monitor"),
             "shard_sequences": meta.get("shard_sequences"), "shard_tokens": meta.get("shard_tokens"),
             "matmul_tflops": meta.get("matmul_tflops"), "model_spec": meta.get("model_spec"),
-            "summary": tel["summary"], "steady": rank_steady(tel, warmup_seconds, warmup_batches),
-            "series": [{"t": b["timestamp"], "tokens_per_sec": b.get("tokens_per_sec"),
-                        "batch_seconds": b.get("batch_seconds")} for b in tel["per_batch_metrics"]],
         })
     ok = exit_code == 0 and status.get("status") == "ok"
+    mismatch = _ran_differently(params, status, metas) if ok else []
+    if mismatch:
+        ok, reason = False, "not a measurement of these params: " + "; ".join(mismatch)
+    resumed = max((m.get("resumed_sequences") or 0 for m in metas), default=0)
     return {
         "label": label, "group": group, "params": params,
         "status": "ok" if ok else "failed",
         "reason": None if ok else (reason or status.get("reason") or f"exit code {exit_code}"),
         "exit_code": exit_code,
         "summary": status.get("summary") if ok else None,
-        "steady": with_flop_utilisation(job_steady(ranks, target_sequences), ranks) if ok else None,
-        "ranks": ranks,
+        "ranks": ranks if ok else [],
+        "resumed_sequences": resumed,
+        "resumed": resumed > 0,
         "peak_memory_gb": status.get("peak_memory_gb"),
         "outdir": str(outdir),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "hostname": platform.node(),
-        "hardware": hardware,
-        "weights": weights,
+        "hardware": next((m.get("hardware") for m in metas if m.get("hardware")), None),
+        "weights": next((m.get("weights") for m in metas if m.get("weights")), None),
     }
 
 
@@ -148,6 +161,51 @@ def measured_result(label: str, group: str, params: dict, measurement: dict | No
             "ci95": seq["ci95"], "tokens_per_sec": tok, "measurement": measurement}
 
 
+def run_validity(ranks: list[dict], min_steady_batches: int) -> list[str]:
+    """Why a finished run's steady-state figures are not a sound measurement (empty: valid)."""
+    reasons = []
+    for rank in ranks:
+        steady = rank.get("steady") or {}
+        kept = steady.get("total_batches", 0)
+        if not steady.get("warmup_excluded"):
+            reasons.append(f"rank {rank['rank']}: the run was shorter than its warm-up window, nothing was excluded")
+        elif kept < min_steady_batches:
+            reasons.append(f"rank {rank['rank']}: the warm-up rule left {kept} steady batches, fewer than "
+                           f"{min_steady_batches} (warmup.min_steady_batches)")
+    return reasons
+
+
+def analyse_run(run: dict, warmup_seconds: float, warmup_batches: int, min_steady_batches: int,
+                target_sequences: int) -> dict[str, Any]:
+    """The job's result: its raw record plus, from each rank's raw telemetry, the steady state (warm-up
+    excluded), the job's summed rate and projections for `target_sequences`, and whether the run is valid."""
+    result = {**run, "ranks": [dict(r) for r in run.get("ranks", [])], "steady": None, "valid": False,
+              "invalid_reasons": [] if run["status"] == "ok" else [f"the run failed: {run['reason']}"]}
+    if run["status"] != "ok":
+        return result
+    for rank in result["ranks"]:
+        tel = json.loads(Path(rank["telemetry"]).read_text())
+        tel["summary"] = {**tel["summary"], "projection_target_sequences": target_sequences}
+        rank["summary"] = tel["summary"]
+        rank["steady"] = rank_steady(tel, warmup_seconds, warmup_batches)
+        rank["series"] = [{"t": b["timestamp"], "tokens_per_sec": b.get("tokens_per_sec"),
+                           "batch_seconds": b.get("batch_seconds")} for b in tel["per_batch_metrics"]]
+    result["steady"] = with_flop_utilisation(job_steady(result["ranks"], target_sequences), result["ranks"])
+    result["invalid_reasons"] = run_validity(result["ranks"], min_steady_batches)
+    result["valid"] = not result["invalid_reasons"]
+    result["analysis"] = {"warmup_seconds": warmup_seconds, "warmup_batches": warmup_batches,
+                          "min_steady_batches": min_steady_batches, "target_sequences": target_sequences}
+    return result
+
+
+def resumed_na_reason(*results: dict | None) -> str | None:
+    """Why a verdict comparing whole-run times must not use these results: a resumed attempt timed only the
+    sequences its interrupted predecessor left, so its loop time is not the whole run's."""
+    names = [f"{r['label']} ({r.get('resumed_sequences', 0):,} sequences came from an interrupted attempt)"
+             for r in results if r and r.get("resumed")]
+    return f"resumed run: {', '.join(names)}; rerun it without interruption to compare times" if names else None
+
+
 def load_results(paths: list[str | Path]) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
@@ -184,5 +242,6 @@ def scaling_table(production: list[dict], min_efficiency: float) -> list[dict]:
     rows = []
     for n in sorted(ok):
         sc = calculate_scaling_efficiency(base, ok[n]["summary"]["elapsed_seconds"], n, min_efficiency)
-        rows.append({"world_size": n, "label": ok[n]["label"], "elapsed": ok[n]["summary"]["elapsed_seconds"], **sc})
+        rows.append({"world_size": n, "label": ok[n]["label"], "elapsed": ok[n]["summary"]["elapsed_seconds"], **sc,
+                     "not_comparable": resumed_na_reason(ok[1], ok[n])})
     return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from virnucpro.report.results import checkpoint_overhead, scaling_table
+from virnucpro.report.results import checkpoint_overhead, resumed_na_reason, scaling_table
 
 DEFAULT_THRESHOLDS = {
     "target_sequences": 6_000_000,
@@ -77,6 +77,8 @@ def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdic
         value, reason, status = None, None, "N/A"
         if n not in scaling:
             reason = "no 1-rank run to compare with"
+        elif resumed_na_reason(result, next(r for r in ok if r["params"]["world_size"] == 1)):
+            reason = resumed_na_reason(result, next(r for r in ok if r["params"]["world_size"] == 1))
         else:
             sc = scaling[n]
             value = sc["speedup"]
@@ -115,8 +117,8 @@ def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdic
 
 def checkpoint_verdict(on: dict | None, off: dict | None, thresholds: dict) -> Verdict:
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    value = checkpoint_overhead(on, off)
-    na = "checkpoint-overhead runs missing or failed"
+    na = resumed_na_reason(on, off) or "checkpoint-overhead runs missing or failed"
+    value = None if resumed_na_reason(on, off) else checkpoint_overhead(on, off)
     status, reason = _check(value, value is not None and value < th["max_checkpoint_overhead_pct"], na)
     every = on["params"]["checkpoint_every"] if on else "?"
     return Verdict("CKPT", f"checkpoint overhead (every {every} sequences vs none)", "checkpoint runs", value, "%",
