@@ -16,14 +16,14 @@ PYTHON = (
 )
 
 
-# `virnucpro` is a shell function defined in every job's shell prefix, so that neither the checkout's path nor
-# the interpreter appears in a rule's params or command (moving the checkout or the environment reruns nothing);
-# the progress interval (it only shapes job logs) and the report's git checkout travel the same way.
 def shell_literal(value):
     """`value` shell-quoted, its braces doubled: Snakemake formats the shell prefix like a command."""
     return shlex.quote(str(value)).replace("{", "{{").replace("}", "}}")
 
 
+# `virnucpro` is a shell function defined in every job's shell prefix, so that neither the checkout's path nor
+# the interpreter appears in a rule's params or command (moving the checkout or the environment reruns nothing);
+# the progress interval (it only shapes job logs) and the report's git checkout travel the same way.
 shell.prefix(
     "set -euo pipefail; "
     f"virnucpro() {{{{ PYTHONPATH={shell_literal(SCRIPTS)}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
