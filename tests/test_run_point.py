@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro.cli import main
+from virnucpro.errors import UserError
 from virnucpro.data.fasta import write_fasta
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.report.results import analyse_run, collect_run
@@ -39,8 +40,33 @@ def test_a_rerun_with_other_settings_measures_them_not_the_old_output(tmp_path, 
     assert rec["status"] == "ok" and rec["params"]["token_budget"] == 2048
     meta = json.loads((out / "telemetry" / "telemetry_rank0.json").read_text())["run_metadata"]
     assert meta["engine"]["token_budget"] == 2048  # measured again, with the new setting
-    code, err = run_point(capsys, fasta, out, result, "--token-budget", "2048")  # same settings (snakemake -R)
-    assert code == 0 and "finished result" in err  # measured again, not "nothing to do"
+
+
+def test_only_an_interrupted_attempt_of_the_same_configuration_is_kept(tmp_path):
+    """A finished result is measured again (`snakemake -R`); partial chunks of the same settings are resumed."""
+    from virnucpro.pipeline.measurement import prepare_outdir
+    from virnucpro.pipeline.runner import EmbedConfig
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nMKV\n")
+    cfg = EmbedConfig(fasta=fasta, outdir=tmp_path / "out", token_budget=1024)
+    assert prepare_outdir(cfg) is None  # nothing there yet
+    (cfg.outdir / ".partial").mkdir()
+    (cfg.outdir / ".partial" / "chunk_r0_x.h5").write_bytes(b"rows")
+    cfg.progress_interval = 99.0  # a log setting: still the same measurement
+    assert prepare_outdir(cfg) is None and (cfg.outdir / ".partial" / "chunk_r0_x.h5").exists()
+    (cfg.outdir / "status.json").write_text('{"status": "ok"}')
+    assert "finished result" in prepare_outdir(cfg)
+    assert not (cfg.outdir / ".partial").exists() and not (cfg.outdir / "status.json").exists()
+    (cfg.outdir / ".partial").mkdir()
+    cfg.token_budget = 2048
+    assert "token_budget" in prepare_outdir(cfg) and not (cfg.outdir / ".partial").exists()
+    (cfg.outdir / "measurement.json").unlink()
+    (cfg.outdir / "telemetry").mkdir()
+    assert "unknown configuration" in prepare_outdir(cfg)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="not a directory"):
+        prepare_outdir(EmbedConfig(fasta=fasta, outdir=tmp_path / "file"))
 
 
 def fake_outdir(tmp_path, engine: dict, resumed: int = 0, status_config: dict | None = None, batches=None) -> Path:
