@@ -77,8 +77,8 @@ def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdic
         value, reason, status = None, None, "N/A"
         if n not in scaling:
             reason = "no 1-rank run to compare with"
-        elif resumed_na_reason(result, next(r for r in ok if r["params"]["world_size"] == 1)):
-            reason = resumed_na_reason(result, next(r for r in ok if r["params"]["world_size"] == 1))
+        elif scaling[n]["not_comparable"]:  # a resumed run timed only part of the work
+            reason = scaling[n]["not_comparable"]
         else:
             sc = scaling[n]
             value = sc["speedup"]
