@@ -1,5 +1,25 @@
-# Stage 5: the report: results/report.html (self-contained), report.txt and summary.json.
+# Stage 5: the report: results/report.html (self-contained), report.txt and summary.json, all three rendered
+# from one set of verdicts; it reads scaling.json and best.json (never recomputes them), and the optional peers
+# comparison and previous summary.json (compare_to) when the config asks for them.
 import json
+import shlex
+
+
+def compare_to():
+    """The previous summary.json of `compare_to` (an input of the report), or [] when none is set."""
+    path = config.get("compare_to")
+    if not path:
+        return []
+    if not os.path.isfile(path):
+        raise ValueError(f"compare_to names {path!r}, which is not a file")
+    if os.path.realpath(path) == os.path.realpath("results/summary.json"):
+        raise ValueError(
+            "compare_to is this run's own results/summary.json: copy the previous one elsewhere first"
+        )
+    return path
+
+
+COMPARE_TO = compare_to()
 
 
 rule report:
@@ -20,6 +40,8 @@ rule report:
             "results/checkpoint/checkpoint_{mode}.json", mode=["on", "off"]
         ),
         info="results/data/input.json",
+        peers=PEERS_RESULT,
+        compare_to=COMPARE_TO,
     output:
         html="results/report.html",
         text="results/report.txt",
@@ -33,9 +55,14 @@ rule report:
         cli=VIRNUCPRO,
         config=json.dumps(config),
         workflow_dir=workflow.basedir,
+        peers=lambda wc, input: f"--peers {input.peers}" if input.peers else "",
+        compare=lambda wc, input: (
+            f"--compare-to {shlex.quote(input.compare_to)}" if input.compare_to else ""
+        ),
     shell:
         "echo {params.config:q} > {output.config} && "
         "{params.cli} report {input.production} {input.sweeps} {input.optimal} {input.subset} "
         "{input.checkpoint} --input-info {input.info} --config {output.config} --best {input.best} "
+        "--scaling {input.scaling} {params.peers} {params.compare} "
         "--merged {input.merged} --html {output.html} --text {output.text} --summary {output.summary} "
         "--workflow-dir {params.workflow_dir} > {log} 2>&1"

@@ -1,8 +1,10 @@
-# Stage 4: per-rank telemetry of each production run merged into one file; scaling over the 1-rank run.
+# Stage 4: per-rank telemetry of each production run merged into one file; scaling.json (measured speedups,
+# each run's projection at the target, the GPU model) over the production runs.
 
 
 rule merge_telemetry:
     input:
+        # the result lists its ranks' telemetry files (written by the same job): they are read through it
         "results/production/ws{n}.json",
     output:
         "results/telemetry/production_ws{n}.json",
@@ -12,12 +14,8 @@ rule merge_telemetry:
         ENV
     params:
         cli=VIRNUCPRO,
-        shards=lambda wc: " ".join(
-            f"results/production/ws{wc.n}/telemetry/telemetry_rank{r}.json"
-            for r in range(int(wc.n))
-        ),
     shell:
-        "{params.cli} merge-telemetry {params.shards} -o {output} > {log} 2>&1"
+        "{params.cli} merge-telemetry --result {input} -o {output} > {log} 2>&1"
 
 
 rule scaling:
@@ -32,5 +30,8 @@ rule scaling:
     params:
         cli=VIRNUCPRO,
         min_eff=config["targets"]["min_scaling_efficiency"],
+        target=config["targets"]["target_sequences"],
+        max_hours=config["targets"]["max_hours"],
     shell:
-        "{params.cli} scaling {input} -o {output} --min-efficiency {params.min_eff} > {log} 2>&1"
+        "{params.cli} scaling {input} -o {output} --min-efficiency {params.min_eff} "
+        "--target-sequences {params.target} --max-hours {params.max_hours} > {log} 2>&1"

@@ -88,6 +88,7 @@ def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code
             "warmup_seconds": meta.get("warmup_seconds"), "gpu_monitor": meta.get("gpu_monitor"),
             "shard_sequences": meta.get("shard_sequences"), "shard_tokens": meta.get("shard_tokens"),
             "matmul_tflops": meta.get("matmul_tflops"), "model_spec": meta.get("model_spec"),
+            "phases": meta.get("phases"),
             "summary": tel["summary"], "steady": rank_steady(tel, warmup_seconds, warmup_batches),
             "series": [{"t": b["timestamp"], "tokens_per_sec": b.get("tokens_per_sec"),
                         "batch_seconds": b.get("batch_seconds")} for b in tel["per_batch_metrics"]],
@@ -102,6 +103,9 @@ def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code
         "steady": with_flop_utilisation(job_steady(ranks, target_sequences), ranks) if ok else None,
         "ranks": ranks,
         "peak_memory_gb": status.get("peak_memory_gb"),
+        # the process's phases (issue 12): what projections of the whole job are built on; None before
+        "phases": status.get("phases") if ok else None,
+        "job_wall_seconds": status.get("job_wall_seconds") if ok else None,
         "outdir": str(outdir),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "hostname": platform.node(),

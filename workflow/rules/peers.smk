@@ -1,0 +1,41 @@
+# Optional GPU job (peers.enabled): fair-esm and Hugging Face EsmModel at their best (pooling on the GPU once
+# per batch, fp16 and bf16, the fastest token budget of a small grid) and fair-esm's extract.py recipe, on a
+# sample of the input with the same weights; the report shows this engine's rate over theirs.
+
+
+rule peers:
+    input:
+        INPUT_FASTA,
+    output:
+        "results/peers/peers.json",
+    log:
+        "results/logs/peers.log",
+    benchmark:
+        "results/benchmarks/peers.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        cpus_per_gpu=config["resources"]["gpu_job"]["cpus_per_gpu"],
+        runtime=gpu_resources("gpu_job")[0],
+        mem_mb=gpu_resources("gpu_job")[1],
+    params:
+        cli=VIRNUCPRO,
+        model=config["model"]["name"],
+        weights=(
+            f"--checkpoint {config['model']['checkpoint']}"
+            if config["model"]["checkpoint"]
+            else f"--seed {config['model']['seed']}"
+        ),
+        n=config["peers"]["sequences"],
+        fp32=config["peers"]["fp32_sequences"],
+        budgets=",".join(str(b) for b in config["peers"]["token_budgets"]),
+        device=config["engine"]["device"],
+    shell:
+        "{params.cli} bench peers --fasta {input:q} --num-sequences {params.n} --model {params.model} "
+        "{params.weights} --fp32-subset {params.fp32} --peer-budgets {params.budgets} "
+        "--device {params.device} -o {output} > {log} 2>&1"
+
+
+PEERS_RESULT = "results/peers/peers.json" if config["peers"]["enabled"] else []
