@@ -360,6 +360,8 @@ def engines(weights, weights_args: list[str], workdir: Path, device: torch.devic
               "weights": weights.provenance, "runs": []}
     workloads = {}
     for profile, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n)):
+        if n == 0:  # a workload can be left out (a quick CPU check)
+            continue
         ids, seqs = make_sequences(n, 1, profile)
         write_fasta(workdir / f"{profile}.fa", ids, seqs)
         workloads[profile] = seqs

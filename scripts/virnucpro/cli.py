@@ -96,8 +96,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-sequences", type=int, default=200,
                    help="accuracy: seed-mix sequences compared; peers with --fasta: sequences sampled from it")
-    p.add_argument("--seed-mix", type=int, default=10000, help="engines, peers: seed-mix sequences")
-    p.add_argument("--short-reads", type=int, default=50000, help="engines, peers: short-reads sequences")
+    p.add_argument("--seed-mix", type=int, default=10000, help="engines, peers: seed-mix sequences (0: left out)")
+    p.add_argument("--short-reads", type=int, default=50000, help="engines, peers: short-reads sequences (0: left out)")
     p.add_argument("--peer-subset", type=int, default=3000,
                    help="engines: sequences of each workload given to the peers")
     p.add_argument("--fp32-subset", type=int, default=500,
@@ -126,8 +126,8 @@ def _peer_workloads(args) -> dict[str, list[str]]:
     from virnucpro.data.synthetic import make_sequences
 
     if args.fasta is None:
-        return {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", args.seed_mix), ("short-reads",
-                                                                                          args.short_reads))}
+        return {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", args.seed_mix),
+                                                           ("short-reads", args.short_reads)) if n > 0}
     records = read_fasta(args.fasta)
     if args.num_sequences < 1:
         raise UserError("bench peers: --num-sequences must be a positive count")

@@ -133,3 +133,20 @@ def gpu_resources(kind):
         )
 
     return runtime, mem_mb
+
+
+def compare_to():
+    """The previous summary.json of `compare_to` (an input of the report), or [] when none is set."""
+    path = config.get("compare_to")
+    if not path:
+        return []
+    if not os.path.isfile(path):
+        raise ValueError(f"compare_to names {path!r}, which is not a file")
+    if os.path.realpath(path) == os.path.realpath("results/summary.json"):
+        raise ValueError(
+            "compare_to is this run's own results/summary.json: copy the previous one elsewhere first"
+        )
+    return path
+
+
+COMPARE_TO = compare_to()
