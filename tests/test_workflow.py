@@ -89,6 +89,22 @@ def test_slurm_profile_dry_run_uses_the_cluster_settings(tmp_path):
     assert gpu_jobs and all("cpus_per_gpu=8" in ln and "cpus_per_task" not in ln for ln in gpu_jobs)
 
 
+def test_optional_peers_job_and_compare_to_are_inputs_of_the_report(tmp_path):
+    previous = tmp_path / "prev summary.json"
+    previous.write_text("{}")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(f"peers:\n  enabled: true\ncompare_to: {json.dumps(str(previous))}\n")
+    res = snakemake("-n", "-p", "--configfile", str(extra))
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout)["peers"] == 1 and "bench peers --fasta" in res.stdout
+    report_cmd = next(ln for ln in res.stdout.splitlines() if " report " in ln and "--scaling" in ln)
+    assert "--peers results/peers/peers.json" in report_cmd and f"--compare-to '{previous}'" in report_cmd
+    assert "peers" not in job_counts(snakemake("-n").stdout)  # off by default
+    extra.write_text("compare_to: results/summary.json\n")
+    res = snakemake("-n", "--configfile", str(extra))
+    assert res.returncode != 0 and "copy the previous one elsewhere" in res.stdout + res.stderr
+
+
 def test_a_production_path_with_angle_brackets_is_refused_clearly(tmp_path):
     fasta = tmp_path / "a<b>.fa"
     fasta.write_text(">x\nMKV\n")

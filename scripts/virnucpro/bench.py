@@ -396,8 +396,8 @@ def print_table(result: dict) -> None:
                        default=None) for k in kinds}
         ratios = " ".join(f"{r['tokens_per_sec'] / best[k]:11.2f}" if best[k] else f"{'N/A':>11s}" for k in kinds)
         peak = r.get("peak_memory_gb")
+        peak = float("nan") if peak is None else peak
         print(f"{r['engine'][:58]:58s} {r['workload']:12s} {r.get('token_budget') or 0:6d} {r['tokens_per_sec']:9,.0f} "
-              f"{r['sequences_per_sec']:8,.1f} {r['pct_ceiling']:6.1f} {peak if peak is not None else float('nan'):7.1f} "
-              f"{ratios}")
+              f"{r['sequences_per_sec']:8,.1f} {r['pct_ceiling']:6.1f} {peak:7.1f} {ratios}")
     for peer, why in (result.get("na") or {}).items():
         print(f"{peer}: N/A ({why})")

@@ -105,7 +105,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--peer-budgets", type=_budgets, default=(16384, 32768, 65536),
                    help="engines, peers: token budgets tried for each peer and workload (default %(default)s)")
     p.add_argument("--token-budget", type=int, default=16384, help="engines: this engine's token budget")
-    p.add_argument("--engine-precisions", default="bf16,fp16", help="engines: this engine's precisions, comma-separated")
+    p.add_argument("--engine-precisions", default="bf16,fp16",
+                   help="engines: this engine's precisions, comma-separated")
     p.add_argument("--fasta", type=Path, help="peers: one workload sampled from this FASTA instead of synthetic ones")
     p.add_argument("--checkpoint", help="engines, peers: a fair-esm checkpoint (default: random weights, --seed)")
     p.add_argument("--seed", type=int, default=0, help="engines, peers: seed of the random weights (and the sample)")
@@ -628,7 +629,8 @@ def cmd_scaling(args) -> int:
 
     if args.target_sequences < 1 or args.max_hours <= 0:
         raise UserError("scaling: --target-sequences and --max-hours must be positive")
-    report = scaling_report([read_json(p, "result") for p in args.results], args.target_sequences, args.max_hours, args.min_efficiency)
+    report = scaling_report([read_json(p, "result") for p in args.results], args.target_sequences, args.max_hours,
+                            args.min_efficiency)
     write_json_atomic(args.output, report)
     for r in report["rows"]:
         print(f"{r['world_size']} rank(s): {r['speedup']:.2f}x, {r['efficiency']:.1f} % efficiency")

@@ -140,12 +140,12 @@ def compare_to():
     path = config.get("compare_to")
     if not path:
         return []
-    if not os.path.isfile(path):
-        raise ValueError(f"compare_to names {path!r}, which is not a file")
     if os.path.realpath(path) == os.path.realpath("results/summary.json"):
         raise ValueError(
             "compare_to is this run's own results/summary.json: copy the previous one elsewhere first"
         )
+    if not os.path.isfile(path):
+        raise ValueError(f"compare_to names {path!r}, which is not a file")
     return path
 
 

@@ -24,6 +24,8 @@ def figures(summary: dict) -> dict[str, dict]:
         steady, proj = r.get("steady") or {}, r.get("projection") or {}
         out[f"{r['label']}: steady tokens/s"] = _figure(steady.get("avg_tokens_per_sec"), "tokens/s", True,
                                                          r.get("ci95_tokens_per_sec"))
+        out[f"{r['label']}: steady sequences/s"] = _figure(steady.get("avg_sequences_per_sec"), "sequences/s", True,
+                                                            r.get("ci95"))
         out[f"{r['label']}: loop hours at target"] = _figure(proj.get("loop_hours"), "h", False)
         out[f"{r['label']}: job hours at target"] = _figure(proj.get("job_hours"), "h", False)
     for r in summary.get("sweep_points") or []:
