@@ -27,7 +27,8 @@ def test_projection_hand_values():
     p = projection(run(), 100_000, 50.0)
     c = p["components"]
     # fixed 10 + 5 + 3 = 18 s; read 2 s x 100 = 200 s; finalize 4 s x 100 = 400 s; loop 100,000 / 10 = 10,000 s
-    assert c["fixed_seconds"] == 18.0 and c["fixed"] == {"load_weights": 10.0, "compile": 5.0, "warmup": 3.0}
+    assert c["fixed_seconds"] == 18.0
+    assert c["fixed"] == {"load_weights": 10.0, "compile": 5.0, "warmup": 3.0, "loop_ramp": 0.0}
     assert c["read_input_seconds"] == 200.0 and c["finalize_seconds"] == 400.0 and c["loop_seconds"] == 10_000.0
     assert p["loop_hours"] == pytest.approx(10_000 / 3600) and p["job_hours"] == pytest.approx(10_618 / 3600)
     # token-based: 100,000 x 50 tokens / 1,000 tokens/s = 5,000 s of loop
@@ -37,6 +38,10 @@ def test_projection_hand_values():
     # a phase the projection does not know is paid once per job, with the fixed ones
     q = projection(run(phases={**PHASES, "other": 7.0}), 100_000, 50.0)
     assert q["components"]["fixed_seconds"] == 25.0 and q["job_hours"] == pytest.approx(10_625 / 3600)
+    # a loop of 1,000 sequences that took 112 s at a steady 10/s: 12 s of ramp (warm-up batches), once per job
+    r = projection(run(phases={**PHASES, "loop": 112.0}), 100_000, 50.0)
+    assert r["components"]["fixed"]["loop_ramp"] == pytest.approx(12.0)
+    assert r["job_hours"] == pytest.approx(10_630 / 3600) and r["loop_hours"] == pytest.approx(10_000 / 3600)
 
 
 @pytest.mark.parametrize("phases", [None, {"read_input": 1.0}, {**PHASES, "loop": -1.0}, {**PHASES, "loop": "x"}])

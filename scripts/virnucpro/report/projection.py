@@ -2,7 +2,8 @@
 
 A production run of n sequences measured its phases (status.json `phases`, seconds summing to the process wall
 time). A job of N sequences is then projected as
-    fixed (load_weights + compile + warmup + any phase not known to grow: once per job)
+    fixed (load_weights + compile + warmup + any phase not known to grow + the loop's ramp beyond its steady
+           rate: once per job)
     + read_input x N/n + N / steady rate (the loop) + finalize x N/n
 because users size Slurm allocations by the whole job, not by the loop. A figure that was not measured gives
 None with a reason, never 0.
@@ -36,9 +37,11 @@ def valid_phases(phases: Any) -> dict[str, float] | None:
     return {k: float(v) for k, v in phases.items()}
 
 
-def split_phases(phases: dict[str, float], n: int, target: int) -> dict[str, Any]:
-    """Fixed seconds (per phase) and the linear phases scaled from n to `target` sequences."""
+def split_phases(phases: dict[str, float], n: int, target: int, steady_rate: float) -> dict[str, Any]:
+    """Fixed seconds (per phase) and the linear phases scaled from n to `target` sequences. The measured loop's
+    time beyond n / steady rate (its ramp: the warm-up batches) is paid once per job too (`loop_ramp`)."""
     fixed = {k: v for k, v in phases.items() if k not in LINEAR_PHASES and k != LOOP_PHASE}
+    fixed["loop_ramp"] = max(0.0, phases[LOOP_PHASE] - n / steady_rate)
     scaled = {k: phases.get(k, 0.0) * target / n for k in LINEAR_PHASES}
     return {"fixed": fixed, "fixed_seconds": sum(fixed.values()), "read_input_seconds": scaled["read_input"],
             "finalize_seconds": scaled["finalize"]}
@@ -65,7 +68,7 @@ def projection(result: dict, target_sequences: int,
     if phases is None or n <= 0:
         out["na_reason"] = NO_PHASES if phases is None else "the run embedded no sequences"
         return out
-    parts = split_phases(phases, n, target_sequences)
+    parts = split_phases(phases, n, target_sequences, steady["avg_sequences_per_sec"])
     rest = parts["fixed_seconds"] + parts["read_input_seconds"] + parts["finalize_seconds"]
     out["components"] = {**parts, "loop_seconds": loop_s, "loop_seconds_tokens": loop_tok_s,
                          "measured_sequences": n, "measured_phases": phases,
