@@ -1,11 +1,13 @@
 # Optional GPU job (peers.enabled): fair-esm and Hugging Face EsmModel at their best (pooling on the GPU once
 # per batch, fp16 and bf16, the fastest token budget of a small grid) and fair-esm's extract.py recipe, on a
 # sample of the input with the same weights; the report shows this engine's rate over theirs.
+import shlex
 
 
 rule peers:
     input:
-        INPUT_FASTA,
+        fasta=INPUT_FASTA,
+        checkpoint=config["model"]["checkpoint"] or [],
     output:
         "results/peers/peers.json",
     log:
@@ -23,9 +25,9 @@ rule peers:
     params:
         cli=VIRNUCPRO,
         model=config["model"]["name"],
-        weights=(
-            f"--checkpoint {config['model']['checkpoint']}"
-            if config["model"]["checkpoint"]
+        weights=lambda wc, input: (
+            f"--checkpoint {shlex.quote(input.checkpoint)}"
+            if input.checkpoint
             else f"--seed {config['model']['seed']}"
         ),
         n=config["peers"]["sequences"],
@@ -33,7 +35,7 @@ rule peers:
         budgets=",".join(str(b) for b in config["peers"]["token_budgets"]),
         device=config["engine"]["device"],
     shell:
-        "{params.cli} bench peers --fasta {input:q} --num-sequences {params.n} --model {params.model} "
+        "{params.cli} bench peers --fasta {input.fasta:q} --num-sequences {params.n} --model {params.model} "
         "{params.weights} --fp32-subset {params.fp32} --peer-budgets {params.budgets} "
         "--device {params.device} -o {output} > {log} 2>&1"
 
