@@ -36,8 +36,15 @@ def test_projection_hand_values():
     assert p["job_hours_tokens"] == pytest.approx(5_618 / 3600)
     assert p["target_sequences"] == 100_000 and p["na_reason"] is None
     # a phase the projection does not know is paid once per job, with the fixed ones
-    q = projection(run(phases={**PHASES, "other": 7.0}), 100_000, 50.0)
-    assert q["components"]["fixed_seconds"] == 25.0 and q["job_hours"] == pytest.approx(10_625 / 3600)
+    q = projection(run(phases={**PHASES, "other": 7.0, "prepare_output": 1.0}), 100_000, 50.0)
+    assert q["components"]["fixed_seconds"] == 25.0 and q["job_hours"] == pytest.approx(10_725 / 3600)
+    assert q["components"]["finalize_seconds"] == 500.0  # the output's preallocation grows with N too
+    # status.json keeps the phases in its summary; a resumed run's phases cover only part of the work
+    nested = run(phases=None)
+    nested["summary"].update(phases=PHASES, job_wall_seconds=124.0)
+    assert projection(nested, 100_000, 50.0)["job_hours"] == pytest.approx(10_618 / 3600)
+    nested["summary"]["resumed_sequences"] = 500
+    assert "resumed" in projection(nested, 100_000, 50.0)["na_reason"]
     # a loop of 1,000 sequences that took 112 s at a steady 10/s: 12 s of ramp (warm-up batches), once per job
     r = projection(run(phases={**PHASES, "loop": 112.0}), 100_000, 50.0)
     assert r["components"]["fixed"]["loop_ramp"] == pytest.approx(12.0)

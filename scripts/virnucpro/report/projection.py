@@ -1,10 +1,10 @@
 """What a job of the target size costs, from a run's measured phases, and how that scales over GPUs and nodes.
 
-A production run of n sequences measured its phases (status.json `phases`, seconds summing to the process wall
-time). A job of N sequences is then projected as
-    fixed (load_weights + compile + warmup + any phase not known to grow + the loop's ramp beyond its steady
-           rate: once per job)
-    + read_input x N/n + N / steady rate (the loop) + finalize x N/n
+A production run of n sequences measured its phases (status.json `summary.phases`, seconds summing to the process
+wall time; names and their classes in utils/phases.py). A job of N sequences is then projected as
+    fixed (python_startup, load_weights, compile, warmup, ... and any phase not known to grow, e.g. rank_wait,
+           other; plus the loop's ramp beyond its steady rate: once per job)
+    + (read_input + prepare_output + finalize) x N/n + N / steady rate (the loop)
 because users size Slurm allocations by the whole job, not by the loop. A figure that was not measured gives
 None with a reason, never 0.
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from virnucpro.utils.phases import PER_SEQUENCE_PHASES
 from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE
 
-#: Phases paid once per job whatever N is; any other unknown phase is counted with them.
-FIXED_PHASES = ("load_weights", "compile", "warmup")
-#: Phases that grow linearly with the sequences (rows) of the job; the loop is projected from the steady rate.
-LINEAR_PHASES = ("read_input", "finalize")
 LOOP_PHASE = "loop"
+#: Phases that grow linearly with the sequences (rows) of the job; the loop is projected from the steady rate.
+#: Every other phase (utils/phases.py FIXED_PHASES and any unknown one) is paid once per job.
+LINEAR_PHASES = tuple(p for p in PER_SEQUENCE_PHASES if p != LOOP_PHASE)
 #: GPUs per job and independent jobs (nodes, each on a shard of the input) of the scaling model.
 MODEL_GPUS_PER_JOB = (1, 2, 4, 8)
 MODEL_JOBS = (1, 2, 4, 8)
@@ -43,8 +43,9 @@ def split_phases(phases: dict[str, float], n: int, target: int, steady_rate: flo
     fixed = {k: v for k, v in phases.items() if k not in LINEAR_PHASES and k != LOOP_PHASE}
     fixed["loop_ramp"] = max(0.0, phases[LOOP_PHASE] - n / steady_rate)
     scaled = {k: phases.get(k, 0.0) * target / n for k in LINEAR_PHASES}
-    return {"fixed": fixed, "fixed_seconds": sum(fixed.values()), "read_input_seconds": scaled["read_input"],
-            "finalize_seconds": scaled["finalize"]}
+    return {"fixed": fixed, "fixed_seconds": sum(fixed.values()), "scaled": scaled,
+            "read_input_seconds": scaled["read_input"],
+            "finalize_seconds": sum(v for k, v in scaled.items() if k != "read_input")}
 
 
 def projection(result: dict, target_sequences: int,
@@ -63,16 +64,18 @@ def projection(result: dict, target_sequences: int,
     loop_s = target_sequences / steady["avg_sequences_per_sec"]
     loop_tok_s = target_sequences * tokens_per_sequence / steady["avg_tokens_per_sec"]
     out.update(loop_hours=loop_s / 3600, loop_hours_tokens=loop_tok_s / 3600)
-    phases = valid_phases(result.get("phases"))
-    n = (result.get("summary") or {}).get("total_sequences") or 0
-    if phases is None or n <= 0:
-        out["na_reason"] = NO_PHASES if phases is None else "the run embedded no sequences"
+    summary = result.get("summary") or {}
+    phases = valid_phases(result.get("phases") or summary.get("phases"))
+    n = summary.get("total_sequences") or 0
+    if phases is None or n <= 0 or summary.get("resumed_sequences"):
+        out["na_reason"] = (NO_PHASES if phases is None else "the run embedded no sequences" if n <= 0 else
+                            "a resumed run: its phases cover only part of the work")
         return out
     parts = split_phases(phases, n, target_sequences, steady["avg_sequences_per_sec"])
     rest = parts["fixed_seconds"] + parts["read_input_seconds"] + parts["finalize_seconds"]
     out["components"] = {**parts, "loop_seconds": loop_s, "loop_seconds_tokens": loop_tok_s,
                          "measured_sequences": n, "measured_phases": phases,
-                         "measured_wall_seconds": result.get("job_wall_seconds")}
+                         "measured_wall_seconds": result.get("job_wall_seconds") or summary.get("job_wall_seconds")}
     out.update(job_hours=(rest + loop_s) / 3600, job_hours_tokens=(rest + loop_tok_s) / 3600)
     return out
 

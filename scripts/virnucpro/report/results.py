@@ -103,9 +103,9 @@ def collect_result(outdir: Path, label: str, group: str, params: dict, exit_code
         "steady": with_flop_utilisation(job_steady(ranks, target_sequences), ranks) if ok else None,
         "ranks": ranks,
         "peak_memory_gb": status.get("peak_memory_gb"),
-        # the process's phases (issue 12): what projections of the whole job are built on; None before
-        "phases": status.get("phases") if ok else None,
-        "job_wall_seconds": status.get("job_wall_seconds") if ok else None,
+        # the process's phases (status.json summary, issue 12): what whole-job projections are built on
+        "phases": (status.get("summary") or {}).get("phases") if ok else None,
+        "job_wall_seconds": (status.get("summary") or {}).get("job_wall_seconds") if ok else None,
         "outdir": str(outdir),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "hostname": platform.node(),
