@@ -6,6 +6,7 @@ import io
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -109,6 +110,7 @@ def gpu_model(model: dict, projections: list[dict], max_hours: float | None) -> 
     if max_hours:
         ax.axhline(max_hours, color="crimson", lw=1, label=f"{max_hours:g} h target")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_yscale("log")
     ax.set_xlabel("GPUs in total")
     ax.set_ylabel("job hours at the target")
