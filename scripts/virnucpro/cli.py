@@ -104,7 +104,7 @@ def _add_bench(sub) -> None:
                    help="engines, peers: sequences given to the extract.py recipe (fair-esm fp32)")
     p.add_argument("--peer-budgets", type=_budgets, default=(16384, 32768, 65536),
                    help="engines, peers: token budgets tried for each peer and workload (default %(default)s)")
-    p.add_argument("--token-budget", type=int, default=16384, help="engines: this engine's token budget")
+    p.add_argument("--token-budget", type=int, default=16384, help="accuracy, engines: this engine's token budget")
     p.add_argument("--engine-precisions", default="bf16,fp16",
                    help="engines: this engine's precisions, comma-separated")
     p.add_argument("--fasta", type=Path, help="peers: one workload sampled from this FASTA instead of synthetic ones")
