@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from virnucpro.report.render import build_context, render_html
 from virnucpro.report.results import best_point, checkpoint_overhead, job_steady, with_flop_utilisation
 
@@ -77,8 +79,10 @@ def production(n, elapsed, device):
 def test_perf03_hand_values_on_gpus_and_na_on_cpu_processes():
     from virnucpro.report.verdicts import production_verdicts
 
-    def perf03(runs):
-        return [v for v in production_verdicts(runs, {}) if v.id == "PERF-03"]
+    from virnucpro.report.scaling import scaling_report
+
+    def perf03(runs):  # speedups come from scaling.json (written once by `virnucpro scaling`), not recomputed
+        return [v for v in production_verdicts(runs, {}, scaling_report(runs, 6_000_000, 10, 95)) if v.id == "PERF-03"]
 
     [v] = perf03([production(1, 100.0, "cuda:0"), production(2, 52.0, "cuda:0")])
     assert v.status == "PASS" and abs(v.value - 100 / 52) < 1e-12  # 1.92x, 96.2 % efficiency
@@ -90,3 +94,148 @@ def test_perf03_hand_values_on_gpus_and_na_on_cpu_processes():
     assert v.status == "N/A" and v.reason == "no 1-rank run to compare with"
     perf02 = [v for v in production_verdicts([production(2, 40.0, "cuda:0")], {}) if v.id == "PERF-02"]
     assert len(perf02) == 2 and all(v.status == "PASS" for v in perf02)  # one verdict per GPU
+
+
+def _cells(row: str) -> list[str]:
+    import html as html_lib
+    import re
+
+    return [html_lib.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+
+
+def html_verdicts(page: str) -> list[tuple]:
+    import re
+
+    table = re.search(r'<table id="verdicts">(.*?)</table>', page, re.S).group(1)
+    rows = [_cells(r) for r in re.findall(r"<tr>(.*?)</tr>", table, re.S)][1:]  # the header has <th> only
+    return [(c[0], c[5], c[2], c[1], c[3], c[4], c[6]) for c in rows]
+
+
+def text_verdicts(text: str) -> list[tuple]:
+    import re
+
+    block = text.split("\nVerdicts\n", 1)[1].split("\n\n", 1)[0]
+    pattern = re.compile(r"^(\S+)\s+(\S+)\s+(.*?): (.*?) = (.*?) \(threshold (.*?)\)(?: \[(.*)\])?$")
+    return [tuple(g or "" for g in pattern.match(line).groups()) for line in block.splitlines()]
+
+
+def full_context(tmp_path, best=None, peers=None, previous=None):
+    from virnucpro.report.render import write_report
+    from virnucpro.report.scaling import scaling_report
+
+    runs = []
+    for n, elapsed in ((1, 100.0), (2, 52.0)):
+        r = production(n, elapsed, "cuda:0")
+        r["steady"].update(avg_sequences_per_sec=10.0 * n, avg_tokens_per_sec=510.0 * n, min_packing_efficiency=0.95)
+        r["summary"]["total_sequences"] = 1000
+        r["phases"] = {"read_input": 1.0, "load_weights": 5.0, "compile": 2.0, "warmup": 1.0,
+                       "loop": elapsed, "finalize": 2.0}
+        r["group"], r["label"] = "production", f"production_ws{n}"
+        for k in r["ranks"]:
+            k["telemetry"] = str(tmp_path / f"ws{n}_rank{k['rank']}.json")
+        runs.append(r)
+    sweeps = [point("baseline", 100.0, 0.95, group="baseline"), point("packing:b2", 101.0, 0.95)]
+    for p, budget in zip(sweeps, (4096, 2)):
+        p["params"] = {"token_budget": budget, "buffer_size": 2000, "num_workers": 1, "prefetch_factor": 2}
+        p["steady"].update(avg_tokens_per_sec=50 * p["steady"]["avg_sequences_per_sec"], p95_wait_time_ms=1.0)
+    results = runs + sweeps
+    info = {"path": "/x.fa", "sha256": "ab", "num_sequences": 1000, "mean_length": 49.0, "source": "synthetic"}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    paths = {k: tmp_path / f"report.{k}" for k in ("html", "txt", "json")}
+    ctx = write_report(results, info, {"targets": {"target_sequences": 100_000}}, best, paths["html"], paths["txt"],
+                       paths["json"], [], None, scaling_report(runs, 100_000, 10, 95), peers, previous)
+    return ctx, {k: p.read_text() for k, p in paths.items()}
+
+
+def test_report_txt_html_and_summary_render_the_same_verdicts(tmp_path):
+    ctx, out = full_context(tmp_path)
+    from_html, from_text = html_verdicts(out["html"]), text_verdicts(out["txt"])
+    assert len(from_html) == len(ctx["verdicts"]) >= 8
+    assert from_text == from_html
+    summary = json.loads(out["json"])
+    assert [(v["id"], v["status"], v["scope"], v["title"]) for v in summary["verdicts"]] == \
+        [row[:4] for row in from_html]
+    perf01 = [v for v in summary["verdicts"] if v["id"] == "PERF-01"]
+    # widest run: read and finalize x 100, fixed 8 s + 2 s of loop ramp (52 s for 1,000 at 20/s), 20 sequences/s
+    job = (1 * 100 + 2 * 100 + 8 + 2 + 100_000 / 20) / 3600
+    assert perf01[0]["status"] == "PASS" and abs(perf01[0]["value"] - job) < 1e-9
+    assert "Requirements" not in out["txt"]  # no second verdict engine (telemetry's own PASS/FAIL list)
+    proj = summary["production"][0]["projection"]
+    assert {"target_sequences", "loop_hours", "job_hours"} <= set(proj) and proj["target_sequences"] == 100_000
+
+
+def test_best_json_is_shown_not_rechosen_and_no_winner_says_so(tmp_path):
+    params = {"token_budget": 4096, "buffer_size": 2000, "num_workers": 1, "prefetch_factor": 2}
+    no_winner = {"label": None, "params": params, "steady": None, "speedup_over_baseline": None, "significant": False,
+                 "speedup_ci95": [0.97, 1.04], "note": "no point beats the baseline beyond noise"}
+    ctx, out = full_context(tmp_path, best=no_winner)
+    assert not ctx["winner"] and "No sweep point beats the baseline beyond noise" in out["html"]
+    assert "token_budget: 4096" in ctx["snippet"] and "Ready to paste" not in out["html"]
+    summary = json.loads(out["json"])
+    assert summary["best"]["significant"] is False and summary["best"]["speedup_ci95"] == [0.97, 1.04]
+    winner = {"label": "packing:b2", "params": {**params, "token_budget": 2}, "steady": {"avg_sequences_per_sec": 1.0},
+              "speedup_over_baseline": 1.2, "significant": True, "speedup_ci95": [1.1, 1.3]}
+    ctx, out = full_context(tmp_path, best=winner)
+    assert ctx["winner"] and "Ready to paste" in out["html"] and "token_budget: 2" in ctx["snippet"]
+
+
+def test_compare_to_marks_changes_significant_only_with_separate_intervals(tmp_path):
+    from virnucpro.report.compare import compare
+
+    before = {"sweep_points": [{"label": "a", "sequences_per_sec": 100.0, "ci95": [98.0, 102.0]},
+                               {"label": "b", "sequences_per_sec": 100.0, "ci95": [98.0, 102.0]},
+                               {"label": "c", "sequences_per_sec": 100.0}],
+              "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 1000.0},
+                              "projection": {"job_hours": 2.0}}]}
+    now = {"sweep_points": [{"label": "a", "sequences_per_sec": 110.0, "ci95": [108.0, 112.0]},
+                            {"label": "b", "sequences_per_sec": 101.0, "ci95": [99.0, 103.0]},
+                            {"label": "c", "sequences_per_sec": 150.0}],
+           "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 900.0}, "projection": {"job_hours": 2.5}}]}
+    rows = {r["figure"]: r for r in compare(now, before, "prev.json")["rows"]}
+    assert rows["a: sequences/s"]["significant"] is True and rows["a: sequences/s"]["better"] is True
+    assert abs(rows["a: sequences/s"]["change_pct"] - 10.0) < 1e-9
+    assert rows["b: sequences/s"]["significant"] is False
+    assert rows["c: sequences/s"]["significant"] is None and rows["c: sequences/s"]["note"] == "no interval"
+    assert rows["ws1: job hours at target"]["change_pct"] == 25.0
+    ctx, out = full_context(tmp_path / "a")
+    ctx2, out2 = full_context(tmp_path / "b", previous=("prev/summary.json", json.loads(out["json"])))
+    table = out2["html"].split('id="comparison-table"')[1].split("</table>")[0]
+    assert "production_ws1: job hours at target" in table and "no interval" in table
+    assert json.loads(out2["json"])["comparison"]["previous"] == "prev/summary.json"
+
+
+def test_peers_ratios_use_each_kind_at_its_best(tmp_path):
+    rows = [{"engine": "x", "kind": "fair-esm", "tokens_per_sec": 200.0}, {"engine": "y", "kind": "fair-esm",
+                                                                          "tokens_per_sec": 255.0},
+            {"engine": "z", "kind": "hf", "tokens_per_sec": 170.0},
+            {"engine": "e", "kind": "extract.py", "tokens_per_sec": 51.0}]
+    ctx, out = full_context(tmp_path, peers={"model": "m", "device": "H100", "runs": rows,
+                                             "na": {"hf bfloat16": "not installed"}})
+    ratios = ctx["peers"]["ratios"]  # this engine: production_ws1, 510 tokens/s per GPU
+    assert ratios == {"x fair-esm (at its best)": 2.0, "x HF EsmModel (at its best)": 3.0,
+                      "x fair-esm extract.py recipe": 10.0}
+    assert "2.00 x fair-esm (at its best)" in out["html"] and "not installed" in out["html"]
+
+
+def test_merge_telemetry_reads_the_shards_its_result_lists(tmp_path, capsys):
+    from virnucpro.cli import main
+    from virnucpro.utils.telemetry import TelemetryLogger
+
+    shards = []
+    for rank in (0, 1):
+        t = TelemetryLogger(tmp_path / "telemetry", run_id=f"rank{rank}")
+        t.set_run_metadata(rank=rank, model="m")
+        t.record_batch(0, {"num_sequences": 3 + rank, "num_tokens": 30, "batch_seconds": 0.1})
+        shards.append(t.finalize(elapsed_seconds=1.0))
+    result = tmp_path / "ws2.json"
+    result.write_text(json.dumps({"status": "ok", "ranks": [{"rank": r, "telemetry": str(p)}
+                                                            for r, p in enumerate(shards)]}))
+    assert main(["merge-telemetry", "--result", str(result), "-o", str(tmp_path / "m.json")]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["summary"]["total_sequences"] == 7 and merged["run_metadata"]["shards"] == [str(p) for p in shards]
+    shards[1].unlink()
+    assert main(["merge-telemetry", "--result", str(result), "-o", str(tmp_path / "m2.json")]) == 2
+    assert "rank telemetry missing" in capsys.readouterr().err and not (tmp_path / "m2.json").exists()
+    assert main(["report", str(result), "--input-info", str(tmp_path / "nope.json"), "--config", str(result),
+                 "--scaling", str(result), "--html", str(tmp_path / "r.html")]) == 2
+    assert "--input-info" in capsys.readouterr().err and not (tmp_path / "r.html").exists()

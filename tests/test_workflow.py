@@ -135,6 +135,22 @@ def test_the_conda_environment_pins_a_cuda_pytorch_build():
     assert "CONDA_OVERRIDE_CUDA" in (ROOT / "README.md").read_text()
 
 
+def test_optional_peers_job_and_compare_to_are_inputs_of_the_report(tmp_path):
+    previous = tmp_path / "prev summary.json"
+    previous.write_text("{}")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(f"peers:\n  enabled: true\ncompare_to: {json.dumps(str(previous))}\n")
+    res = snakemake("-n", "-p", "--configfile", str(extra))
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout)["peers"] == 1 and "bench peers --fasta" in res.stdout
+    report_cmd = next(ln for ln in res.stdout.splitlines() if " report " in ln and "--scaling" in ln)
+    assert "--peers results/peers/peers.json" in report_cmd and f"--compare-to '{previous}'" in report_cmd
+    assert "peers" not in job_counts(snakemake("-n").stdout)  # off by default
+    extra.write_text("compare_to: results/summary.json\n")
+    res = snakemake("-n", "--configfile", str(extra))
+    assert res.returncode != 0 and "copy the previous one elsewhere" in res.stdout + res.stderr
+
+
 def test_a_production_path_with_angle_brackets_is_refused_clearly(tmp_path):
     fasta = tmp_path / "a<b>.fa"
     fasta.write_text(">x\nMKV\n")
@@ -181,12 +197,24 @@ def test_local_run_produces_the_report(workflow_run):
     assert {"PERF-01", "PERF-02", "PERF-03", "PERF-05", "LOADER", "CKPT"} <= set(by_id)
     # no GPU here: GPU figures are N/A with the reason, never a made-up number
     assert all(v["status"] == "N/A" and v["value"] is None and "CPU" in v["reason"] for v in by_id["PERF-02"])
-    assert all(v["status"] in ("PASS", "FAIL") and v["value"] > 0 for v in by_id["PERF-01"])
+    # PERF-01 is the whole job at the target, from the run's measured phases; a run without them is N/A, never 0
+    ws = json.loads((results / "production/ws2.json").read_text())
+    if ws.get("phases"):
+        assert all(v["status"] in ("PASS", "FAIL") and v["value"] > 0 for v in by_id["PERF-01"])
+    else:
+        assert all(v["status"] == "N/A" and v["value"] is None and "phases" in v["reason"] for v in by_id["PERF-01"])
+    scaling = json.loads((results / "production/scaling.json").read_text())
+    assert [p["label"] for p in scaling["projections"]] == ["production_ws1", "production_ws2"]
+    assert all(p["projection"]["loop_hours"] > 0 for p in scaling["projections"])
+    assert summary["production"][0]["projection"] == scaling["projections"][0]["projection"]  # read, not redone
     assert summary["slurm_job_ids"] == []
     merged = json.loads((results / "telemetry/production_ws2.json").read_text())
     assert merged["summary"]["num_shards"] == 2 and merged["summary"]["total_sequences"] == 400
     text = (results / "report.txt").read_text()
     assert "PERF-01" in text and "VirNucPro embedding performance report" in text
+    from test_report import html_verdicts, text_verdicts
+
+    assert text_verdicts(text) == html_verdicts((results / "report.html").read_text())  # one verdict engine
 
 
 def test_runs_are_marked_valid_or_not_with_the_reason(workflow_run):

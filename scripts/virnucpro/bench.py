@@ -2,12 +2,15 @@
 
 accuracy: this engine at fp32/bf16/fp16 against fair-esm's own ESM2 forward at fp32 on the same (random)
 weights; prints the distribution of per-sequence relative L2 errors.
-engines: in one process, the matmul ceiling, the stock peers (below) and this engine end to end (`virnucpro
-embed`: FASTA, packing, forward, pooling, HDF5) on the seed-mix and short-reads workloads; one table of
-tokens/s, sequences/s, % of ceiling, peak memory and the ratio to each peer.
-peers: only the peers: fair-esm fp16 and fp32 (extract.py recipe: length-sorted padded token batches) and
-Hugging Face `EsmModel` (SDPA, needs transformers) on the same weights, with a check that they agree.
-Run on a GPU (the device machine); on CPU they work but mean little.
+engines: in one process, the matmul ceiling, the peers (below) and this engine end to end (`virnucpro embed`:
+FASTA, packing, forward, pooling, HDF5) on the seed-mix and short-reads workloads; one table of tokens/s,
+sequences/s, % of ceiling, peak memory and the ratio to the fastest row of each peer kind.
+peers: only the peers, on the same weights, run as a careful user would: fair-esm and Hugging Face `EsmModel`
+(SDPA, needs transformers) in fp16 and bf16, length-sorted padded token batches, residue means taken on the GPU
+once per batch, the token budget that runs fastest on each workload among a small grid (16k/32k/64k); and
+fair-esm's extract.py recipe (fp32, 4096 tokens, one `.cpu()` per sequence) as its own labelled row, which is
+also the fp32 reference every other row's embeddings are checked against.
+Run on a GPU (the device machine); on CPU they work (tests use a tiny model) but mean little.
 """
 
 from __future__ import annotations
@@ -60,10 +63,18 @@ def load_tensors(model, state, transform=None) -> None:
         own[name].copy_(transform(name, t) if transform else t)
 
 
-def sorted_batches_embed(forward, dim: int, alphabet, seqs: list[str], toks_per_batch: int,
-                        device) -> tuple[np.ndarray, int]:
+def residue_mean(rep: torch.Tensor, toks: torch.Tensor, alphabet) -> torch.Tensor:
+    """Per-sequence mean over residues (BOS, EOS, padding excluded) of a padded batch, on its device, in fp32."""
+    mask = (toks != alphabet.padding_idx) & (toks != alphabet.cls_idx) & (toks != alphabet.eos_idx)
+    total = (rep * mask.unsqueeze(-1).to(rep.dtype)).sum(1, dtype=torch.float32)
+    return total / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+def sorted_batches_embed(forward, dim: int, alphabet, seqs: list[str], toks_per_batch: int, device,
+                         pool_on_device: bool = True) -> tuple[np.ndarray, int]:
     """fair-esm's extract.py batching (length-sorted token batches, padded) around `forward(toks) -> (B, L, D)`;
-    returns the residue-mean embeddings and the tokens run."""
+    returns the residue-mean embeddings and the tokens run. `pool_on_device`: the batch's means are taken on the
+    device and copied once per batch (a careful user); else one `.cpu()` per sequence (extract.py's script)."""
     from esm.data import FastaBatchedDataset
 
     ds = FastaBatchedDataset([str(i) for i in range(len(seqs))], seqs)
@@ -77,17 +88,21 @@ def sorted_batches_embed(forward, dim: int, alphabet, seqs: list[str], toks_per_
             toks = toks.to(device, non_blocking=True)
             tokens_run += sum(min(len(s), 1022) + 2 for s in strs)
             rep = forward(toks)
+            if pool_on_device:
+                out[b] = residue_mean(rep, toks, alphabet).cpu().numpy()
+                continue
             for j, i in enumerate(b):
                 n = min(len(seqs[i]), 1022)
                 out[i] = rep[j, 1 : n + 1].float().mean(0).cpu().numpy()
     return out, tokens_run
 
 
-def fair_esm_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device) -> tuple[np.ndarray, int]:
-    """fair-esm's extract.py recipe, last layer."""
+def fair_esm_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device,
+                   pool_on_device: bool = True) -> tuple[np.ndarray, int]:
+    """fair-esm's ESM2 in extract.py's batches, last layer."""
     layer = model.num_layers
     return sorted_batches_embed(lambda toks: model(toks, repr_layers=[layer])["representations"][layer],
-                                model.embed_dim, alphabet, seqs, toks_per_batch, device)
+                                model.embed_dim, alphabet, seqs, toks_per_batch, device, pool_on_device)
 
 
 def hf_esm_model(spec, state, device, dtype):
@@ -118,64 +133,118 @@ def hf_esm_model(spec, state, device, dtype):
     return model.to(dtype).eval()
 
 
-def hf_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device) -> tuple[np.ndarray, int]:
+def hf_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device,
+             pool_on_device: bool = True) -> tuple[np.ndarray, int]:
     """The same batches as fair-esm's recipe, through `EsmModel` with an attention mask."""
     return sorted_batches_embed(
         lambda toks: model(input_ids=toks, attention_mask=(toks != alphabet.padding_idx)).last_hidden_state,
-        model.config.hidden_size, alphabet, seqs, toks_per_batch, device)
+        model.config.hidden_size, alphabet, seqs, toks_per_batch, device, pool_on_device)
 
 
-PEERS = (("fair-esm fp16, sorted 16384-token batches", "fair", torch.float16, 16384),
-         ("HF EsmModel sdpa fp16, sorted 16384-token batches", "hf", torch.float16, 16384),
-         ("fair-esm fp32, extract.py 4096-token batches", "fair", torch.float32, 4096))
+#: Peers at their best: pooling on the device once per batch, fp16 and bf16, the token budget of this grid that
+#: runs fastest on each workload. extract.py's recipe (fp32, 4096 tokens, per-sequence pooling) is its own row.
+PEER_KINDS = {"fair-esm": (fair_esm_model, fair_esm_embed), "hf": (hf_esm_model, hf_embed)}
+PEER_DTYPES = (torch.float16, torch.bfloat16)
+BUDGET_GRID = (16384, 32768, 65536)
+EXTRACT_RECIPE = "fair-esm fp32, extract.py recipe (4096-token batches, per-sequence pooling)"
 
 
-def peer_runs(spec, state, workloads: dict[str, list[str]], fp32_n: int, device) -> list[dict]:
-    """fair-esm fp16 and fp32 (extract.py recipe) and Hugging Face EsmModel fp16 (SDPA) on the same weights,
-    each on every workload (fp32 on its first `fp32_n` sequences), with a check that they agree."""
+def _timed(embed, model, alphabet, seqs, budget, device) -> tuple[np.ndarray, float, float]:
+    """Embed after a short warm-up; returns (embeddings, tokens/s, sequences/s)."""
+    embed(model, alphabet, seqs[:64], budget, device)
+    _sync(device)
+    t0 = time.perf_counter()
+    emb, toks = embed(model, alphabet, seqs, budget, device)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    return emb, toks / dt, len(seqs) / dt
+
+
+def _probe_subset(seqs: list[str], budgets, batches_each: int) -> list[str]:
+    """The first sequences holding `batches_each` batches of the largest budget: what each budget is tried on."""
+    need, total, k = batches_each * max(budgets), 0, 0
+    while k < len(seqs) and total < need:
+        total += min(len(seqs[k]), 1022) + 2
+        k += 1
+    return seqs[:k]
+
+
+def _rel_diff(emb: np.ndarray, ref: np.ndarray) -> float:
+    k = min(len(emb), len(ref))
+    return float((np.linalg.norm(emb[:k] - ref[:k], axis=1) / np.linalg.norm(ref[:k], axis=1)).max())
+
+
+def _row(engine, kind, dtype, budget, profile, seqs, rates, emb, ref, device, grid=None) -> dict:
+    row = {"engine": engine, "kind": kind, "dtype": str(dtype).replace("torch.", ""), "token_budget": budget,
+           "workload": profile, "sequences": len(seqs), "tokens_per_sec": rates[0], "sequences_per_sec": rates[1],
+           "peak_memory_gb": _peak_gb(device), "max_rel_diff_vs_fp32": _rel_diff(emb, ref) if ref is not None else None}
+    if grid is not None:
+        row["budget_grid"] = grid
+    print(row, flush=True)
+    return row
+
+
+def _best_budget(embed, model, alphabet, seqs, budgets, device, batches_each) -> tuple[int, list[dict]]:
+    probe = _probe_subset(seqs, budgets, batches_each)
+    grid = [{"token_budget": b, "tokens_per_sec": _timed(embed, model, alphabet, probe, b, device)[1],
+             "probe_sequences": len(probe)}
+            for b in budgets]
+    return max(grid, key=lambda g: g["tokens_per_sec"])["token_budget"], grid
+
+
+def peer_runs(spec, state, workloads: dict[str, list[str]], fp32_n: int, device, budgets=BUDGET_GRID,
+              probe_batches: int = 6) -> tuple[list[dict], dict[str, str]]:
+    """extract.py's recipe on the first `fp32_n` sequences of each workload (the fp32 reference), then fair-esm
+    and HF `EsmModel` at their best (see PEER_KINDS); returns the rows and {peer: why not run}."""
     from esm.data import Alphabet
 
     alphabet = Alphabet.from_architecture("ESM-1b")
-    rows, reference = [], {}
-    for name, kind, dtype, toks_per_batch in PEERS:
-        build, embed = (fair_esm_model, fair_esm_embed) if kind == "fair" else (hf_esm_model, hf_embed)
-        model = build(spec, state, device, dtype)
-        for profile, seqs in workloads.items():
-            sub = seqs[:fp32_n] if dtype == torch.float32 else seqs
-            embed(model, alphabet, sub[:100], toks_per_batch, device)  # warm-up
-            _sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
-            emb, toks = embed(model, alphabet, sub, toks_per_batch, device)
-            _sync(device)
-            dt = time.perf_counter() - t0
-            row = {"engine": name, "workload": profile, "sequences": len(sub), "tokens_per_sec": toks / dt,
-                   "sequences_per_sec": len(sub) / dt, "peak_memory_gb": _peak_gb(device)}
-            if profile not in reference:
-                reference[profile] = emb
-            else:  # same weights: the peers must agree (checks the HF name mapping too)
-                k = min(len(emb), len(reference[profile]))
-                a, b = emb[:k], reference[profile][:k]
-                row["max_rel_diff_vs_fair_fp16"] = float((np.linalg.norm(a - b, axis=1)
-                                                          / np.linalg.norm(b, axis=1)).max())
-            rows.append(row)
-            print(row, flush=True)
-        del model
+    rows, reference, na = [], {}, {}
+    model = fair_esm_model(spec, state, device, torch.float32)
+    extract = lambda *a: fair_esm_embed(*a, pool_on_device=False)  # noqa: E731
+    for profile, seqs in workloads.items():
         if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
+            torch.cuda.reset_peak_memory_stats(device)
+        emb, *rates = _timed(extract, model, alphabet, seqs[:fp32_n], 4096, device)
+        reference[profile] = emb
+        rows.append(_row(EXTRACT_RECIPE, "extract.py", torch.float32, 4096, profile, seqs[:fp32_n], rates, emb, None,
+                         device))
+    del model
+    for kind, (build, embed) in PEER_KINDS.items():
+        for dtype in PEER_DTYPES:
+            try:
+                model = build(spec, state, device, dtype)
+            except ImportError as exc:
+                na[f"{kind} {dtype}"] = f"not installed: {exc.name or exc}"
+                continue
+            for profile, seqs in workloads.items():
+                budget, grid = _best_budget(embed, model, alphabet, seqs, budgets, device, probe_batches)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                emb, *rates = _timed(embed, model, alphabet, seqs, budget, device)
+                name = f"{kind} {str(dtype)[6:]}, pooled on device, best of {len(budgets)} budgets"
+                rows.append(_row(name, kind, dtype, budget, profile, seqs, rates, emb, reference[profile], device,
+                                 grid))
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows, na
 
 
 def _peak_gb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
 
 
-def peers(model_name: str, device: torch.device, seed_mix_n: int, short_reads_n: int, fp32_n: int) -> dict:
-    """`bench peers`: the stock engines alone, on random weights (seed 0)."""
-    spec = ARCHITECTURES[model_name]
-    workloads = {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n))}
-    return {"model": model_name, "runs": peer_runs(spec, random_state_dict(spec, 0, device), workloads, fp32_n, device)}
+def peers(weights, device: torch.device, workloads: dict[str, list[str]], fp32_n: int,
+          budgets=BUDGET_GRID) -> dict:
+    """`bench peers`: the peers alone on `weights` (a models.weights.Weights) and the given workloads."""
+    rows, na = peer_runs(weights.spec, weights.state_dict, workloads, fp32_n, device, budgets)
+    return {"model": weights.provenance.get("model"), "weights": weights.provenance, "device": _device_name(device),
+            "budget_grid": list(budgets), "runs": rows, "na": na}
+
+
+def _device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def packed_embed(model: PackedESM2, seqs: list[bytes], token_budget: int, device, pad_to: int | None = None
@@ -256,68 +325,79 @@ def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.devic
     return result
 
 
-def engines(model_name: str, workdir: Path, device: torch.device, seed_mix_n: int, short_reads_n: int,
-            peer_n: int, fp32_n: int, token_budget: int) -> dict:
-    """One process: the matmul ceiling, the stock peers (on the first `peer_n` sequences of each workload), and
-    this engine end to end (`virnucpro embed` in a subprocess, bf16 and fp16) on every sequence."""
+def _engine_run(fasta: Path, out: Path, weights_args: list[str], precision: str, token_budget: int,
+                device) -> dict:
+    """This engine end to end: `virnucpro embed` in a subprocess; its whole-loop and steady rates."""
     import subprocess
     import sys
 
-    spec = ARCHITECTURES[model_name]
+    cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(out), *weights_args,
+           "--precision", precision, "--token-budget", str(token_budget), "--device", device.type]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    summary = json.loads((out / "status.json").read_text())["summary"]
+    batches = json.loads((out / "telemetry" / "telemetry_rank0.json").read_text())["per_batch_metrics"]
+    steady = steady_state(batches, warmup_seconds=3.0, warmup_batches=5)
+    return {"engine": f"virnucpro packed {precision} (embed, end to end)", "kind": "virnucpro", "dtype": precision,
+            "token_budget": token_budget, "sequences": summary["total_sequences"],
+            "tokens_per_sec": summary["avg_tokens_per_sec"], "sequences_per_sec": summary["avg_sequences_per_sec"],
+            "process_wall_seconds": wall, "peak_memory_gb": summary.get("peak_memory_gb"),
+            "steady": {k: steady.get(k) for k in ("avg_tokens_per_sec", "avg_gpu_util", "p95_wait_time_ms",
+                                                   "avg_packing_efficiency", "excluded_batches", "total_batches")}}
+
+
+def engines(weights, weights_args: list[str], workdir: Path, device: torch.device, seed_mix_n: int,
+            short_reads_n: int, peer_n: int, fp32_n: int, token_budget: int, budgets=BUDGET_GRID,
+            precisions=("bf16", "fp16")) -> dict:
+    """One process: the matmul ceiling, the peers at their best and extract.py's recipe (on the first `peer_n`
+    sequences of each workload), and this engine end to end (each of `precisions`) on every sequence; `weights_args`
+    give `virnucpro embed` the same weights."""
+    spec = weights.spec
     workdir.mkdir(parents=True, exist_ok=True)
     ceiling = matmul_tflops(device, torch.bfloat16)
-    result = {"matmul_tflops_bf16": ceiling, "model": model_name, "runs": []}
+    result = {"matmul_tflops_bf16": ceiling, "model": weights.provenance.get("model"), "device": _device_name(device),
+              "weights": weights.provenance, "runs": []}
     workloads = {}
     for profile, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n)):
+        if n == 0:  # a workload can be left out (a quick CPU check)
+            continue
         ids, seqs = make_sequences(n, 1, profile)
         write_fasta(workdir / f"{profile}.fa", ids, seqs)
         workloads[profile] = seqs
-        mean_tokens = statistics.fmean(len(s) + 2 for s in seqs)
+        mean_tokens = statistics.fmean(min(len(s), 1022) + 2 for s in seqs)
         result[f"ceiling_tokens_per_sec_{profile}"] = ceiling * 1e12 / spec.flops_per_token(mean_tokens)
-    state = random_state_dict(spec, 0, device)
-    result["runs"] += peer_runs(spec, state, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device)
-    del state
+    rows, result["na"] = peer_runs(spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n,
+                                   device, budgets)
+    result["runs"] += rows
+    weights.state_dict = {}
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    for profile, seqs in workloads.items():
-        for precision in ("bf16", "fp16"):
-            out = workdir / f"out-{profile}-{precision}"
-            cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(workdir / f"{profile}.fa"), "-o", str(out),
-                   "--model", model_name, "--random-weights", "--precision", precision, "--token-budget",
-                   str(token_budget)]
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            wall = time.perf_counter() - t0
-            summary = json.loads((out / "status.json").read_text())["summary"]
-            batches = json.loads((out / "telemetry" / "telemetry_rank0.json").read_text())["per_batch_metrics"]
-            steady = steady_state(batches, warmup_seconds=3.0, warmup_batches=5)
-            result["runs"].append({"engine": f"virnucpro packed {precision} (embed, end to end)", "workload": profile,
-                                   "sequences": len(seqs), "tokens_per_sec": summary["avg_tokens_per_sec"],
-                                   "sequences_per_sec": summary["avg_sequences_per_sec"],
-                                   "process_wall_seconds": wall, "peak_memory_gb": summary.get("peak_memory_gb"),
-                                   "steady": {k: steady.get(k) for k in (
-                                       "avg_tokens_per_sec", "avg_gpu_util", "p95_wait_time_ms",
-                                       "avg_packing_efficiency", "excluded_batches", "total_batches")}})
+    for profile in workloads:
+        for precision in precisions:
+            row = _engine_run(workdir / f"{profile}.fa", workdir / f"out-{profile}-{precision}", weights_args,
+                              precision, token_budget, device)
+            result["runs"].append({**row, "workload": profile})
     for r in result["runs"]:
         r["pct_ceiling"] = 100 * r["tokens_per_sec"] / result[f"ceiling_tokens_per_sec_{r['workload']}"]
     return result
 
 
 def print_table(result: dict) -> None:
-    """Tokens/s, sequences/s, % of ceiling, peak memory, and each row's ratio to every stock peer."""
+    """Tokens/s, sequences/s, % of ceiling, peak memory, and each row's ratio to the fastest row of each peer kind
+    on its workload (fair-esm and HF at their best, extract.py's recipe)."""
     print(f"matmul ceiling bf16: {result['matmul_tflops_bf16']:.0f} TFLOP/s")
     runs = result["runs"]
-    peer_names = [p[0] for p in PEERS]
-    short = {n: f"x{i + 1}" for i, n in enumerate(peer_names)}
-    for n, tag in short.items():
-        print(f"  {tag} = {n}")
-    print(f"{'engine':50s} {'workload':12s} {'tok/s':>9s} {'seq/s':>8s} {'%ceil':>6s} {'peakGB':>7s} "
-          + " ".join(f"{t:>6s}" for t in short.values()))
+    kinds = ("fair-esm", "hf", "extract.py")
+    print(f"{'engine':58s} {'workload':12s} {'budget':>6s} {'tok/s':>9s} {'seq/s':>8s} {'%ceil':>6s} {'peakGB':>7s} "
+          + " ".join(f"{'x' + k:>11s}" for k in kinds))
     for r in runs:
-        peers_here = {p["engine"]: p["tokens_per_sec"] for p in runs
-                      if p["workload"] == r["workload"] and p["engine"] in short}
-        ratios = " ".join(f"{r['tokens_per_sec'] / peers_here[n]:6.2f}" if n in peers_here else f"{'':6s}"
-                          for n in peer_names)
+        best = {k: max((p["tokens_per_sec"] for p in runs if p["workload"] == r["workload"] and p.get("kind") == k),
+                       default=None) for k in kinds}
+        ratios = " ".join(f"{r['tokens_per_sec'] / best[k]:11.2f}" if best[k] else f"{'N/A':>11s}" for k in kinds)
         peak = r.get("peak_memory_gb")
-        print(f"{r['engine'][:50]:50s} {r['workload']:12s} {r['tokens_per_sec']:9,.0f} {r['sequences_per_sec']:8,.1f} "
-              f"{r['pct_ceiling']:6.1f} {peak if peak is not None else float('nan'):7.1f} {ratios}")
+        peak = float("nan") if peak is None else peak
+        print(f"{r['engine'][:58]:58s} {r['workload']:12s} {r.get('token_budget') or 0:6d} {r['tokens_per_sec']:9,.0f} "
+              f"{r['sequences_per_sec']:8,.1f} {r['pct_ceiling']:6.1f} {peak:7.1f} {ratios}")
+    for peer, why in (result.get("na") or {}).items():
+        print(f"{peer}: N/A ({why})")

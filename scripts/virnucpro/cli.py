@@ -108,18 +108,39 @@ def _nonempty_path(text: str) -> Path:
     return Path(text)
 
 
+def _budgets(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated token counts") from None
+    if not values or min(values) < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: every budget must be at least 1024 tokens")
+    return values
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks for the GPU machine: accuracy vs fair-esm, engine throughput, peers",
                        **_help_style("virnucpro bench engines -o docs/benchmarks/engines.json"))
     p.add_argument("what", choices=["accuracy", "engines", "peers", "scale"])
-    p.add_argument("--model", default="esm2_t36_3B_UR50D")
-    p.add_argument("--num-sequences", type=int, default=200, help="accuracy: seed-mix sequences compared")
-    p.add_argument("--seed-mix", type=int, default=10000, help="engines: seed-mix sequences")
-    p.add_argument("--short-reads", type=int, default=50000, help="engines: short-reads sequences")
+    p.add_argument("--model", default="esm2_t36_3B_UR50D", help="random weights of this architecture (ignored with "
+                   "--checkpoint)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--num-sequences", type=int, default=200,
+                   help="accuracy: seed-mix sequences compared; peers with --fasta: sequences sampled from it")
+    p.add_argument("--seed-mix", type=int, default=10000, help="engines, peers: seed-mix sequences (0: left out)")
+    p.add_argument("--short-reads", type=int, default=50000, help="engines, peers: short-reads sequences (0: left out)")
     p.add_argument("--peer-subset", type=int, default=3000,
-                   help="engines: sequences of each workload given to the stock peers")
-    p.add_argument("--fp32-subset", type=int, default=500, help="engines, peers: sequences given to fair-esm fp32")
-    p.add_argument("--token-budget", type=int, default=16384)
+                   help="engines: sequences of each workload given to the peers")
+    p.add_argument("--fp32-subset", type=int, default=500,
+                   help="engines, peers: sequences given to the extract.py recipe (fair-esm fp32)")
+    p.add_argument("--peer-budgets", type=_budgets, default=(16384, 32768, 65536),
+                   help="engines, peers: token budgets tried for each peer and workload (default %(default)s)")
+    p.add_argument("--token-budget", type=int, default=16384, help="accuracy, engines: this engine's token budget")
+    p.add_argument("--engine-precisions", default="bf16,fp16",
+                   help="engines: this engine's precisions, comma-separated")
+    p.add_argument("--fasta", type=Path, help="peers: one workload sampled from this FASTA instead of synthetic ones")
+    p.add_argument("--checkpoint", help="engines, peers: a fair-esm checkpoint (default: random weights, --seed)")
+    p.add_argument("--seed", type=int, default=0, help="engines, peers: seed of the random weights (and the sample)")
     p.add_argument("--workdir", type=Path, default=Path("results/bench"))
     p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
     p.add_argument("--job", action="append", default=[], metavar="MODEL:N:PROFILE",
@@ -129,41 +150,78 @@ def _add_bench(sub) -> None:
     p.add_argument("--embed-args", default="", help="scale: extra `virnucpro embed` options for --job, one string")
 
 
+def _peer_workloads(args) -> dict[str, list[str]]:
+    """peers: a seeded sample of --fasta (the workflow's input), else the two synthetic workloads."""
+    import numpy as np
+
+    from virnucpro.data.fasta import read_fasta
+    from virnucpro.data.synthetic import make_sequences
+
+    if args.fasta is None:
+        return {p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", args.seed_mix),
+                                                           ("short-reads", args.short_reads)) if n > 0}
+    records = read_fasta(args.fasta)
+    if args.num_sequences < 1:
+        raise UserError("bench peers: --num-sequences must be a positive count")
+    k = min(args.num_sequences, len(records))
+    rng = np.random.default_rng(args.seed)
+    return {"input": [records.seqs[i].decode() for i in rng.permutation(len(records))[:k]]}
+
+
+def _bench_scale(args) -> dict:
+    import json
+
+    from virnucpro import bench_scale
+
+    result = {"jobs": [], "finalize": []}
+    for spec in args.job:
+        model, n, profile = spec.split(":")
+        result["jobs"].append(bench_scale.job(args.workdir, model, int(n), profile, args.embed_args.split()))
+        print(json.dumps(result["jobs"][-1], indent=2), flush=True)
+    for spec in args.finalize:
+        n, dim, dtype = spec.split(":")
+        result["finalize"].append(bench_scale.finalize_only(args.workdir, int(n), int(dim), dtype))
+        print(json.dumps(result["finalize"][-1], indent=2), flush=True)
+    return result
+
+
 def cmd_bench(args) -> int:
     import json
 
     import torch
 
     from virnucpro import bench
+    from virnucpro.models.weights import resolve_weights
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
     if args.what == "scale":
-        from virnucpro import bench_scale
-
-        result = {"jobs": [], "finalize": []}
-        for spec in args.job:
-            model, n, profile = spec.split(":")
-            result["jobs"].append(bench_scale.job(args.workdir, model, int(n), profile, args.embed_args.split()))
-            print(json.dumps(result["jobs"][-1], indent=2), flush=True)
-        for spec in args.finalize:
-            n, dim, dtype = spec.split(":")
-            result["finalize"].append(bench_scale.finalize_only(args.workdir, int(n), int(dim), dtype))
-            print(json.dumps(result["finalize"][-1], indent=2), flush=True)
+        result = _bench_scale(args)
     elif args.what == "accuracy":
         result = bench.accuracy(args.model, args.num_sequences, 0, device, args.token_budget)
         print(json.dumps(result, indent=2))
     elif args.what == "peers":
-        result = bench.peers(args.model, device, args.seed_mix, args.short_reads, args.fp32_subset)
+        weights = resolve_weights(None if args.checkpoint else args.model, args.checkpoint, args.checkpoint is None,
+                                  args.seed, device)
+        result = bench.peers(weights, device, _peer_workloads(args), args.fp32_subset, args.peer_budgets)
     else:
-        result = bench.engines(args.model, args.workdir, device, args.seed_mix, args.short_reads, args.peer_subset,
-                               args.fp32_subset, args.token_budget)
+        weights = resolve_weights(None if args.checkpoint else args.model, args.checkpoint, args.checkpoint is None,
+                                  args.seed, device)
+        same = (["--checkpoint", str(args.checkpoint)] if args.checkpoint
+                else ["--model", args.model, "--random-weights", "--seed", str(args.seed)])
+        result = bench.engines(weights, same, args.workdir, device, args.seed_mix, args.short_reads,
+                               args.peer_subset, args.fp32_subset, args.token_budget, args.peer_budgets,
+                               tuple(args.engine_precisions.split(",")))
         bench.print_table(result)
     if args.output:
+        from virnucpro.pipeline.output import write_json_atomic
         from virnucpro.utils.hardware import capture_hardware_info, package_versions
 
         result.update(hardware=capture_hardware_info(), versions=package_versions())
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2))
+        write_json_atomic(args.output, result)
     return EXIT_OK
 
 
@@ -563,29 +621,46 @@ def cmd_best_config(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="merge telemetry, compute verdicts, render report.html/.txt and summary.json",
+    p = sub.add_parser("report", help="verdicts (one engine) rendered as report.html, report.txt and summary.json",
                        **_help_style())
     p.add_argument("results", nargs="+", type=Path, help="result JSONs of every job (run-point)")
     p.add_argument("--input-info", type=Path, required=True)
     p.add_argument("--config", type=Path, required=True, help="the workflow's configuration as JSON")
-    p.add_argument("--best", type=Path)
-    p.add_argument("--merged", nargs="*", type=Path, default=[], help="merged telemetry JSONs (for report.txt)")
+    p.add_argument("--scaling", type=Path, required=True, help="scaling.json of `virnucpro scaling`")
+    p.add_argument("--best", type=Path, help="best.json of `virnucpro best-config`")
+    p.add_argument("--peers", type=Path, help="peers JSON of `virnucpro bench peers` (optional GPU job)")
+    p.add_argument("--compare-to", type=Path, help="a previous summary.json: each figure's change against it")
+    p.add_argument("--merged", nargs="*", type=Path, default=[], help="merged telemetry JSONs (linked)")
     p.add_argument("--html", type=Path, required=True)
     p.add_argument("--text", type=Path)
     p.add_argument("--summary", type=Path)
     p.add_argument("--workflow-dir", type=Path, help="where to read the git commit from")
 
 
-def cmd_report(args) -> int:
+def read_json(path: Path | None, what: str) -> dict | None:
+    """A JSON object from `path` (None for no path); a missing or unreadable file is the user's error."""
     import json
 
-    from virnucpro.report.render import write_report
-    from virnucpro.report.results import load_results
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what} {path}: cannot read it as JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path}: not a JSON object")
+    return data
 
-    best = json.loads(args.best.read_text()) if args.best else None
-    ctx = write_report(load_results(args.results), json.loads(args.input_info.read_text()),
-                       json.loads(args.config.read_text()), best, args.html, args.text, args.summary, args.merged,
-                       args.workflow_dir)
+
+def cmd_report(args) -> int:
+    from virnucpro.report.render import write_report
+
+    results = [read_json(p, "result") for p in args.results]
+    previous = read_json(args.compare_to, "--compare-to")
+    ctx = write_report(results, read_json(args.input_info, "--input-info"), read_json(args.config, "--config"),
+                       read_json(args.best, "--best"), args.html, args.text, args.summary, args.merged,
+                       args.workflow_dir, read_json(args.scaling, "--scaling"), read_json(args.peers, "--peers"),
+                       (str(args.compare_to), previous) if previous is not None else None)
     c = ctx["verdict_counts"]
     print(f"report: {args.html} ({c['PASS']} PASS, {c['FAIL']} FAIL, {c['N/A']} N/A)")
     return EXIT_OK
@@ -593,9 +668,26 @@ def cmd_report(args) -> int:
 
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge-telemetry", help="merge per-rank telemetry into one JSON (elapsed = slowest rank)",
-                       **_help_style("virnucpro merge-telemetry out/telemetry/telemetry_rank*.json -o merged.json"))
-    p.add_argument("shards", nargs="+", type=Path)
+                       **_help_style("virnucpro merge-telemetry --result results/production/ws2.run.json -o merged.json"))
+    p.add_argument("shards", nargs="*", type=Path, help="rank telemetry JSONs (or give --result)")
+    p.add_argument("--result", type=Path, help="a run-point result JSON: merge the rank telemetry it lists")
     p.add_argument("-o", "--output", type=Path, required=True)
+
+
+def merge_shards(args) -> list[Path]:
+    """The shards to merge: those given, or those the result lists (the workflow's rule declares the result)."""
+    if bool(args.shards) == bool(args.result):
+        raise UserError("merge-telemetry: give rank telemetry files or --result, not both and not neither")
+    if args.shards:
+        return list(args.shards)
+    result = read_json(args.result, "--result")
+    shards = [Path(k["telemetry"]) for k in result.get("ranks") or []]
+    if not shards:
+        raise UserError(f"--result {args.result}: lists no rank telemetry (status {result.get('status')})")
+    missing = [str(p) for p in shards if not p.is_file()]
+    if missing:
+        raise UserError(f"--result {args.result}: rank telemetry missing: {', '.join(missing)}")
+    return shards
 
 
 def cmd_merge(args) -> int:
@@ -604,9 +696,10 @@ def cmd_merge(args) -> int:
     from virnucpro.pipeline.output import write_json_atomic
     from virnucpro.utils.telemetry import aggregate_telemetry_shards
 
-    merged = aggregate_telemetry_shards(args.shards)
-    first = json.loads(args.shards[0].read_text())["run_metadata"]
-    write_json_atomic(args.output, {"run_metadata": {**first, "shards": [str(p) for p in args.shards]},
+    shards = merge_shards(args)
+    merged = aggregate_telemetry_shards(shards)
+    first = json.loads(shards[0].read_text())["run_metadata"]
+    write_json_atomic(args.output, {"run_metadata": {**first, "shards": [str(p) for p in shards]},
                                     "summary": merged["global_summary"],
                                     "per_shard_summary": merged["per_shard_summary"],
                                     "per_batch_metrics": merged["per_batch_metrics"]})
@@ -614,22 +707,31 @@ def cmd_merge(args) -> int:
 
 
 def _add_scaling(sub) -> None:
-    p = sub.add_parser("scaling", help="speedup and efficiency of each production run over the 1-rank run",
+    p = sub.add_parser("scaling", help="scaling.json: speedups, projections at the target size and the GPU model",
                        **_help_style("virnucpro scaling results/production/ws1.json results/production/ws2.json "
                                      "-o scaling.json"))
-    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("results", nargs="+", type=Path, help="result JSONs of the production runs")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--min-efficiency", type=float, default=95.0)
+    p.add_argument("--target-sequences", type=int, default=6_000_000)
+    p.add_argument("--max-hours", type=float, default=10.0, help="the time 'how many GPUs' answers for")
 
 
 def cmd_scaling(args) -> int:
     from virnucpro.pipeline.output import write_json_atomic
-    from virnucpro.report.results import load_results, scaling_table
+    from virnucpro.report.scaling import scaling_report
 
-    rows = scaling_table(load_results(args.results), args.min_efficiency)
-    write_json_atomic(args.output, {"rows": rows, "note": None if rows else "no finished 1-rank run"})
-    for r in rows:
+    if args.target_sequences < 1 or args.max_hours <= 0:
+        raise UserError("scaling: --target-sequences and --max-hours must be positive")
+    report = scaling_report([read_json(p, "result") for p in args.results], args.target_sequences, args.max_hours,
+                            args.min_efficiency)
+    write_json_atomic(args.output, report)
+    for r in report["rows"]:
         print(f"{r['world_size']} rank(s): {r['speedup']:.2f}x, {r['efficiency']:.1f} % efficiency")
+    need = (report["model"].get("gpus_needed") or {}).get("fewest_gpus")
+    if need:
+        print(f"model: {need['gpus']} GPU(s) ({need['jobs']} job(s) x {need['gpus_per_job']}) finish "
+              f"{args.target_sequences:,} sequences in {need['job_hours']:.2f} h")
     return EXIT_OK
 
 

@@ -186,3 +186,20 @@ onstart:
             "on the command line replaces profiles/slurm's `config: [site=cluster]`; add site=cluster "
             "(or site=local to run the CPU configuration on Slurm on purpose)"
         )
+
+
+def compare_to():
+    """The previous summary.json of `compare_to` (an input of the report), or [] when none is set."""
+    path = config.get("compare_to")
+    if not path:
+        return []
+    if os.path.realpath(path) == os.path.realpath("results/summary.json"):
+        raise ValueError(
+            "compare_to is this run's own results/summary.json: copy the previous one elsewhere first"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"compare_to names {path!r}, which is not a file")
+    return path
+
+
+COMPARE_TO = compare_to()

@@ -1,5 +1,8 @@
-# Stage 5: the report: results/report.html (self-contained), report.txt and summary.json.
+# Stage 5: the report: results/report.html (self-contained), report.txt and summary.json, all three rendered
+# from one set of verdicts; it reads scaling.json and best.json (never recomputes them), and the optional peers
+# comparison and previous summary.json (compare_to) when the config asks for them.
 import json
+import shlex
 
 
 rule report:
@@ -20,6 +23,8 @@ rule report:
             "results/checkpoint/checkpoint_{mode}.json", mode=["on", "off"]
         ),
         info="results/data/input.json",
+        peers=PEERS_RESULT,
+        compare_to=COMPARE_TO,
     output:
         html="results/report.html",
         text="results/report.txt",
@@ -31,9 +36,16 @@ rule report:
         ENV
     params:
         config=json.dumps(config),
+        peers=lambda wc, input: (
+            f"--peers {shlex.quote(input.peers)}" if input.peers else ""
+        ),
+        compare=lambda wc, input: (
+            f"--compare-to {shlex.quote(input.compare_to)}" if input.compare_to else ""
+        ),
     shell:
         "echo {params.config:q} > {output.config:q} && "
         "virnucpro report {input.production:q} {input.sweeps:q} {input.optimal:q} {input.subset:q} "
         "{input.checkpoint:q} --input-info {input.info:q} --config {output.config:q} --best {input.best:q} "
+        "--scaling {input.scaling:q} {params.peers} {params.compare} "
         "--merged {input.merged:q} --html {output.html:q} --text {output.text:q} --summary {output.summary:q} "
         '--workflow-dir "$VIRNUCPRO_WORKFLOW_DIR" > {log:q} 2>&1'

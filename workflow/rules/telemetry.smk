@@ -1,5 +1,6 @@
 # Stage 4 (local, cheap): each GPU job's raw telemetry analysed into its result (warm-up excluded, validity,
-# projections), per-rank telemetry of each production run merged into one file, scaling over the 1-rank run.
+# projections), per-rank telemetry of each production run merged into one file, scaling.json (measured
+# speedups, each run's projection at the target, the GPU model) over the production runs.
 
 
 localrules:
@@ -37,6 +38,7 @@ rule analyse_run:
 
 rule merge_telemetry:
     input:
+        # the raw record lists its ranks' telemetry files (written by the same job): they are read through it
         "results/production/ws{n}.run.json",
     output:
         "results/telemetry/production_ws{n}.json",
@@ -44,13 +46,8 @@ rule merge_telemetry:
         "results/logs/telemetry/merge_ws{n}.log",
     conda:
         ENV
-    params:
-        shards=lambda wc: " ".join(
-            f"results/production/ws{wc.n}/telemetry/telemetry_rank{r}.json"
-            for r in range(int(wc.n))
-        ),
     shell:
-        "virnucpro merge-telemetry {params.shards} -o {output:q} > {log:q} 2>&1"
+        "virnucpro merge-telemetry --result {input:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule scaling:
@@ -64,5 +61,8 @@ rule scaling:
         ENV
     params:
         min_eff=config["targets"]["min_scaling_efficiency"],
+        target=config["targets"]["target_sequences"],
+        max_hours=config["targets"]["max_hours"],
     shell:
-        "virnucpro scaling {input:q} -o {output:q} --min-efficiency {params.min_eff} > {log:q} 2>&1"
+        "virnucpro scaling {input:q} -o {output:q} --min-efficiency {params.min_eff} "
+        "--target-sequences {params.target} --max-hours {params.max_hours} > {log:q} 2>&1"

@@ -6,6 +6,7 @@ import io
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -87,4 +88,33 @@ def heatmap(rows: list, cols: list, cells: dict, row_label: str, col_label: str,
     ax.set_ylabel(row_label)
     ax.set_title(title)
     fig.colorbar(im, ax=ax, shrink=0.8)
+    return _svg(fig)
+
+
+def gpu_model(model: dict, projections: list[dict], max_hours: float | None) -> str | None:
+    """The scaling model's job hours at the target against total GPUs (one line per GPUs-per-job), labelled as a
+    model, with each production run's own projection (from its measured phases) overlaid."""
+    grid = model.get("grid") or []
+    if not grid:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for k in sorted({g["gpus_per_job"] for g in grid}):
+        pts = sorted((g["gpus"], g["job_hours"]) for g in grid if g["gpus_per_job"] == k)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", marker=".", lw=1,
+                label=f"model: {k} GPU(s)/job x 1-8 jobs")
+    measured = [(p["world_size"], p["projection"]["job_hours"]) for p in projections
+                if (p.get("projection") or {}).get("job_hours") is not None]
+    if measured:
+        ax.plot([m[0] for m in measured], [m[1] for m in measured], "kX", ms=8,
+                label="projected from a measured run")
+    if max_hours:
+        ax.axhline(max_hours, color="crimson", lw=1, label=f"{max_hours:g} h target")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_yscale("log")
+    ax.set_xlabel("GPUs in total")
+    ax.set_ylabel("job hours at the target")
+    ax.set_title("MODEL (not measured): whole-job time", fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which="both")
     return _svg(fig)

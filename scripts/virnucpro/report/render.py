@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import Environment, PackageLoader, Undefined, select_autoescape
+from jinja2 import Environment, PackageLoader, Undefined
 
 from virnucpro.report import plots
-from virnucpro.report.results import best_point, scaling_table, speedup
+from virnucpro.report.compare import compare
+from virnucpro.report.peers import peer_comparison
+from virnucpro.report.results import speedup
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
 
 SWEEP_GROUPS = ("baseline", "dataloader", "packing", "interaction")
+ENGINE_KNOBS = ("token_budget", "buffer_size", "num_workers", "prefetch_factor")
 
 
 def git_commit(path: Path) -> str | None:
@@ -51,34 +54,27 @@ def _rel(path: str, start: Path) -> str:
         return path
 
 
-def build_context(results: list[dict], input_info: dict, config: dict, best: dict | None, out_dir: Path,
-                  workflow_dir: Path | None = None) -> dict[str, Any]:
-    thresholds = {**DEFAULT_THRESHOLDS, **(config.get("targets") or {})}
-    warm = config.get("warmup") or {}
-    warmup_seconds, warmup_batches = float(warm.get("seconds", 60)), int(warm.get("batches", 20))
-    by_group: dict[str, list[dict]] = {}
-    for r in results:
-        by_group.setdefault(r["group"], []).append(r)
-    production = sorted(by_group.get("production", []), key=lambda r: r["params"]["world_size"])
-    baseline = (by_group.get("baseline") or [None])[0]
-    ckpt = {r["label"]: r for r in by_group.get("checkpoint", [])}
-    ckpt_on, ckpt_off = ckpt.get("checkpoint_on"), ckpt.get("checkpoint_off")
+def _best_section(best: dict | None) -> dict[str, Any]:
+    """What the report says about best.json (written by `best-config`; never re-chosen here)."""
+    if best is None:
+        return {"best": None, "snippet": None, "winner": False}
+    engine = {k: best["params"][k] for k in ENGINE_KNOBS if k in (best.get("params") or {})}
+    winner = bool(best.get("label")) and best.get("significant") is not False
+    return {"best": best, "winner": winner, "snippet": yaml.safe_dump({"engine": engine}, sort_keys=False)}
 
-    verdicts = production_verdicts(production, thresholds) + [checkpoint_verdict(ckpt_on, ckpt_off, thresholds)]
-    scaling_rows = scaling_table(production, thresholds["min_scaling_efficiency"])
 
+def _figures(production, by_group, scaling, warmup_seconds, warmup_batches) -> dict[str, Any]:
     def seqs(r):
         return r["steady"]["avg_sequences_per_sec"]
 
     def packing(r):
         return r["steady"]["min_packing_efficiency"]
 
-    figures = {"throughput": [], "heatmaps": []}
-    for run in production:
-        svg = plots.throughput_over_time(run, warmup_seconds, warmup_batches)
-        if svg:
-            figures["throughput"].append(svg)
-    figures["scaling"] = plots.scaling([(r["world_size"], r["speedup"]) for r in scaling_rows])
+    figures = {"throughput": [f for f in (plots.throughput_over_time(run, warmup_seconds, warmup_batches)
+                                          for run in production) if f], "heatmaps": []}
+    figures["scaling"] = plots.scaling([(r["world_size"], r["speedup"]) for r in scaling.get("rows") or []])
+    figures["model"] = plots.gpu_model(scaling.get("model") or {}, scaling.get("projections") or [],
+                                       scaling.get("max_hours"))
     if by_group.get("dataloader"):
         figures["heatmaps"].append(plots.heatmap(*_grid(by_group["dataloader"], "num_workers", "prefetch_factor", seqs),
                                                  "num_workers", "prefetch_factor", "DataLoader sweep: sequences/s",
@@ -90,24 +86,47 @@ def build_context(results: list[dict], input_info: dict, config: dict, best: dic
                                                  "token_budget", "buffer_size", "packing sweep: packing efficiency",
                                                  ".3f"))
     figures["heatmaps"] = [f for f in figures["heatmaps"] if f]
+    return figures
 
-    sweep_rows = []
-    for group in SWEEP_GROUPS:
-        for r in sorted(by_group.get(group, []), key=lambda r: r["label"]):
-            sweep_rows.append({**r, "speedup": speedup(r, baseline)})
-    chosen = best_point([r for g in SWEEP_GROUPS for r in by_group.get(g, [])], thresholds["min_packing"])
+
+def verdict_rows(verdicts: list) -> list[dict]:
+    """The verdicts as display rows: report.txt and the HTML print these same strings (one engine, one text)."""
+    rows = []
+    for v in verdicts:
+        d = v.as_dict()
+        d["value_text"] = _fmt(d["value"], ".3g") + (f" {d['unit']}" if d["value"] is not None and d["unit"] else "")
+        rows.append(d)
+    return rows
+
+
+def build_context(results: list[dict], input_info: dict, config: dict, best: dict | None, out_dir: Path,
+                  workflow_dir: Path | None = None, scaling: dict | None = None,
+                  peers: dict | None = None) -> dict[str, Any]:
+    """Everything the three renderings show; `best` and `scaling` are the workflow's best.json and scaling.json."""
+    thresholds = {**DEFAULT_THRESHOLDS, **(config.get("targets") or {})}
+    warm = config.get("warmup") or {}
+    warmup_seconds, warmup_batches = float(warm.get("seconds", 60)), int(warm.get("batches", 20))
+    scaling = scaling or {"note": "scaling.json was not given"}
+    by_group: dict[str, list[dict]] = {}
+    for r in results:
+        by_group.setdefault(r["group"], []).append(r)
+    projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
+    production = sorted(({**r, "projection": projections.get(r["label"])} for r in by_group.get("production", [])),
+                        key=lambda r: r["params"]["world_size"])
+    baseline = (by_group.get("baseline") or [None])[0]
+    ckpt = {r["label"]: r for r in by_group.get("checkpoint", [])}
+    ckpt_on, ckpt_off = ckpt.get("checkpoint_on"), ckpt.get("checkpoint_off")
+
+    verdicts = production_verdicts(production, thresholds, scaling) + [checkpoint_verdict(ckpt_on, ckpt_off,
+                                                                                          thresholds)]
+    sweep_rows = [{**r, "speedup": speedup(r, baseline)}
+                  for group in SWEEP_GROUPS for r in sorted(by_group.get(group, []), key=lambda r: r["label"])]
     optimal = (by_group.get("optimal") or [None])[0]
-    snippet = None
-    if chosen:
-        engine = {k: chosen["params"][k] for k in ("token_budget", "buffer_size", "num_workers", "prefetch_factor")}
-        snippet = yaml.safe_dump({"engine": engine}, sort_keys=False)
-
     weights = next((r.get("weights") for r in results if r.get("weights")), None) or {}
     hardware = next((r.get("hardware") for r in production if r.get("hardware")), None) or \
         next((r.get("hardware") for r in results if r.get("hardware")), None) or {}
     telemetry_links = [{"label": r["label"], "rank": k["rank"], "href": _rel(k["telemetry"], out_dir)}
                        for r in results for k in r.get("ranks", [])]
-    slurm_ids = sorted({r["slurm_job_id"] for r in results if r.get("slurm_job_id")})
     counts = {s: sum(v.status == s for v in verdicts) for s in ("PASS", "FAIL", "N/A")}
     return {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -120,30 +139,30 @@ def build_context(results: list[dict], input_info: dict, config: dict, best: dic
         "precision": (config.get("model") or {}).get("precision"),
         "hardware": hardware,
         "versions": package_versions(),
-        "slurm_job_ids": slurm_ids,
+        "slurm_job_ids": sorted({r["slurm_job_id"] for r in results if r.get("slurm_job_id")}),
         "thresholds": thresholds,
         "warmup_seconds": warmup_seconds,
         "warmup_batches": warmup_batches,
-        "verdicts": [v.as_dict() for v in verdicts],
+        "verdicts": verdict_rows(verdicts),
         "verdict_counts": counts,
         "production": production,
-        "scaling": scaling_rows,
-        "figures": figures,
+        "scaling": scaling.get("rows") or [],
+        "scaling_file": scaling,
+        "figures": _figures(production, by_group, scaling, warmup_seconds, warmup_batches),
         "sweep_rows": sweep_rows,
         "interaction": sorted(by_group.get("interaction", []), key=lambda r: (r["params"]["num_workers"],
                                                                              r["params"]["token_budget"])),
         "baseline": baseline,
-        "best": chosen,
-        "best_speedup": speedup(chosen, baseline) if chosen else None,
-        "best_file": best,
+        **_best_section(best),
         "optimal": optimal,
         "optimal_speedup": speedup(optimal, baseline) if optimal else None,
-        "snippet": snippet,
         "subset": by_group.get("subset", []),
         "checkpoint_runs": [r for r in (ckpt_off, ckpt_on) if r],
         "telemetry_links": telemetry_links,
         "site": config.get("site"),
         "flagged": [r for r in results if r["status"] == "ok" and (r.get("resumed") or not r.get("valid", True))],
+        "peers": peer_comparison(peers, production),
+        "comparison": None,
     }
 
 
@@ -156,46 +175,61 @@ def _fmt(value, spec=",.1f", na="N/A"):
         return str(value)
 
 
-def render_html(context: dict) -> str:
+def _environment() -> Environment:
     env = Environment(loader=PackageLoader("virnucpro.report", "templates"),
-                      autoescape=select_autoescape(["html", "j2"], default=True))
+                      autoescape=lambda name: not (name or "").endswith(".txt.j2"), keep_trailing_newline=True)
     env.filters["fmt"] = _fmt
-    return env.get_template("report.html.j2").render(**context)
+    return env
+
+
+def render_html(context: dict) -> str:
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def render_text(context: dict) -> str:
+    """report.txt: the same context (and the same verdict rows) as the HTML, as plain text."""
+    return _environment().get_template("report.txt.j2").render(**context)
+
+
+def _result_fields(r: dict, keys: tuple[str, ...]) -> dict:
+    return {k: r.get(k) for k in keys}
 
 
 def summary_json(context: dict) -> dict:
     keep = ("generated", "git_commit", "input", "model", "weights", "precision", "hardware", "versions",
-            "slurm_job_ids", "thresholds", "verdicts", "verdict_counts", "scaling")
+            "slurm_job_ids", "thresholds", "verdicts", "verdict_counts", "scaling", "peers", "comparison")
     out = {k: context[k] for k in keep}
-    out["production"] = [{k: r.get(k) for k in ("label", "params", "status", "reason", "steady")}
+    out["scaling_model"] = {k: context["scaling_file"].get(k) for k in ("at_target", "model", "note")}
+    out["production"] = [_result_fields(r, ("label", "params", "status", "reason", "steady", "projection", "phases",
+                                            "job_wall_seconds", "repeats", "ci95", "ci95_tokens_per_sec"))
                          for r in context["production"]]
-    out["best"] = ({k: context["best"][k] for k in ("label", "params", "steady")} if context["best"] else None)
-    out["best_speedup_over_baseline"] = context["best_speedup"]
+    best = context["best"]
+    out["best"] = ({**_result_fields(best, ("label", "params", "steady", "speedup_over_baseline", "note")),
+                    "significant": best.get("significant"), "speedup_ci95": best.get("speedup_ci95")}
+                   if best else None)
+    out["best_speedup_over_baseline"] = best.get("speedup_over_baseline") if best else None
     out["flagged_runs"] = [{k: r.get(k) for k in ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")}
                            for r in context["flagged"]]
-    out["sweep_points"] = [{k: r.get(k) for k in ("label", "group", "params", "status", "reason")}
+    out["sweep_points"] = [{**_result_fields(r, ("label", "group", "params", "status", "reason", "repeats", "ci95")),
+                            "sequences_per_sec": (r.get("steady") or {}).get("avg_sequences_per_sec"),
+                            "speedup": r.get("speedup")}
                            for r in context["sweep_rows"]]
     return out
 
 
 def write_report(results: list[dict], input_info: dict, config: dict, best: dict | None, html_path: Path,
                  text_path: Path | None = None, json_path: Path | None = None, merged_telemetry: list[Path] = (),
-                 workflow_dir: Path | None = None) -> dict:
-    from virnucpro.utils.telemetry import generate_performance_report
-
+                 workflow_dir: Path | None = None, scaling: dict | None = None, peers: dict | None = None,
+                 previous: tuple[str, dict] | None = None) -> dict:
+    """Render report.html, report.txt and summary.json from one context; `previous` = (path, summary.json)."""
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    context = build_context(results, input_info, config, best, html_path.parent, workflow_dir)
+    context = build_context(results, input_info, config, best, html_path.parent, workflow_dir, scaling, peers)
     context["merged_links"] = [_rel(str(p), html_path.parent) for p in merged_telemetry]
+    if previous is not None:
+        context["comparison"] = compare(summary_json(context), previous[1], previous[0])
     html_path.write_text(render_html(context))
     if text_path is not None:
-        th = context["thresholds"]
-        parts = [generate_performance_report(p, max_hours=th["max_hours"], min_gpu_util=th["min_gpu_util"],
-                                             min_packing=th["min_packing"], max_p95_wait_ms=th["max_p95_wait_ms"])
-                 for p in merged_telemetry]
-        verdict_lines = [f"{v['id']:8} {v['status']:5} {v['scope']}: {v['title']} = {_fmt(v['value'], '.3g')}"
-                         f"{' ' + v['unit'] if v['value'] is not None else ''} (threshold {v['threshold']})" + (f" [{v['reason']}]" if v["reason"] else "")
-                         for v in context["verdicts"]]
-        text_path.write_text("\n".join(["Verdicts", *verdict_lines, "", *parts]))
+        text_path.write_text(render_text(context))
     if json_path is not None:
         json_path.write_text(json.dumps(summary_json(context), indent=2, default=str))
     return context

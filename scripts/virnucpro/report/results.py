@@ -99,6 +99,7 @@ def collect_run(outdir: Path, label: str, group: str, params: dict, exit_code: i
             "warmup_seconds": meta.get("warmup_seconds"), "gpu_monitor": meta.get("gpu_monitor"),
             "shard_sequences": meta.get("shard_sequences"), "shard_tokens": meta.get("shard_tokens"),
             "matmul_tflops": meta.get("matmul_tflops"), "model_spec": meta.get("model_spec"),
+            "phases": meta.get("phases"),
         })
     ok = exit_code == 0 and status.get("status") == "ok"
     mismatch = _ran_differently(params, status, metas) if ok else []
@@ -115,6 +116,9 @@ def collect_run(outdir: Path, label: str, group: str, params: dict, exit_code: i
         "resumed_sequences": resumed,
         "resumed": resumed > 0,
         "peak_memory_gb": status.get("peak_memory_gb"),
+        # the process's phases (status.json summary, issue 12): what whole-job projections are built on
+        "phases": (status.get("summary") or {}).get("phases") if ok else None,
+        "job_wall_seconds": (status.get("summary") or {}).get("job_wall_seconds") if ok else None,
         "outdir": str(outdir),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "hostname": platform.node(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from virnucpro.report.results import checkpoint_overhead, resumed_na_reason, scaling_table
+from virnucpro.report.results import checkpoint_overhead, resumed_na_reason
 
 DEFAULT_THRESHOLDS = {
     "target_sequences": 6_000_000,
@@ -48,39 +48,44 @@ def _on_gpu(result: dict) -> bool:
     return any(str(r.get("device", "")).startswith("cuda") for r in result.get("ranks", []))
 
 
-def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdict]:
-    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    out: list[Verdict] = []
-    ok = sorted((r for r in production if r["status"] == "ok"), key=lambda r: r["params"]["world_size"])
-    widest = ok[-1] if ok else None
+def perf01_verdicts(widest: dict | None, proj: dict | None, th: dict) -> list[Verdict]:
+    """PERF-01 on the whole job's projected hours (fixed + growing costs + loop), sequence- and token-based."""
+    out = []
     target = int(th["target_sequences"])
-    for basis, key in (("sequence-based", "projected_hours"), ("token-based", "projected_hours_tokens")):
-        value = widest["steady"][key] if widest and widest.get("steady") else None
-        status, reason = _check(value, value is not None and value < th["max_hours"],
-                                "no production run finished")
-        scope = f"{widest['label']} ({widest['params']['world_size']} rank(s))" if widest else "-"
-        out.append(Verdict("PERF-01", f"projected time for {target:,} sequences ({basis})", scope, value, "h",
+    scope = f"{widest['label']} ({widest['params']['world_size']} rank(s))" if widest else "-"
+    for basis, key, loop_key in (("sequence-based", "job_hours", "loop_hours"),
+                                 ("token-based", "job_hours_tokens", "loop_hours_tokens")):
+        value = proj.get(key) if proj else None
+        if widest is None:
+            reason = "no production run finished"
+        elif value is None:
+            loop = proj.get(loop_key) if proj else None
+            reason = (proj or {}).get("na_reason") or "no projection in scaling.json"
+            reason += f" (loop alone: {loop:.3g} h)" if loop is not None else ""
+        else:
+            reason = f"loop {proj[loop_key]:.3g} h + fixed and growing costs {value - proj[loop_key]:.3g} h"
+        status = "N/A" if value is None else ("PASS" if value < th["max_hours"] else "FAIL")
+        out.append(Verdict("PERF-01", f"projected job time for {target:,} sequences ({basis})", scope, value, "h",
                            f"< {th['max_hours']:g} h", status, reason))
-    for result in ok:
-        for rank in result["ranks"]:
-            util = (rank.get("steady") or {}).get("avg_gpu_util")
-            na = ("no GPU: the run was on CPU" if not str(rank.get("device", "")).startswith("cuda")
-                  else "NVML could not be read (no nvitop/driver access)")
-            status, reason = _check(util, util is not None and util >= th["min_gpu_util"], na)
-            out.append(Verdict("PERF-02", "GPU utilisation (steady state)", f"{result['label']} rank {rank['rank']} "
-                               f"({rank.get('device')})", util, "%", f">= {th['min_gpu_util']:g} %", status, reason))
-    scaling = {row["world_size"]: row for row in scaling_table(production, th["min_scaling_efficiency"])}
+    return out
+
+
+def perf03_verdicts(ok: list[dict], scaling: dict, th: dict) -> list[Verdict]:
+    """PERF-03 per multi-rank run from scaling.json's measured rows (CPU processes are N/A, not a GPU figure)."""
+    out: list[Verdict] = []
+    rows = {row["world_size"]: row for row in scaling.get("rows") or []}
+    at_target = {row["world_size"]: row for row in scaling.get("at_target") or []}
     for result in ok:
         n = result["params"]["world_size"]
         if n == 1:
             continue
         value, reason, status = None, None, "N/A"
-        if n not in scaling:
+        if n not in rows:
             reason = "no 1-rank run to compare with"
         elif scaling[n]["not_comparable"]:  # a resumed run timed only part of the work
             reason = scaling[n]["not_comparable"]
         else:
-            sc = scaling[n]
+            sc = rows[n]
             value = sc["speedup"]
             min_speedup = th["min_speedup_2gpu"] * n / 2  # 1.9x for 2 GPUs, scaled for N
             passed = sc["speedup"] >= min_speedup and sc["efficiency"] >= th["min_scaling_efficiency"]
@@ -90,6 +95,9 @@ def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdic
             else:
                 status = "PASS" if passed else "FAIL"
                 reason = f"{sc['efficiency']:.1f} % efficiency, ideal {sc['ideal_runtime']:.1f} s"
+            job = (at_target.get(n) or {}).get("job_speedup")
+            if job is not None:
+                reason += f"; whole job at the target: {job:.2f}x"
         out.append(Verdict("PERF-03", f"scaling 1 -> {n} ranks (speedup)", result["label"], value, "x",
                            f">= {th['min_speedup_2gpu'] * n / 2:.2f}x and >= {th['min_scaling_efficiency']:g} %",
                            status, reason))
@@ -97,6 +105,27 @@ def production_verdicts(production: list[dict], thresholds: dict) -> list[Verdic
         out.append(Verdict("PERF-03", "scaling 1 -> N ranks (speedup)", "-", None, "x",
                            f">= {th['min_speedup_2gpu']:.2f}x (2 GPUs) and >= {th['min_scaling_efficiency']:g} %",
                            "N/A", "no finished run with more than one rank (production.world_sizes)"))
+    return out
+
+
+def production_verdicts(production: list[dict], thresholds: dict, scaling: dict | None = None) -> list[Verdict]:
+    """The production runs' verdicts; projections and speedups come from `scaling` (scaling.json), not recomputed."""
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    scaling = scaling or {}
+    out: list[Verdict] = []
+    ok = sorted((r for r in production if r["status"] == "ok"), key=lambda r: r["params"]["world_size"])
+    widest = ok[-1] if ok else None
+    projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
+    out += perf01_verdicts(widest, projections.get(widest["label"]) if widest else None, th)
+    for result in ok:
+        for rank in result["ranks"]:
+            util = (rank.get("steady") or {}).get("avg_gpu_util")
+            na = ("no GPU: the run was on CPU" if not str(rank.get("device", "")).startswith("cuda")
+                  else "NVML could not be read (no nvitop/driver access)")
+            status, reason = _check(util, util is not None and util >= th["min_gpu_util"], na)
+            out.append(Verdict("PERF-02", "GPU utilisation (steady state)", f"{result['label']} rank {rank['rank']} "
+                               f"({rank.get('device')})", util, "%", f">= {th['min_gpu_util']:g} %", status, reason))
+    out += perf03_verdicts(ok, scaling, th)
     for result in ok:
         for rank in result["ranks"]:
             pack = (rank.get("steady") or {}).get("avg_packing_efficiency")
