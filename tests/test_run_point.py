@@ -13,6 +13,7 @@ from virnucpro.errors import UserError
 from virnucpro.data.fasta import write_fasta
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.report.results import analyse_run, collect_run
+from virnucpro.report.scaling import scaling_report
 from virnucpro.report.verdicts import checkpoint_verdict, production_verdicts
 
 KNOBS = {"num_workers": 0, "prefetch_factor": 2, "token_budget": 1024, "buffer_size": 500, "checkpoint_every": 50,
@@ -101,9 +102,13 @@ def test_resumed_runs_are_flagged_and_refused_for_scaling_and_checkpoint_overhea
                 "summary": {"elapsed_seconds": elapsed}, "ranks": [{"rank": 0, "device": "cuda:0"}],
                 "steady": None, "resumed": resumed, "resumed_sequences": 300 if resumed else 0}
 
-    perf03 = [v for v in production_verdicts([prod(1, 10.0), prod(2, 2.0, resumed=True)], {}) if v.id == "PERF-03"]
-    assert [v.status for v in perf03] == ["N/A"] and "resumed" in perf03[0].reason and perf03[0].value is None
-    ok03 = [v for v in production_verdicts([prod(1, 10.0), prod(2, 5.0)], {}) if v.id == "PERF-03"]
+    def perf03(runs):
+        scaling = scaling_report(runs, 6_000_000, 10.0, 95.0)  # what the report reads from scaling.json
+        return [v for v in production_verdicts(runs, {}, scaling) if v.id == "PERF-03"]
+
+    resumed = perf03([prod(1, 10.0), prod(2, 2.0, resumed=True)])
+    assert [v.status for v in resumed] == ["N/A"] and "resumed" in resumed[0].reason and resumed[0].value is None
+    ok03 = perf03([prod(1, 10.0), prod(2, 5.0)])
     assert ok03[0].status == "PASS"
     ckpt = checkpoint_verdict({**prod(1, 10.0, resumed=True), "label": "checkpoint_on"}, prod(1, 10.0), {})
     assert ckpt.status == "N/A" and "resumed" in ckpt.reason
