@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import hashlib
+import lzma
+import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from virnucpro.data import fasta_stream
 from virnucpro.data.fasta import read_fasta
 from virnucpro.errors import UserError
 
@@ -88,3 +94,79 @@ def test_bad_input_cli_exit_2_one_line_no_output(tmp_path, name):
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such FASTA file"):
         read_fasta(tmp_path / "nope.fa")
+
+
+# --- what users hand over instead of a plain FASTA (issue 18) --------------------------------------------------
+
+TEXT = b">a desc\nMKV\nLL\n>b\nWWC\n"
+
+
+@pytest.mark.parametrize("name, content", [
+    ("utf-8 BOM", b"\xef\xbb\xbf" + TEXT),
+    ("old-Mac CR endings", TEXT.replace(b"\n", b"\r")),
+    ("bzip2", bz2.compress(TEXT)),
+    ("xz", lzma.compress(TEXT)),
+    ("multi-member gzip (bgzip)", gzip.compress(TEXT[:14]) + gzip.compress(TEXT[14:])),
+])
+def test_readable_variants_give_the_same_records(tmp_path, name, content):
+    f = tmp_path / "in.fa"
+    f.write_bytes(content)
+    r = read_fasta(f)
+    assert (r.ids, r.seqs) == (["a", "b"], [b"MKVLL", b"WWC"])
+
+
+def test_cr_and_crlf_split_across_read_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(fasta_stream, "CHUNK", 3)  # every line end straddles a chunk boundary somewhere
+    for ending in (b"\r", b"\r\n", b"\n"):
+        f = tmp_path / "in.fa"
+        f.write_bytes(TEXT.replace(b"\n", ending))
+        r = read_fasta(f)
+        assert (r.ids, r.seqs) == (["a", "b"], [b"MKVLL", b"WWC"]), ending
+
+
+REFUSED = {
+    "utf-16 with BOM": (">a\nMKV\n".encode("utf-16"), "UTF-16-encoded text"),
+    "utf-16 without BOM": (">a\nMKV\n".encode("utf-16-le"), "UTF-16-encoded text"),
+    "utf-32": (">a\nMKV\n".encode("utf-32"), "UTF-32-encoded text"),
+    "zstd": (b"\x28\xb5\x2f\xfd" + b"\x00" * 20, "zstd-compressed"),
+    "zip": (b"PK\x03\x04" + b"\x00" * 20, "a zip archive"),
+    "hdf5": (b"\x89HDF\r\n\x1a\n" + b"\x00" * 20, "an HDF5 file"),
+    "fastq": (b"@r1\nACGT\n+\nIIII\n", "a FASTQ file?"),
+    "binary": (b"\x01\x02garbage\n>a\nMKV\n", "binary data before the first '>' header"),
+    "corrupt bzip2": (b"BZh91AY&SY" + b"\x00" * 30, "cannot read FASTA"),
+    "truncated xz": (lzma.compress(TEXT)[:20], "cannot read FASTA"),
+    "nul in id": (b">a\x00b\nMKV\n", "record id 'a\\x00b' on line 1 contains a NUL byte"),
+    "control character in id": (b">a\x07b\nMKV\n", "contains control character 0x07"),
+    "non-utf-8 id": (b">caf\xe9\nMKV\n", "header on line 1 is not valid UTF-8 text (byte 0xe9)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_unreadable_variants_are_refused_by_name(tmp_path, name):
+    content, message = REFUSED[name]
+    f = tmp_path / "in.fa"
+    f.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        read_fasta(f)
+    assert message in str(info.value) and str(f) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_directory_is_named_as_such(tmp_path):
+    with pytest.raises(UserError, match="is a directory, not a FASTA file"):
+        read_fasta(tmp_path)
+
+
+def test_a_pipe_is_read(tmp_path):
+    fifo = tmp_path / "reads.fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "wb") as fh:
+            fh.write(gzip.compress(TEXT))  # compressed, through a pipe: sniffed without seeking
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    r = read_fasta(fifo)
+    writer.join()
+    assert (r.ids, r.seqs) == (["a", "b"], [b"MKVLL", b"WWC"])
+    assert r.sha256 == hashlib.sha256(TEXT).hexdigest()

@@ -2,23 +2,28 @@
 
 Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 74 the output could not be written
 (disk full, quota; rerun to resume); 75 stopped by SIGTERM/SIGINT after flushing checkpoints (rerun to resume);
-1 anything unexpected (with its traceback, since that is a bug).
+130 a second Ctrl-C (stopped at once); 1 anything unexpected (with its traceback, since that is a bug).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from virnucpro.errors import EXIT_FAILURE, EXIT_IO, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, UserError
+from virnucpro.argtypes import (OneLineParser, device_name, fraction, nonnegative_float, nonnegative_int,
+                                percentage, positive_int)
+from virnucpro.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED,
+                              EXIT_USAGE, UserError)
 
 EXIT_CODES = (f"exit codes: {EXIT_OK} ok; 2 bad input or usage (one line on stderr); {EXIT_OOM} out of memory "
               f"(status.json reason: OOM); {EXIT_IO} the output could not be written (disk full, quota; rerun to "
               f"resume); {EXIT_PREEMPTED} stopped by SIGTERM/SIGINT after flushing checkpoints "
-              f"(rerun the same command to resume); {EXIT_FAILURE} unexpected error (traceback: a bug)")
+              f"(rerun the same command to resume); {EXIT_INTERRUPTED} a second Ctrl-C (stopped at once); "
+              f"{EXIT_FAILURE} unexpected error (traceback: a bug)")
 EMBED_EXAMPLE = ("virnucpro embed reads.faa -o out/ --checkpoint esm2_t36_3B_UR50D.pt --precision bf16 "
                  "--token-budget 16384")
 RUN_POINT_EXAMPLE = ("virnucpro run-point results/data/sweep.fasta -o results/sweeps/baseline/baseline "
@@ -47,9 +52,10 @@ def _add_make_fasta(sub) -> None:
                        **_help_style("virnucpro make-fasta -o reads.faa --num-sequences 100000 --seed 1 "
                                      "--profile short-reads"))
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--num-sequences", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", default="seed-mix", help="seed-mix (validation plan's mix) or short-reads")
+    p.add_argument("--num-sequences", type=positive_int, required=True)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--profile", default="seed-mix", choices=["seed-mix", "short-reads"],
+                   help="seed-mix (validation plan's mix) or short-reads")
 
 
 def _add_embed(sub) -> None:
@@ -70,15 +76,17 @@ def _embed_arguments(p, outdir: bool = True) -> None:
     p.add_argument("--checkpoint", help="path to a fair-esm esm2_*.pt file")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights for throughput work only; recorded as 'weights: random'")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of --random-weights (default %(default)s)")
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of --random-weights (default %(default)s)")
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto = bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--token-budget", type=int, default=d.token_budget, help="tokens per packed batch")
-    p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="sequences per packing lookahead buffer")
-    p.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes")
-    p.add_argument("--prefetch-factor", type=int, default=d.prefetch_factor, help="batches prefetched per worker")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+    p.add_argument("--device", type=device_name, default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--token-budget", type=positive_int, default=d.token_budget, help="tokens per packed batch")
+    p.add_argument("--buffer-size", type=positive_int, default=d.buffer_size,
+                   help="sequences per packing lookahead buffer")
+    p.add_argument("--num-workers", type=nonnegative_int, default=d.num_workers, help="DataLoader worker processes")
+    p.add_argument("--prefetch-factor", type=positive_int, default=d.prefetch_factor,
+                   help="batches prefetched per worker")
+    p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every,
                    help="flush results to a checkpoint chunk every N sequences")
     p.add_argument("--long-sequences", default=d.long_sequences, choices=["truncate", "error"],
                    help="sequences over 1022 residues: truncate (counted, warned) or refuse")
@@ -94,12 +102,12 @@ def _embed_arguments(p, outdir: bool = True) -> None:
                    help="discard an existing result or partial state in OUTDIR (of any configuration) and start anew")
     p.add_argument("--compile-cache", default=d.compile_cache, metavar="DIR",
                    help="persistent torch.compile/Triton cache shared by jobs (default: torch's, under /tmp)")
-    p.add_argument("--target-sequences", type=int, default=d.target_sequences,
+    p.add_argument("--target-sequences", type=positive_int, default=d.target_sequences,
                    help="sequence count the runtime projection is for")
-    p.add_argument("--world-size", type=int, default=d.world_size,
+    p.add_argument("--world-size", type=positive_int, default=d.world_size,
                    help="processes, one per device (default: every visible CUDA device, 1 on CPU)")
-    p.add_argument("--progress-interval", type=float, default=d.progress_interval,
-                   help="seconds between progress lines when stderr is not a terminal")
+    p.add_argument("--progress-interval", type=nonnegative_float, default=d.progress_interval,
+                   help="seconds between progress lines when stderr is not a terminal (0: every batch)")
 
 
 def _nonempty_path(text: str) -> Path:
@@ -125,22 +133,22 @@ def _add_bench(sub) -> None:
     p.add_argument("--model", default="esm2_t36_3B_UR50D", help="random weights of this architecture (ignored with "
                    "--checkpoint)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--num-sequences", type=int, default=200,
+    p.add_argument("--num-sequences", type=positive_int, default=200,
                    help="accuracy: seed-mix sequences compared; peers with --fasta: sequences sampled from it")
-    p.add_argument("--seed-mix", type=int, default=10000, help="engines, peers: seed-mix sequences (0: left out)")
-    p.add_argument("--short-reads", type=int, default=50000, help="engines, peers: short-reads sequences (0: left out)")
-    p.add_argument("--peer-subset", type=int, default=3000,
+    p.add_argument("--seed-mix", type=nonnegative_int, default=10000, help="engines, peers: seed-mix sequences (0: left out)")
+    p.add_argument("--short-reads", type=nonnegative_int, default=50000, help="engines, peers: short-reads sequences (0: left out)")
+    p.add_argument("--peer-subset", type=positive_int, default=3000,
                    help="engines: sequences of each workload given to the peers")
-    p.add_argument("--fp32-subset", type=int, default=500,
+    p.add_argument("--fp32-subset", type=positive_int, default=500,
                    help="engines, peers: sequences given to the extract.py recipe (fair-esm fp32)")
     p.add_argument("--peer-budgets", type=_budgets, default=(16384, 32768, 65536),
                    help="engines, peers: token budgets tried for each peer and workload (default %(default)s)")
-    p.add_argument("--token-budget", type=int, default=16384, help="accuracy, engines: this engine's token budget")
+    p.add_argument("--token-budget", type=positive_int, default=16384, help="accuracy, engines: this engine's token budget")
     p.add_argument("--engine-precisions", default="bf16,fp16",
                    help="engines: this engine's precisions, comma-separated")
     p.add_argument("--fasta", type=Path, help="peers: one workload sampled from this FASTA instead of synthetic ones")
     p.add_argument("--checkpoint", help="engines, peers: a fair-esm checkpoint (default: random weights, --seed)")
-    p.add_argument("--seed", type=int, default=0, help="engines, peers: seed of the random weights (and the sample)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="engines, peers: seed of the random weights (and the sample)")
     p.add_argument("--workdir", type=Path, default=Path("results/bench"))
     p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
     p.add_argument("--job", action="append", default=[], metavar="MODEL:N:PROFILE",
@@ -225,9 +233,9 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__.splitlines()[0],
-                                     **_help_style(f"{EMBED_EXAMPLE}\n  virnucpro embed --help"))
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="virnucpro", description=__doc__.splitlines()[0],
+                           **_help_style(f"{EMBED_EXAMPLE}\n  virnucpro embed --help"))
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_make_fasta(sub)
@@ -287,6 +295,11 @@ def execute_embed(cfg) -> int:
         with StopFlag() as stop:  # from the start: a SIGTERM during loading also ends with exit 75
             summary = run_embed(cfg, stop=stop)
     except UserError:
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: chunks already renamed into place stay valid
+        if outdir.is_dir():
+            write_json_atomic(status_path, {"status": "failed", "reason": "interrupted", "resumable": True,
+                                            "config": _config_dict(cfg)})
         raise
     except Preempted as exc:
         if outdir.is_dir():
@@ -372,12 +385,7 @@ def _progress_from_env() -> float:
 
 
 def _read_json(path: Path, option: str) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{option} {path}: cannot read it as JSON ({exc.__class__.__name__}: {exc})") from None
+    return read_json(path, option)
 
 
 def _apply_params_from(cfg, path: Path | None):
@@ -469,8 +477,8 @@ def _add_sample(sub) -> None:
                        **_help_style("virnucpro sample reads.faa -o subset.faa -n 1000 --seed 42 --info subset.json"))
     p.add_argument("fasta", type=Path)
     p.add_argument("-o", "--output", type=Path, help="subset FASTA to write (omit to only describe the input)")
-    p.add_argument("-n", "--num-sequences", type=int, help="subset size (at most the input's count)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", "--num-sequences", type=positive_int, help="subset size (at most the input's count)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--info", type=Path, required=True, help="JSON describing the written (or given) FASTA")
     p.add_argument("--source", default="synthetic", help="synthetic or production (recorded in --info)")
     p.add_argument("--profile", help="synthetic profile (recorded in --info)")
@@ -496,9 +504,9 @@ def cmd_sample(args) -> int:
         path = args.output
         records = read_fasta(path)
     lengths = records.lengths()
-    info = {"path": str(Path(path).resolve()), "sha256": records.sha256, "num_sequences": len(records),
+    info = {"path": _shown_path(path), "sha256": records.sha256, "num_sequences": len(records),
             "mean_length": sum(lengths) / len(lengths), "source": args.source, "profile": args.profile,
-            "seed": args.profile_seed, "parent": str(Path(args.fasta).resolve()) if args.output else None,
+            "seed": args.profile_seed, "parent": _shown_path(args.fasta) if args.output else None,
             "example_ids": records.ids[:3], "truncated": records.truncated}
     args.info.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.info, info)
@@ -595,10 +603,10 @@ def _add_best_config(sub) -> None:
                        **_help_style("virnucpro best-config results/sweeps/*/*.json -o best.json --tsv sweeps.tsv"))
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--min-packing", type=float, default=0.90)
-    p.add_argument("--min-gain", type=float, default=0.02,
+    p.add_argument("--min-packing", type=fraction, default=0.90)
+    p.add_argument("--min-gain", type=nonnegative_float, default=0.02,
                    help="a winner's simultaneous 95 %% speedup interval must lie above 1 + this (default %(default)s)")
-    p.add_argument("--between-job-cv", type=float, default=0.01,
+    p.add_argument("--between-job-cv", type=nonnegative_float, default=0.01,
                    help="relative spread of one configuration's rate between jobs, which the repeats inside a job "
                         "cannot show; added to every speedup interval (default %(default)s)")
     p.add_argument("--tsv", type=Path, help="also write one row per point here (results/sweeps.tsv)")
@@ -638,15 +646,12 @@ def _add_report(sub) -> None:
 
 
 def read_json(path: Path | None, what: str) -> dict | None:
-    """A JSON object from `path` (None for no path); a missing or unreadable file is the user's error."""
-    import json
+    """A JSON object from `path` (None for no path); a missing, unreadable or foreign file is the user's error."""
+    from virnucpro.utils import jsonfile
 
     if path is None:
         return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{what} {path}: cannot read it as JSON ({exc.__class__.__name__})") from None
+    data = jsonfile.read_json(path, f"{what} JSON")
     if not isinstance(data, dict):
         raise UserError(f"{what} {path}: not a JSON object")
     return data
@@ -654,8 +659,9 @@ def read_json(path: Path | None, what: str) -> dict | None:
 
 def cmd_report(args) -> int:
     from virnucpro.report.render import write_report
+    from virnucpro.report.results import load_results
 
-    results = [read_json(p, "result") for p in args.results]
+    results = load_results(args.results)
     previous = read_json(args.compare_to, "--compare-to")
     ctx = write_report(results, read_json(args.input_info, "--input-info"), read_json(args.config, "--config"),
                        read_json(args.best, "--best"), args.html, args.text, args.summary, args.merged,
@@ -691,14 +697,12 @@ def merge_shards(args) -> list[Path]:
 
 
 def cmd_merge(args) -> int:
-    import json
-
     from virnucpro.pipeline.output import write_json_atomic
     from virnucpro.utils.telemetry import aggregate_telemetry_shards
 
     shards = merge_shards(args)
     merged = aggregate_telemetry_shards(shards)
-    first = json.loads(shards[0].read_text())["run_metadata"]
+    first = read_json(shards[0], "telemetry shard")["run_metadata"]
     write_json_atomic(args.output, {"run_metadata": {**first, "shards": [str(p) for p in shards]},
                                     "summary": merged["global_summary"],
                                     "per_shard_summary": merged["per_shard_summary"],
@@ -712,19 +716,19 @@ def _add_scaling(sub) -> None:
                                      "-o scaling.json"))
     p.add_argument("results", nargs="+", type=Path, help="result JSONs of the production runs")
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--min-efficiency", type=float, default=95.0)
-    p.add_argument("--target-sequences", type=int, default=6_000_000)
+    p.add_argument("--min-efficiency", type=percentage, default=95.0)
+    p.add_argument("--target-sequences", type=positive_int, default=6_000_000)
     p.add_argument("--max-hours", type=float, default=10.0, help="the time 'how many GPUs' answers for")
 
 
 def cmd_scaling(args) -> int:
     from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.report.results import load_results
     from virnucpro.report.scaling import scaling_report
 
     if args.target_sequences < 1 or args.max_hours <= 0:
         raise UserError("scaling: --target-sequences and --max-hours must be positive")
-    report = scaling_report([read_json(p, "result") for p in args.results], args.target_sequences, args.max_hours,
-                            args.min_efficiency)
+    report = scaling_report(load_results(args.results), args.target_sequences, args.max_hours, args.min_efficiency)
     write_json_atomic(args.output, report)
     for r in report["rows"]:
         print(f"{r['world_size']} rank(s): {r['speedup']:.2f}x, {r['efficiency']:.1f} % efficiency")
@@ -741,24 +745,56 @@ def _config_dict(cfg) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
+def _shown_path(path: Path) -> str:
+    return "<stdin>" if str(path) == "-" else str(Path(path).resolve())
+
+
 def _stop_during_startup(signum, frame) -> None:
     raise SystemExit(EXIT_PREEMPTED)  # nothing computed yet, nothing to flush: "stopped, rerun to resume"
 
 
+#: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
+FILE_COMMANDS = {"make-fasta", "sample", "best-config", "report", "merge-telemetry", "scaling"}
+
+
+def _host_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or a shared library that could not be mapped (torch's import under `ulimit -v`)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOMEM or (
+        isinstance(exc, (ImportError, OSError)) and ("failed to map segment" in text or "annot allocate memory" in text))
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_during_startup)  # until `embed` installs its flushing handler
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed, "bench": cmd_bench, "run-point": cmd_run_point,
-                "analyse-run": cmd_analyse_run, "sample": cmd_sample, "measure": cmd_measure,
-                "best-config": cmd_best_config, "report": cmd_report,
-                "merge-telemetry": cmd_merge, "scaling": cmd_scaling}
+    command = None
     try:
-        return handlers[args.command](args)
+        args = build_parser().parse_args(argv)
+        command = args.command
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        handlers = {"make-fasta": cmd_make_fasta, "embed": cmd_embed, "bench": cmd_bench,
+                    "run-point": cmd_run_point, "analyse-run": cmd_analyse_run, "sample": cmd_sample,
+                    "measure": cmd_measure, "best-config": cmd_best_config, "report": cmd_report,
+                    "merge-telemetry": cmd_merge, "scaling": cmd_scaling}
+        return handlers[command](args)
     except UserError as exc:
         print(f"virnucpro: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("virnucpro: interrupted (second Ctrl-C); checkpointed rows are kept, rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (MemoryError, ImportError, OSError) as exc:
+        if _host_out_of_memory(exc):
+            print(f"virnucpro: out of memory ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                  f"; is a memory limit set, e.g. ulimit -v?)", file=sys.stderr)
+            return EXIT_OOM
+        if isinstance(exc, OSError) and command in FILE_COMMANDS:
+            where = exc.filename2 or exc.filename
+            print(f"virnucpro: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
 
 
 if __name__ == "__main__":

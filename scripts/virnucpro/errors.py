@@ -6,6 +6,7 @@ EXIT_USAGE = 2  # bad input or bad options
 EXIT_OOM = 3  # out of memory (CUDA or host); status.json says so
 EXIT_IO = 74  # the output could not be written (disk full, quota, read-only); rerun to resume (EX_IOERR)
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT after flushing checkpoints; rerun to resume (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once (128 + SIGINT, as shells report it); rerun to resume
 
 
 class UserError(Exception):

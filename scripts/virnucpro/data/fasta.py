@@ -6,12 +6,13 @@ CLI can print one line and exit 2 before anything is written.
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from virnucpro.data.fasta_stream import READ_ERRORS, iter_lines, open_fasta_bytes
 from virnucpro.errors import UserError
 
 #: ESM-2's residue vocabulary as accepted here: the 20 standard amino acids plus the ambiguous X B Z U O.
@@ -21,6 +22,8 @@ MAX_RESIDUES = 1022
 
 _INVALID = re.compile(rb"[^" + VALID_RESIDUES.encode() + rb"]")
 _WHITESPACE = re.compile(rb"\s+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BINARY = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
 
 
 @dataclass
@@ -39,12 +42,6 @@ class Records:
         return [len(s) for s in self.seqs]
 
 
-def _open_bytes(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-
-
 def _describe(byte: int) -> str:
     ch = chr(byte)
     if ch == "*":
@@ -54,8 +51,34 @@ def _describe(byte: int) -> str:
     return f"invalid byte 0x{byte:02x}"
 
 
+def _before_first_header(path: Path, lineno: int, line: bytes) -> UserError:
+    """Name what a file that does not start with '>' most likely is."""
+    if lineno == 1 and line.startswith(b"@"):
+        return UserError(f"{path}: starts with '@': a FASTQ file? give a protein FASTA ('>' headers)")
+    if _BINARY.search(line):
+        return UserError(f"{path}: line {lineno} holds binary data before the first '>' header: not a FASTA file "
+                         f"(or compressed in a format other than gzip, bzip2 or xz)")
+    return UserError(f"{path}: line {lineno} has text before the first '>' header")
+
+
+def _record_id(path: Path, lineno: int, header: bytes) -> str:
+    """The header's first word, refused if it is empty, not UTF-8, or holds a control character (NUL...)."""
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: header on line {lineno} is not valid UTF-8 text "
+                        f"(byte 0x{header[exc.start]:02x})") from None
+    if not text:
+        raise UserError(f"{path}: header on line {lineno} has an empty record id")
+    rid = text.split()[0]
+    if bad := _CONTROL.search(rid):
+        what = "a NUL byte" if bad.group() == "\x00" else f"control character 0x{ord(bad.group()):02x}"
+        raise UserError(f"{path}: record id {rid!r} on line {lineno} contains {what}")
+    return rid
+
+
 def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues: int = MAX_RESIDUES) -> Records:
-    """Read and validate a plain or gzip FASTA file.
+    """Read and validate a FASTA file: plain, gzip, bzip2 or xz; `-` (stdin) and pipes too (see `fasta_stream`).
 
     Sequences are upper-cased, CR/whitespace removed and one trailing '*' run stripped. Sequences over
     `max_residues` are truncated (counted in `Records.truncated`) or refused when `long_sequences == "error"`.
@@ -63,8 +86,6 @@ def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues:
     path = Path(path)
     if long_sequences not in ("truncate", "error"):
         raise UserError(f"--long-sequences must be 'truncate' or 'error', not {long_sequences!r}")
-    if not path.is_file():
-        raise UserError(f"{path}: no such FASTA file")
     digest = hashlib.sha256()
     ids: list[str] = []
     seqs: list[bytes] = []
@@ -99,20 +120,11 @@ def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues:
         seqs.append(seq)
 
     try:
-        with _open_bytes(path) as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                digest.update(raw)
-                line = raw.rstrip(b"\r\n")
+        with open_fasta_bytes(path) as fh:
+            for lineno, line in enumerate(iter_lines(fh, digest, path), start=1):
                 if line.startswith(b">"):
                     finish()
-                    header = line[1:].strip()
-                    try:
-                        text = header.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise UserError(f"{path}: header on line {lineno} is not valid UTF-8 text") from None
-                    if not text:
-                        raise UserError(f"{path}: header on line {lineno} has an empty record id")
-                    current_id = text.split()[0]
+                    current_id = _record_id(path, lineno, line[1:].strip())
                     if current_id in first_line:
                         raise UserError(
                             f"{path}: duplicate record id '{current_id}' (lines {first_line[current_id]} and {lineno})"
@@ -122,11 +134,11 @@ def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues:
                     parts = []
                 elif current_id is None:
                     if line.strip():
-                        raise UserError(f"{path}: line {lineno} has text before the first '>' header")
+                        raise _before_first_header(path, lineno, line)
                 else:
                     parts.append(_WHITESPACE.sub(b"", line))
             finish()
-    except (OSError, EOFError) as exc:  # includes gzip.BadGzipFile (truncated or corrupt gzip)
+    except READ_ERRORS as exc:  # truncated or corrupt compressed data, unreadable files
         raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
     if not ids:
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
@@ -136,11 +148,20 @@ def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues:
 def write_fasta(path: str | Path, ids: list[str], seqs: list[str], width: int = 60) -> None:
     """Write records as a plain FASTA file, wrapped at `width` residues (written to a temporary name first)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give the FASTA file's name")
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        for rid, seq in zip(ids, seqs):
-            fh.write(f">{rid}\n")
-            for i in range(0, len(seq), width):
-                fh.write(seq[i : i + width] + "\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as fh:
+            for rid, seq in zip(ids, seqs):
+                fh.write(f">{rid}\n")
+                for i in range(0, len(seq), width):
+                    fh.write(seq[i : i + width] + "\n")
+        tmp.replace(path)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{path}: cannot write FASTA (a parent of it is a file, not a directory)") from None
+    except OSError as exc:  # no permission, disk full: the user's path, not a bug
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write FASTA ({exc.strerror or exc})") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 
 from virnucpro.errors import UserError
+
+logger = logging.getLogger("virnucpro.models.weights")
 
 
 @dataclass(frozen=True)
@@ -77,31 +80,92 @@ def _spec_from_cfg(cfg, path: Path) -> ModelSpec:
         raise UserError(f"{path}: not an ESM-2 checkpoint (its cfg lacks {exc.name})") from None
 
 
+def _expected_shape(key: str, spec: ModelSpec) -> tuple[int, ...]:
+    """Shape of a required weight in fair-esm's ESM2 (feed-forward width 4 x embed_dim)."""
+    d = spec.embed_dim
+    if key == "embed_tokens.weight":
+        return (spec.vocab_size, d)
+    if key.endswith("fc1.weight"):
+        return (4 * d, d)
+    if key.endswith("fc1.bias"):
+        return (4 * d,)
+    if key.endswith("fc2.weight"):
+        return (d, 4 * d)
+    return (d, d) if key.endswith("_proj.weight") else (d,)
+
+
+def _check_esm2_layout(path: Path, spec: ModelSpec, state: dict) -> None:
+    """Refuse what only looks like ESM-2: ESM-1 family weights, or a cfg that disagrees with the tensors."""
+    if "embed_positions.weight" in state or "emb_layer_norm_before.weight" in state:
+        raise UserError(f"{path}: learned positional embeddings: an ESM-1/ESM-1b/ESM-1v model, not ESM-2")
+    if spec.embed_dim % spec.attention_heads:
+        raise UserError(f"{path}: embed_dim {spec.embed_dim} is not a multiple of {spec.attention_heads} heads")
+    missing = [k for k in required_keys(spec) if k not in state]
+    if missing:
+        raise UserError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {missing[0]}")
+    for key in required_keys(spec):
+        want, got = _expected_shape(key, spec), tuple(state[key].shape)
+        if got != want:
+            raise UserError(f"{path}: weight {key} has shape {list(got)} where an ESM-2 of {spec.num_layers} "
+                            f"layers x {spec.embed_dim} (its cfg) has {list(want)}")
+
+
+def known_architecture(spec: ModelSpec) -> str | None:
+    """The published fair-esm model with exactly this architecture, if any."""
+    return next((name for name, known in ARCHITECTURES.items() if known == spec), None)
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
 def load_checkpoint(path: str | Path, known_sha256: str | None = None) -> Weights:
-    """Load a fair-esm ESM-2 checkpoint (`esm2_*.pt`) with `weights_only=True` (memory-mapped).
+    """Load a fair-esm ESM-2 checkpoint (`esm2_*.pt`) with `weights_only=True` (memory-mapped when it can be).
 
     The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored. `known_sha256` skips
-    re-hashing a file the parent process already hashed (ranks of one job).
+    re-hashing a file the parent process already hashed (ranks of one job). Files in torch's legacy (pre-1.6,
+    non-zip) format cannot be memory-mapped and are read whole.
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint file not found")
+        raise UserError(f"{path}: checkpoint file not found" + (" (it is a directory)" if path.is_dir() else ""))
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except Exception as exc:  # pickle errors, truncated files, foreign globals: all say the same to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"{path}: cannot load as a fair-esm checkpoint ({first})") from None
+    if isinstance(data, dict) and "args" in data and "cfg" not in data:
+        raise UserError(f"{path}: a fair-esm v1 checkpoint ('args', no 'cfg': ESM-1b, ESM-1v, MSA Transformer...), "
+                        f"not ESM-2")
     if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
         raise UserError(f"{path}: not a fair-esm checkpoint (expected keys 'cfg' and 'model')")
     cfg = data["cfg"]["model"] if isinstance(data["cfg"], dict) else getattr(data["cfg"], "model", None)
     spec = _spec_from_cfg(cfg, path)
     state = {_PREFIX.sub("", k): v for k, v in data["model"].items()}
-    missing = [k for k in required_keys(spec) if k not in state]
-    if missing:
-        raise UserError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {missing[0]}")
+    _check_esm2_layout(path, spec, state)
     return Weights(spec, state, {"weights": "checkpoint", "path": str(path.resolve()),
                                  "sha256": known_sha256 or sha256_file(path)})
+
+
+def _checkpoint_model_name(path: Path, spec: ModelSpec, quiet: bool) -> str:
+    """The model a checkpoint holds as recorded in the output: decided by its cfg, and said when the file name
+    is not a published model's name or names another one (ranks, `quiet`, reload what the parent reported)."""
+    arch = known_architecture(spec)
+    shape = f"{spec.num_layers} layers, {spec.embed_dim}-dim, {spec.attention_heads} heads"
+    said = f"{arch}'s architecture ({shape})" if arch else f"an ESM-2 of no published size ({shape})"
+    if path.stem == arch:
+        logger.info("%s: %s", path, said)
+        return arch
+    if path.stem in ARCHITECTURES:  # a renamed file: the name would label the output with the wrong model
+        name = arch or f"custom ESM-2 ({shape})"
+        reason = f"its name says {path.stem} but its cfg is {said}"
+    else:
+        name, reason = path.stem, f"its name is no published model's; its cfg is {said}"
+    if not quiet:
+        logger.warning("checkpoint %s: %s; recorded as model %r", path, reason, name)
+    return name
 
 
 def hub_checkpoint_path(model_name: str) -> Path:
@@ -186,15 +250,15 @@ def resolve_weights(model_name: str | None, checkpoint: str | None, random_weigh
     """
     if checkpoint and random_weights:
         raise UserError("--checkpoint and --random-weights exclude each other")
+    if model_name and model_name not in ARCHITECTURES:
+        raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(ARCHITECTURES)}")
     if checkpoint:
         weights = load_checkpoint(checkpoint, known_sha256)
-        if model_name and model_name in ARCHITECTURES and ARCHITECTURES[model_name] != weights.spec:
+        if model_name and ARCHITECTURES[model_name] != weights.spec:
             raise UserError(f"{checkpoint}: its architecture {asdict(weights.spec)} is not {model_name}'s")
-        weights.provenance["model"] = Path(checkpoint).stem
+        weights.provenance["model"] = _checkpoint_model_name(Path(checkpoint), weights.spec, quiet=bool(known_sha256))
         return weights
     model_name = model_name or DEFAULT_MODEL
-    if model_name not in ARCHITECTURES:
-        raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(ARCHITECTURES)}")
     spec = ARCHITECTURES[model_name]
     if random_weights:
         device = torch.device(device)

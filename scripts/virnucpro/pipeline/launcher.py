@@ -5,17 +5,20 @@ their summary or `error` with what went wrong. If a rank fails, or dies without 
 the parent stops the others with SIGTERM (they flush their checkpoints), waits a bounded time, and raises
 that rank's error: the command never hangs and never assembles a partial result. A SIGTERM to the parent
 (Slurm signals the whole job step) is forwarded, and once every rank has flushed the parent raises
-`Preempted` too.
+`Preempted` too. A rank dies with its parent: if the parent is SIGKILLed (OOM killer, `kill -9`), the kernel
+sends the rank SIGTERM (it flushes and exits), so no orphan keeps a GPU.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Callable
@@ -44,6 +47,31 @@ class RankOutOfMemory(MemoryError):
         self.peak_memory_gb = peak_memory_gb
 
 
+#: How long an orphaned rank (its parent gone) gets to flush and exit before it is ended outright.
+ORPHAN_GRACE_SECONDS = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, stop: StopFlag, poll_seconds: float = 0.5) -> None:
+    """Make this process stop when `parent_pid` ends: the kernel's parent-death signal (Linux), plus a watchdog
+    thread polling os.getppid() where that is unavailable or the parent died before it was armed. The stop is
+    a SIGTERM-like flush; after `ORPHAN_GRACE_SECONDS` the process exits regardless."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        logger.error("the launcher (pid %d) is gone: stopping this rank", parent_pid)
+        stop.set("parent exit")
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(EXIT_PREEMPTED)
+
+    threading.Thread(target=watch, name="virnucpro-parent-watchdog", daemon=True).start()
+
+
 #: Test hook: "RANK:BATCHES:crash|kill" makes that rank raise (or SIGKILL itself) after that many batches.
 FAULT_ENV = "VIRNUCPRO_INJECT_RANK_FAULT"
 
@@ -56,7 +84,7 @@ def _injected_fault(rank: int) -> tuple[str, int] | None:
     return (kind, int(batches)) if int(r) == rank else None
 
 
-def _rank_main(job: "RankJob", events, log_level: int) -> None:
+def _rank_main(job: "RankJob", events, log_level: int, parent_pid: int) -> None:
     """Entry point of a spawned rank: run it, report how it ended, exit with the matching code."""
     logging.basicConfig(level=log_level, format=f"%(levelname)s rank{job.rank} %(name)s: %(message)s")
     import torch
@@ -76,6 +104,7 @@ def _rank_main(job: "RankJob", events, log_level: int) -> None:
             raise RuntimeError(f"injected fault after {sent} batches ({FAULT_ENV})")
 
     with StopFlag() as stop:
+        die_with_parent(parent_pid, stop)
         try:
             summary = run_rank(job, stop, send_batch)
         except Preempted as exc:
@@ -95,6 +124,8 @@ def _rank_main(job: "RankJob", events, log_level: int) -> None:
         else:
             events.put(("done", job.rank, summary))
             code = 0
+    if os.getppid() != parent_pid:  # nobody reads the queue: waiting for its feeder could block forever
+        os._exit(code)
     events.close()
     events.join_thread()  # make sure the last message is out before the process ends
     sys.exit(code)
@@ -106,8 +137,8 @@ def launch_ranks(jobs: list["RankJob"], stop: StopFlag, on_batch: Callable[[dict
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     events = ctx.Queue()
     level = logging.getLogger().getEffectiveLevel()
-    procs = [ctx.Process(target=_rank_main, args=(job, events, level), name=f"virnucpro-rank{job.rank}")
-             for job in jobs]
+    procs = [ctx.Process(target=_rank_main, args=(job, events, level, os.getpid()),
+                         name=f"virnucpro-rank{job.rank}") for job in jobs]
     for p in procs:
         p.start()
     summaries: dict[int, dict] = {}

@@ -19,6 +19,7 @@ from typing import Any
 from virnucpro.models.weights import ModelSpec
 from virnucpro.report.significance import sweep_decision
 from virnucpro.report.stats import describe
+from virnucpro.utils.jsonfile import read_json
 from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, calculate_scaling_efficiency, steady_state
 
 #: The engine settings a sweep varies and the report shows.
@@ -210,8 +211,12 @@ def resumed_na_reason(*results: dict | None) -> str | None:
     return f"resumed run: {', '.join(names)}; rerun it without interruption to compare times" if names else None
 
 
+#: What every result has (`collect_result`, `measured_result`); a file without them is not one.
+RESULT_KEYS = ("label", "group", "status", "params")
+
+
 def load_results(paths: list[str | Path]) -> list[dict]:
-    return [json.loads(Path(p).read_text()) for p in paths]
+    return [read_json(p, "run-point/measure result", RESULT_KEYS) for p in paths]
 
 
 def best_point(results: list[dict], min_packing: float, min_gain: float = 0.02,

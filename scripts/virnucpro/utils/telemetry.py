@@ -21,6 +21,7 @@ from typing import Any
 
 from virnucpro.pipeline.output import write_json_atomic
 from virnucpro.utils.hardware import capture_hardware_info  # noqa: F401  (re-exported: plan 10-01's home for it)
+from virnucpro.utils.jsonfile import read_json
 
 logger = logging.getLogger("virnucpro.utils.telemetry")
 
@@ -204,7 +205,7 @@ def aggregate_telemetry_shards(shard_paths: list[str | Path]) -> dict[str, Any]:
     """Merge per-rank telemetry (seed plan 10-01): totals summed, elapsed = slowest shard, batches tagged."""
     if not shard_paths:
         raise ValueError("aggregate_telemetry_shards needs at least one shard")
-    shards = [json.loads(Path(p).read_text()) for p in shard_paths]
+    shards = [read_json(p, "telemetry shard", ("run_metadata", "summary", "per_batch_metrics")) for p in shard_paths]
     models = {json.dumps(s.get("run_metadata", {}).get("model")) for s in shards}
     if len(models) > 1:
         logger.warning("telemetry shards disagree on the model: %s", sorted(models))

@@ -1,0 +1,37 @@
+"""Reading the JSON files the workflow's small commands are given, refusing wrong ones in one line.
+
+A missing, truncated or foreign file passed to `best-config`, `scaling`, `merge-telemetry` or `report` is the
+user's input, not a bug: say which file and what is wrong with it (exit 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from virnucpro.errors import UserError
+
+
+def read_json(path: str | Path, what: str = "JSON file", keys: Iterable[str] = ()) -> Any:
+    """Parse `path`; with `keys`, it must be an object holding each of them (else it is not a `what`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                        f"expected a {what}") from None
+    keys = list(keys)
+    if keys:
+        missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise UserError(f"{path}: not a {what} (no {', '.join(repr(k) for k in missing)})")
+    return data

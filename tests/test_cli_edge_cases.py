@@ -1,0 +1,330 @@
+"""The command line under what a demanding user tries (issue 18): one line and the documented exit code, never a
+traceback; signals, memory limits and a killed launcher end cleanly. FASTA formats are in test_fasta.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from virnucpro import cli
+from virnucpro.data.fasta import write_fasta
+from virnucpro.data.synthetic import make_sequences
+from virnucpro.errors import UserError
+from virnucpro.models.weights import load_checkpoint, resolve_weights
+
+
+def run_main(capsys, *argv) -> tuple[int, list[str]]:
+    """`virnucpro ARGV` in this process: (exit code, non-empty stderr lines)."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def cli_cmd(*argv) -> list[str]:
+    return [sys.executable, "-m", "virnucpro.cli", *map(str, argv)]
+
+
+def assert_one_line(code: int, lines: list[str], expected_code: int, *fragments: str) -> None:
+    assert code == expected_code, lines
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines
+
+
+@pytest.fixture
+def small_fasta(tmp_path) -> Path:
+    path = tmp_path / "reads.fa"
+    write_fasta(path, *make_sequences(20, 1, "short-reads"))
+    return path
+
+
+# --- options: refused before anything runs, in one line --------------------------------------------------------
+
+BAD_OPTIONS = {
+    "target sequences 0": (["--target-sequences", "0"], "--target-sequences: must be a positive integer"),
+    "target sequences negative": (["--target-sequences", "-5"], "--target-sequences: must be a positive integer"),
+    "progress interval negative": (["--progress-interval", "-1"], "--progress-interval: must be a number >= 0"),
+    "progress interval nan": (["--progress-interval", "nan"], "--progress-interval: must be a number >= 0"),
+    "progress interval inf": (["--progress-interval", "inf"], "--progress-interval: must be a number >= 0"),
+    "seed negative": (["--seed", "-1"], "--seed: must be an integer >= 0"),
+    "token budget text": (["--token-budget", "16k"], "--token-budget: must be a positive integer, not '16k'"),
+    "device name": (["--device", "gpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+    "device index": (["--device", "cuda:x"], "--device: must be auto, cpu, cuda or cuda:N"),
+    "unknown option": (["--tokens", "5"], "unrecognized arguments: --tokens 5"),
+    "precision": (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_OPTIONS))
+def test_bad_embed_option_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, small_fasta, name):
+    extra, message = BAD_OPTIONS[name]
+    out = tmp_path / "out"
+    code, lines = run_main(capsys, "embed", small_fasta, "-o", out, "--random-weights", "--model",
+                           "esm2_t6_8M_UR50D", "--device", "cpu", *extra)
+    assert_one_line(code, lines, 2, message, "--help)")
+    assert not out.exists()
+
+
+def test_missing_required_option_is_one_line(capsys, small_fasta):
+    assert_one_line(*run_main(capsys, "embed", small_fasta), 2, "the following arguments are required: -o/--outdir")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["best-config", "r.json", "-o", "b.json", "--min-packing", "2"], "--min-packing: must be a number between 0"),
+    (["scaling", "r.json", "-o", "s.json", "--min-efficiency", "0"], "--min-efficiency: must be a percentage"),
+    (["make-fasta", "-o", "x.fa", "--num-sequences", "3", "--seed", "-1"], "--seed: must be an integer >= 0"),
+    (["make-fasta", "-o", "x.fa", "--num-sequences", "many"], "--num-sequences: must be a positive integer"),
+    (["sample", "x.fa", "--info", "i.json", "-n", "0"], "--num-sequences: must be a positive integer"),
+])
+def test_bad_numbers_of_the_other_commands(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line(*run_main(capsys, *argv), 2, message)
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_model_name_with_a_checkpoint_is_refused(capsys, tmp_path, small_fasta, tiny_checkpoint):
+    code, lines = run_main(capsys, "embed", small_fasta, "-o", tmp_path / "o", "--checkpoint", tiny_checkpoint,
+                           "--model", "esm2_t33_650M", "--device", "cpu")
+    assert_one_line(code, lines, 2, "unknown model 'esm2_t33_650M'")
+    assert not (tmp_path / "o").exists()
+
+
+# --- make-fasta output paths ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where, message", [
+    ("dir", "is a directory; give the FASTA file's name"),
+    ("", "is a directory; give the FASTA file's name"),  # -o '' is the current directory
+    ("afile/x.fa", "a parent of it is a file, not a directory"),
+])
+def test_make_fasta_output_that_cannot_be_a_file(capsys, tmp_path, monkeypatch, where, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "afile").write_text("keep me")
+    assert_one_line(*run_main(capsys, "make-fasta", "-o", where, "--num-sequences", "3"), 2, message)
+    assert (tmp_path / "afile").read_text() == "keep me" and not list((tmp_path / "dir").iterdir())
+
+
+# --- the workflow's small commands given missing or foreign files ----------------------------------------------
+
+def _files(tmp_path: Path) -> dict[str, Path]:
+    files = {"missing": tmp_path / "missing.json", "dir": tmp_path / "adir", "truncated": tmp_path / "trunc.json",
+             "list": tmp_path / "list.json", "foreign": tmp_path / "foreign.json"}
+    files["dir"].mkdir()
+    files["truncated"].write_text('{"label": "x", ')
+    files["list"].write_text("[1, 2]")
+    files["foreign"].write_text('{"hello": 1}')
+    return files
+
+
+JSON_CASES = {"missing": "no such", "dir": "is a directory", "truncated": "not valid JSON", "list": "not a",
+              "foreign": "not a"}
+
+
+@pytest.mark.parametrize("case", sorted(JSON_CASES))
+@pytest.mark.parametrize("command", ["best-config", "scaling", "merge-telemetry", "report"])
+def test_json_commands_refuse_missing_or_foreign_files(capsys, tmp_path, command, case):
+    bad = _files(tmp_path)[case]
+    out = tmp_path / "out.json"
+    argv = [command, bad, "-o", out] if command != "report" else [
+        command, bad, "--input-info", bad, "--config", bad, "--html", tmp_path / "r.html"]
+    code, lines = run_main(capsys, *argv)
+    assert_one_line(code, lines, 2, str(bad), JSON_CASES[case])
+    assert not out.exists() and not (tmp_path / "r.html").exists()
+
+
+def test_report_refuses_a_bad_input_info_after_good_results(capsys, tmp_path):
+    files = _files(tmp_path)
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"label": "a", "group": "baseline", "status": "failed", "params": {}}))
+    code, lines = run_main(capsys, "report", result, "--input-info", files["truncated"], "--config",
+                           files["foreign"], "--html", tmp_path / "r.html")
+    assert_one_line(code, lines, 2, "trunc.json: not valid JSON", "expected a sample --info JSON")
+
+
+def test_json_command_output_is_a_directory(capsys, tmp_path):
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"label": "a", "group": "production", "status": "failed", "params": {}}))
+    (tmp_path / "out").mkdir()
+    assert_one_line(*run_main(capsys, "scaling", result, "-o", tmp_path / "out"), 2, "out")
+
+
+# --- FASTA problems through the CLI ---------------------------------------------------------------------------
+
+def test_nul_byte_in_an_id_is_exit_2_naming_record_and_problem(capsys, tmp_path):
+    fasta = tmp_path / "nul.fa"
+    fasta.write_bytes(b">ok\nMKV\n>bad\x00id\nMKV\n")
+    code, lines = run_main(capsys, "embed", fasta, "-o", tmp_path / "o", "--random-weights", "--model",
+                           "esm2_t6_8M_UR50D", "--device", "cpu")
+    assert_one_line(code, lines, 2, "record id 'bad\\x00id' on line 3 contains a NUL byte")
+    assert not (tmp_path / "o").exists()
+
+
+def test_fasta_from_stdin(tmp_path):
+    info = tmp_path / "info.json"
+    res = subprocess.run(cli_cmd("sample", "-", "--info", info), input=">a\rMKV\r>b\rWW\r", capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(info.read_text())["num_sequences"] == 2 and json.loads(info.read_text())["path"] == "<stdin>"
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------------------------
+
+CTRL_C_TWICE = """
+import signal, sys, time
+from virnucpro import cli
+from virnucpro.pipeline import runner
+
+def run_embed(cfg, progress_stream=None, stop=None):  # stands in for a job mid-loop: Ctrl-C, then Ctrl-C again
+    cfg.outdir.mkdir(parents=True)
+    signal.raise_signal(signal.SIGINT)
+    assert stop.is_set()
+    signal.raise_signal(signal.SIGINT)
+    time.sleep(30)
+
+runner.run_embed = run_embed
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_twice_exits_130_in_one_line(tmp_path, small_fasta):
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-c", CTRL_C_TWICE, "embed", str(small_fasta), "-o", str(out),
+                          "--random-weights", "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    lines = [line for line in res.stderr.splitlines() if line.strip() and "SIGINT received" not in line]
+    assert res.returncode == 130, res.stderr
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in res.stderr, res.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed" and status["reason"] == "interrupted" and status["resumable"]
+
+
+# --- host memory limit -----------------------------------------------------------------------------------------
+
+def test_host_memory_limit_is_exit_3_not_a_traceback(tmp_path, small_fasta, tiny_checkpoint):
+    """Under `ulimit -v` Python starts but torch cannot be mapped / allocated: out of memory, exit 3."""
+    limit = 600 * 1024**2
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    res = subprocess.run(cli_cmd("embed", small_fasta, "-o", tmp_path / "o", "--checkpoint", tiny_checkpoint,
+                                 "--device", "cpu"), capture_output=True, text=True, preexec_fn=cap, timeout=120)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 3, res.stderr
+    assert "Traceback" not in res.stderr and any("out of memory" in line for line in lines), res.stderr
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+def test_legacy_format_checkpoint_loads(tmp_path, tiny_checkpoint):
+    legacy = tmp_path / "esm2_legacy.pt"
+    torch.save(torch.load(tiny_checkpoint, weights_only=False), legacy, _use_new_zipfile_serialization=False)
+    a, b = load_checkpoint(tiny_checkpoint), load_checkpoint(legacy)
+    assert a.spec == b.spec and a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+def test_checkpoint_named_after_no_model_says_what_it_is(tmp_path, tiny_checkpoint, caplog):
+    odd = tmp_path / "my_weights.pt"
+    odd.write_bytes(tiny_checkpoint.read_bytes())
+    with caplog.at_level("WARNING"):
+        w = resolve_weights(None, str(odd), False, 0)
+    assert w.provenance["model"] == "my_weights"
+    assert "no published size (2 layers, 64-dim, 4 heads)" in caplog.text
+
+
+def test_checkpoint_named_after_another_model_is_recorded_as_what_it_holds(tmp_path, tiny_checkpoint, caplog):
+    liar = tmp_path / "esm2_t33_650M_UR50D.pt"
+    liar.write_bytes(tiny_checkpoint.read_bytes())
+    with caplog.at_level("WARNING"):
+        w = resolve_weights(None, str(liar), False, 0)
+    assert w.provenance["model"] == "custom ESM-2 (2 layers, 64-dim, 4 heads)"
+    assert "its name says esm2_t33_650M_UR50D" in caplog.text
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    data = torch.load(src, weights_only=False)
+    edit(data)
+    torch.save(data, dst)
+    return dst
+
+
+@pytest.mark.parametrize("case, message", [
+    ("esm1b weights", "learned positional embeddings: an ESM-1"),
+    ("v1 format", "a fair-esm v1 checkpoint"),
+    ("cfg disagrees", "where an ESM-2 of 2 layers x 32 (its cfg) has"),
+])
+def test_checkpoint_that_is_not_esm2_is_refused(tmp_path, tiny_checkpoint, case, message):
+    def edit(data):
+        if case == "esm1b weights":
+            data["model"]["encoder.sentence_encoder.embed_positions.weight"] = torch.zeros(1026, 64)
+        elif case == "v1 format":
+            data["args"] = data.pop("cfg")["model"]
+        else:
+            data["cfg"]["model"].encoder_embed_dim = 32
+    bad = _rewrite(tiny_checkpoint, tmp_path / "esm2_bad.pt", edit)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_checkpoint(bad)
+
+
+# --- a killed launcher takes its ranks with it -----------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_of_the_launcher_stops_its_ranks(tmp_path, tiny_checkpoint):
+    fasta = tmp_path / "reads.fa"
+    write_fasta(fasta, *make_sequences(30000, 2, "short-reads"))  # minutes of work per rank: they must not finish
+    outdir = tmp_path / "out"
+    proc = subprocess.Popen(cli_cmd("embed", fasta, "-o", outdir, "--checkpoint", tiny_checkpoint, "--device", "cpu",
+                                    "--world-size", "3", "--token-budget", "1024", "--num-workers", "0",
+                                    "--checkpoint-every", "100"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while len({p.name.split("_")[1] for p in (outdir / ".partial").glob("chunk_r*.h5")}) < 3:  # all embedding
+            assert proc.poll() is None and time.monotonic() < deadline
+            ranks = _children(proc.pid) or ranks
+            time.sleep(0.2)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 3
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(r) for r in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(r) for r in ranks), "ranks outlived their launcher"
+    finally:
+        for pid in ranks:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
