@@ -170,3 +170,16 @@ def test_a_pipe_is_read(tmp_path):
     writer.join()
     assert (r.ids, r.seqs) == (["a", "b"], [b"MKVLL", b"WWC"])
     assert r.sha256 == hashlib.sha256(TEXT).hexdigest()
+
+
+def test_nucleotide_reads_are_warned_about(tmp_path, caplog):
+    f = tmp_path / "dna.fa"
+    f.write_text(">r1\nACGTACGTTAGCTAGCATCGATCGA\n>r2\nTTGACNNACGTAGCTAGCTAGGCAT\n>p\nMKVLAAGHTRWQ\n")
+    with caplog.at_level("WARNING"):
+        read_fasta(f)
+    assert "2 of 2 sequences of 20+ residues contain only A/C/G/T/U/N" in caplog.text
+    caplog.clear()
+    f.write_text(">p\nMKVLAAGHTRWQACGTMKVLAAG\n")
+    with caplog.at_level("WARNING"):
+        read_fasta(f)
+    assert "nucleotide" not in caplog.text

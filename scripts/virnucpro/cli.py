@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from virnucpro import __version__
 from virnucpro.argtypes import (OneLineParser, device_name, fraction, nonnegative_float, nonnegative_int,
                                 percentage, positive_int)
 from virnucpro.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED,
@@ -237,6 +238,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="virnucpro", description=__doc__.splitlines()[0],
                            **_help_style(f"{EMBED_EXAMPLE}\n  virnucpro embed --help"))
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_make_fasta(sub)
     _add_embed(sub)
@@ -491,6 +493,8 @@ def cmd_sample(args) -> int:
     from virnucpro.data.fasta import read_fasta, write_fasta
     from virnucpro.pipeline.output import write_json_atomic
 
+    if args.num_sequences is not None and args.output is None:
+        raise UserError("sample: --num-sequences needs -o/--output (the subset FASTA to write)")
     records = read_fasta(args.fasta)
     path = args.fasta
     ids, seqs = records.ids, records.seqs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ _INVALID = re.compile(rb"[^" + VALID_RESIDUES.encode() + rb"]")
 _WHITESPACE = re.compile(rb"\s+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+_NUCLEOTIDES = re.compile(rb"[ACGTUN]+")
+#: A protein of this length made of A/C/G/T/U/N letters only is vanishingly unlikely ((6/20)^20 < 1e-10).
+NUCLEOTIDE_MIN_LENGTH = 20
+
+logger = logging.getLogger("virnucpro.data.fasta")
 
 
 @dataclass
@@ -142,7 +148,19 @@ def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues:
         raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
     if not ids:
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
+    _warn_if_nucleotides(path, seqs)
     return Records(ids=ids, seqs=seqs, sha256=digest.hexdigest(), truncated=truncated)
+
+
+def _warn_if_nucleotides(path: Path, seqs: list[bytes]) -> None:
+    """DNA reads are valid letters for ESM-2 (A, C, G, T, N are amino acids) but embedding them is meaningless:
+    say so when most longer sequences are nucleotide-only (VirNucPro translates reads in six frames first)."""
+    longer = [s for s in seqs if len(s) >= NUCLEOTIDE_MIN_LENGTH]
+    dna = sum(1 for s in longer if _NUCLEOTIDES.fullmatch(s))
+    if longer and dna * 2 > len(longer):
+        logger.warning("%s: %d of %d sequences of %d+ residues contain only A/C/G/T/U/N: nucleotide reads? ESM-2 "
+                       "embeds proteins; translate them first (six frames, e.g. VirNucPro's preprocessing)", path, dna,
+                       len(longer), NUCLEOTIDE_MIN_LENGTH)
 
 
 def write_fasta(path: str | Path, ids: list[str], seqs: list[str], width: int = 60) -> None:
