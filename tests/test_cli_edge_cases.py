@@ -64,6 +64,8 @@ BAD_OPTIONS = {
     "device index": (["--device", "cuda:x"], "--device: must be auto, cpu, cuda or cuda:N"),
     "unknown option": (["--tokens", "5"], "unrecognized arguments: --tokens 5"),
     "precision": (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    "empty checkpoint": (["--checkpoint", ""], "argument --checkpoint: must not be empty"),  # "$CKPT" unset
+    "empty model": (["--model", " "], "argument --model: must not be empty"),
 }
 
 
@@ -332,12 +334,18 @@ def test_sigkill_of_the_launcher_stops_its_ranks(tmp_path, tiny_checkpoint):
 
 # --- found trying more cases ----------------------------------------------------------------------------------
 
-def test_closed_terminal_sighup_flushes_like_sigterm_unless_nohup():
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+def test_closed_terminal_or_slurm_warning_signal_flushes_like_sigterm(sig):
     from virnucpro.pipeline.preemption import StopFlag
 
     with StopFlag() as stop:
-        signal.raise_signal(signal.SIGHUP)
-        assert stop.is_set() and stop.signal_name == "SIGHUP"
+        signal.raise_signal(sig)  # default action: the process would die here
+        assert stop.is_set() and stop.signal_name == sig.name
+
+
+def test_sighup_stays_ignored_under_nohup():
+    from virnucpro.pipeline.preemption import StopFlag
+
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     try:
         with StopFlag():

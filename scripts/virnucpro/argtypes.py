@@ -44,6 +44,13 @@ fraction = _number(float, "a number between 0 and 1", lambda v: 0 <= v <= 1)
 percentage = _number(float, "a percentage between 0 and 100", lambda v: 0 < v <= 100)
 
 
+def nonempty(text: str) -> str:
+    """A name or path that must not be empty: `--checkpoint "$CKPT"` with CKPT unset would else pick defaults."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def device_name(text: str) -> str:
     """auto, cpu, cuda or cuda:N (whether that device exists is checked when the job starts)."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):

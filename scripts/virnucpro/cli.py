@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.argtypes import (OneLineParser, device_name, fraction, nonnegative_float, nonnegative_int,
-                                percentage, positive_int)
+from virnucpro.argtypes import (OneLineParser, device_name, fraction, nonnegative_float, nonempty,
+                                nonnegative_int, percentage, positive_int)
 from virnucpro.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED,
                               EXIT_USAGE, UserError)
 
@@ -72,12 +72,13 @@ def _embed_arguments(p, outdir: bool = True) -> None:
     p.add_argument("fasta", type=Path)
     if outdir:
         p.add_argument("-o", "--outdir", required=True, type=_nonempty_path)
-    p.add_argument("--model", default=d.model,
+    p.add_argument("--model", type=nonempty, default=d.model,
                    help="fair-esm model name (default: the checkpoint's architecture, else esm2_t36_3B_UR50D)")
-    p.add_argument("--checkpoint", help="path to a fair-esm esm2_*.pt file")
+    p.add_argument("--checkpoint", type=nonempty, help="path to a fair-esm esm2_*.pt file")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights for throughput work only; recorded as 'weights: random'")
-    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of --random-weights (default %(default)s)")
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed,
+                   help="seed of --random-weights (default %(default)s)")
     p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", type=device_name, default=d.device, help="auto, cpu, cuda or cuda:N")
@@ -149,7 +150,8 @@ def _add_bench(sub) -> None:
                    help="engines: this engine's precisions, comma-separated")
     p.add_argument("--fasta", type=Path, help="peers: one workload sampled from this FASTA instead of synthetic ones")
     p.add_argument("--checkpoint", help="engines, peers: a fair-esm checkpoint (default: random weights, --seed)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="engines, peers: seed of the random weights (and the sample)")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="engines, peers: seed of the random weights (and the sample)")
     p.add_argument("--workdir", type=Path, default=Path("results/bench"))
     p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
     p.add_argument("--job", action="append", default=[], metavar="MODEL:N:PROFILE",
@@ -765,9 +767,10 @@ def _host_out_of_memory(exc: BaseException) -> bool:
     """MemoryError, or a shared library that could not be mapped (torch's import under `ulimit -v`)."""
     if isinstance(exc, MemoryError):
         return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
     text = str(exc)
-    return isinstance(exc, OSError) and exc.errno == errno.ENOMEM or (
-        isinstance(exc, (ImportError, OSError)) and ("failed to map segment" in text or "annot allocate memory" in text))
+    return isinstance(exc, (ImportError, OSError)) and ("failed to map segment" in text or "allocate memory" in text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -787,12 +790,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virnucpro: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("virnucpro: interrupted (second Ctrl-C); checkpointed rows are kept, rerun to resume", file=sys.stderr)
+        resumable = "; checkpointed rows are kept, rerun to resume" if command in ("embed", "run-point") else ""
+        print(f"virnucpro: interrupted{resumable}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (MemoryError, ImportError, OSError) as exc:
         if _host_out_of_memory(exc):
-            print(f"virnucpro: out of memory ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                  f"; is a memory limit set, e.g. ulimit -v?)", file=sys.stderr)
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"virnucpro: out of memory ({exc.__class__.__name__}: {detail}; is a memory limit set, e.g. "
+                  f"ulimit -v?)", file=sys.stderr)
             return EXIT_OOM
         if isinstance(exc, OSError) and command in FILE_COMMANDS:
             where = exc.filename2 or exc.filename

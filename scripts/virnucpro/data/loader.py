@@ -144,7 +144,9 @@ def _identity(x):
 
 def _ignore_sigterm(worker_id: int) -> None:
     """Slurm signals every process of a step. A worker dying of SIGTERM makes torch raise in the main process at
-    an arbitrary point; ignoring it lets the main process finish its batch, flush, and shut the workers down."""
+    an arbitrary point; ignoring it lets the main process finish its batch, flush, and shut the workers down.
+    The same for SIGHUP and SIGUSR1, which the main process also answers with a flush (see `StopFlag`)."""
     import signal
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)

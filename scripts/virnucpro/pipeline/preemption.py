@@ -25,7 +25,8 @@ class Preempted(Exception):
 class StopFlag:
     """Set by SIGTERM/SIGINT while entered (`with StopFlag() as stop:`); handlers live in the main thread only.
 
-    SIGHUP (the terminal or ssh session closed) is treated like SIGTERM: flush and stop, not die mid-chunk."""
+    SIGHUP (the terminal or ssh session closed) and SIGUSR1 (Slurm's `--signal=USR1@SECONDS` warning before the
+    time limit) are treated like SIGTERM: flush and stop, where their default action would kill mid-chunk."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -50,9 +51,9 @@ class StopFlag:
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
-                    continue  # started under nohup: the user asked to survive a closed terminal
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                if sig in (signal.SIGHUP, signal.SIGUSR1) and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # e.g. started under nohup: the user asked to survive a closed terminal
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
