@@ -137,15 +137,18 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-sequences", type=positive_int, default=200,
                    help="accuracy: seed-mix sequences compared; peers with --fasta: sequences sampled from it")
-    p.add_argument("--seed-mix", type=nonnegative_int, default=10000, help="engines, peers: seed-mix sequences (0: left out)")
-    p.add_argument("--short-reads", type=nonnegative_int, default=50000, help="engines, peers: short-reads sequences (0: left out)")
+    p.add_argument("--seed-mix", type=nonnegative_int, default=10000,
+                   help="engines, peers: seed-mix sequences (0: left out)")
+    p.add_argument("--short-reads", type=nonnegative_int, default=50000,
+                   help="engines, peers: short-reads sequences (0: left out)")
     p.add_argument("--peer-subset", type=positive_int, default=3000,
                    help="engines: sequences of each workload given to the peers")
     p.add_argument("--fp32-subset", type=positive_int, default=500,
                    help="engines, peers: sequences given to the extract.py recipe (fair-esm fp32)")
     p.add_argument("--peer-budgets", type=_budgets, default=(16384, 32768, 65536),
                    help="engines, peers: token budgets tried for each peer and workload (default %(default)s)")
-    p.add_argument("--token-budget", type=positive_int, default=16384, help="accuracy, engines: this engine's token budget")
+    p.add_argument("--token-budget", type=positive_int, default=16384,
+                   help="accuracy, engines: this engine's token budget")
     p.add_argument("--engine-precisions", default="bf16,fp16",
                    help="engines: this engine's precisions, comma-separated")
     p.add_argument("--fasta", type=Path, help="peers: one workload sampled from this FASTA instead of synthetic ones")
@@ -760,7 +763,7 @@ def _stop_during_startup(signum, frame) -> None:
 
 
 #: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
-FILE_COMMANDS = {"make-fasta", "sample", "best-config", "report", "merge-telemetry", "scaling"}
+FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "report", "merge-telemetry", "scaling"}
 
 
 def _host_out_of_memory(exc: BaseException) -> bool:
