@@ -82,8 +82,8 @@ def perf03_verdicts(ok: list[dict], scaling: dict, th: dict) -> list[Verdict]:
         value, reason, status = None, None, "N/A"
         if n not in rows:
             reason = "no 1-rank run to compare with"
-        elif scaling[n]["not_comparable"]:  # a resumed run timed only part of the work
-            reason = scaling[n]["not_comparable"]
+        elif rows[n].get("not_comparable"):  # a resumed run timed only part of the work
+            reason = rows[n]["not_comparable"]
         else:
             sc = rows[n]
             value = sc["speedup"]
