@@ -239,3 +239,13 @@ def test_merge_telemetry_reads_the_shards_its_result_lists(tmp_path, capsys):
     assert main(["report", str(result), "--input-info", str(tmp_path / "nope.json"), "--config", str(result),
                  "--scaling", str(result), "--html", str(tmp_path / "r.html")]) == 2
     assert "--input-info" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+
+
+def test_perf03_of_a_resumed_run_is_na_with_scaling_json_reason():
+    from virnucpro.report.scaling import scaling_report
+    from virnucpro.report.verdicts import production_verdicts
+
+    runs = [production(1, 100.0, "cuda:0"), production(2, 52.0, "cuda:0")]
+    runs[1].update(resumed=True, resumed_sequences=300)
+    [v] = [v for v in production_verdicts(runs, {}, scaling_report(runs, 6_000_000, 10, 95)) if v.id == "PERF-03"]
+    assert v.status == "N/A" and v.value is None and "resumed run" in v.reason and "300" in v.reason
