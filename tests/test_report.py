@@ -228,8 +228,8 @@ def test_merge_telemetry_reads_the_shards_its_result_lists(tmp_path, capsys):
         t.record_batch(0, {"num_sequences": 3 + rank, "num_tokens": 30, "batch_seconds": 0.1})
         shards.append(t.finalize(elapsed_seconds=1.0))
     result = tmp_path / "ws2.json"
-    result.write_text(json.dumps({"status": "ok", "ranks": [{"rank": r, "telemetry": str(p)}
-                                                            for r, p in enumerate(shards)]}))
+    result.write_text(json.dumps({"label": "production_ws2", "group": "production", "params": {}, "status": "ok",
+                                  "ranks": [{"rank": r, "telemetry": str(p)} for r, p in enumerate(shards)]}))
     assert main(["merge-telemetry", "--result", str(result), "-o", str(tmp_path / "m.json")]) == 0
     merged = json.loads((tmp_path / "m.json").read_text())
     assert merged["summary"]["total_sequences"] == 7 and merged["run_metadata"]["shards"] == [str(p) for p in shards]
