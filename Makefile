@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(BIN)/snakemake
 
 test: $(STAMP)
+	$(BIN)/ruff check scripts tests
 	$(BIN)/python -m pytest -q tests
 
 clean:

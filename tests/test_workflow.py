@@ -99,7 +99,8 @@ def test_slurm_profile_layers_a_configfile_over_the_cluster_overlay(tmp_path):
     assert len(runs) == 15 + 3
     for cmd in runs:  # cluster.yaml's model, precision and device, x.yaml's budget and switch
         assert "--model esm2_t36_3B_UR50D --precision bf16" in cmd and "--device cuda" in cmd, cmd
-        assert "--exact-gelu" in cmd and ("--token-budget 2048" in cmd or "packing:" in cmd or "interaction:" in cmd), cmd
+        point = "--token-budget 2048" in cmd or "packing:" in cmd or "interaction:" in cmd
+        assert "--exact-gelu" in cmd and point, cmd
     # point 6: every GPU job on one node, with the partition and GPU model set once in the config
     gpu_jobs = [ln for ln in out.splitlines() if "resources:" in ln and "gpu=" in ln]
     assert len(gpu_jobs) == 3 + 1 + 2 + 15 + 1 and any("gpu=4" in ln for ln in gpu_jobs)

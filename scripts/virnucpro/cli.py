@@ -279,7 +279,8 @@ def _embed_config(args):
         random_weights=args.random_weights, seed=args.seed, precision=args.precision, device=args.device,
         token_budget=args.token_budget, buffer_size=args.buffer_size, num_workers=args.num_workers,
         prefetch_factor=args.prefetch_factor, checkpoint_every=args.checkpoint_every,
-        long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile, exact_gelu=args.exact_gelu,
+        long_sequences=args.long_sequences, repr_layer=args.repr_layer, compile=args.compile,
+        exact_gelu=args.exact_gelu,
         output_dtype=args.output_dtype, overwrite=args.overwrite, compile_cache=args.compile_cache,
         target_sequences=args.target_sequences, world_size=args.world_size, progress_interval=args.progress_interval,
     )
@@ -683,7 +684,8 @@ def cmd_report(args) -> int:
 
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge-telemetry", help="merge per-rank telemetry into one JSON (elapsed = slowest rank)",
-                       **_help_style("virnucpro merge-telemetry --result results/production/ws2.run.json -o merged.json"))
+                       **_help_style("virnucpro merge-telemetry --result results/production/ws2.run.json "
+                                     "-o merged.json"))
     p.add_argument("shards", nargs="*", type=Path, help="rank telemetry JSONs (or give --result)")
     p.add_argument("--result", type=Path, help="a run-point result JSON: merge the rank telemetry it lists")
     p.add_argument("-o", "--output", type=Path, required=True)

@@ -2,7 +2,8 @@
 
 Packing runs once, in the main process, over the whole input (workers only tokenize a batch they are handed),
 so every sequence comes out exactly once whatever the worker count. Within a lookahead buffer of
-`buffer_size` sequences, best-fit-decreasing (first-fit-decreasing that picks the tightest bin) fills bins of `token_budget` tokens; the least-full bin of each
+`buffer_size` sequences, best-fit-decreasing (first-fit-decreasing that picks the tightest bin) fills bins of
+`token_budget` tokens; the least-full bin of each
 buffer is not emitted but carried into the next buffer, which lifts packing efficiency close to 1.
 """
 

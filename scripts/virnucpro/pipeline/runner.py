@@ -108,7 +108,8 @@ class EmbedConfig:
         if self.num_workers < 0 or self.prefetch_factor < 1:
             raise UserError("--num-workers must be >= 0 and --prefetch-factor >= 1")
         if self.output_dtype not in output.OUTPUT_DTYPES:
-            raise UserError(f"--output-dtype must be one of {', '.join(output.OUTPUT_DTYPES)}, not {self.output_dtype!r}")
+            raise UserError(f"--output-dtype must be one of {', '.join(output.OUTPUT_DTYPES)}, "
+                            f"not {self.output_dtype!r}")
 
 
 def resolve_layer(repr_layer: int, num_layers: int) -> int:

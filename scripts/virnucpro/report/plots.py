@@ -40,7 +40,8 @@ def throughput_over_time(run: dict, warmup_seconds: float, warmup_batches: int) 
             k = steady["excluded_batches"]
             shade_end = max(shade_end, xs[k - 1])
     if shade_end:
-        ax.axvspan(0, shade_end, color="0.85", label=f"warm-up excluded ({warmup_seconds:g} s / {warmup_batches} batches)")
+        ax.axvspan(0, shade_end, color="0.85",
+                   label=f"warm-up excluded ({warmup_seconds:g} s / {warmup_batches} batches)")
     ax.set_xlabel("seconds since the first batch")
     ax.set_ylabel("k tokens/s per batch")
     ax.set_title(run["label"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from datetime import datetime, timezone
@@ -161,24 +160,29 @@ def generate_performance_report(telemetry_path: str | Path, output_path: str | P
         "",
         "Workload",
         f"  sequences: {s['total_sequences']:,}   tokens: {s['total_tokens']:,}   batches: {s['total_batches']:,}",
-        f"  runtime: {_fmt(s['elapsed_seconds'], ',.2f', ' s')}   sequences/hour: {_fmt(s['sequences_per_hour'], ',.0f')}",
+        f"  runtime: {_fmt(s['elapsed_seconds'], ',.2f', ' s')}   "
+        f"sequences/hour: {_fmt(s['sequences_per_hour'], ',.0f')}",
         f"  projected for {target:,} sequences: {_fmt(s.get('projected_hours'), '.2f', ' h')} (sequence-based), "
         f"{_fmt(s.get('projected_hours_tokens'), '.2f', ' h')} (token-based, "
         f"{s.get('projection_tokens_per_sequence')} tokens/sequence)",
         "Throughput",
-        f"  tokens/s: {_fmt(s['avg_tokens_per_sec'], ',.0f')}   sequences/s: {_fmt(s['avg_sequences_per_sec'], ',.1f')}",
+        f"  tokens/s: {_fmt(s['avg_tokens_per_sec'], ',.0f')}   "
+        f"sequences/s: {_fmt(s['avg_sequences_per_sec'], ',.1f')}",
         "Packing efficiency",
-        f"  average: {_fmt(s['avg_packing_efficiency'], '.3f')}   minimum: {_fmt(s['min_packing_efficiency'], '.3f')}   "
+        f"  average: {_fmt(s['avg_packing_efficiency'], '.3f')}   "
+        f"minimum: {_fmt(s['min_packing_efficiency'], '.3f')}   "
         f"batches below 0.80: {sum(1 for b in data['per_batch_metrics'] if (b.get('packing_efficiency') or 1) < 0.8)}",
         "DataLoader I/O",
-        f"  mean wait: {_fmt(s['avg_wait_time_ms'], '.2f', ' ms')}   p95 wait: {_fmt(s['p95_wait_time_ms'], '.2f', ' ms')}   "
+        f"  mean wait: {_fmt(s['avg_wait_time_ms'], '.2f', ' ms')}   "
+        f"p95 wait: {_fmt(s['p95_wait_time_ms'], '.2f', ' ms')}   "
         f"starved: {_fmt(s['pct_starved'], '.1f', ' %')}",
         "GPU utilisation",
         f"  average: {_fmt(s['avg_gpu_util'], '.1f', ' %')}",
     ]
     if "avg_checkpoint_write_ms" in s:
         lines += ["Checkpoint overhead",
-                  f"  mean write: {s['avg_checkpoint_write_ms']:.1f} ms   max queue depth: {s['max_checkpoint_queue_depth']}"]
+                  f"  mean write: {s['avg_checkpoint_write_ms']:.1f} ms   "
+                  f"max queue depth: {s['max_checkpoint_queue_depth']}"]
     hw = meta.get("hardware")
     if hw:
         gpus = ", ".join(hw.get("gpu_models") or []) or "none"
