@@ -140,7 +140,7 @@ def test_json_commands_refuse_missing_or_foreign_files(capsys, tmp_path, command
     bad = _files(tmp_path)[case]
     out = tmp_path / "out.json"
     argv = [command, bad, "-o", out] if command != "report" else [
-        command, bad, "--input-info", bad, "--config", bad, "--html", tmp_path / "r.html"]
+        command, bad, "--input-info", bad, "--config", bad, "--scaling", bad, "--html", tmp_path / "r.html"]
     code, lines = run_main(capsys, *argv)
     assert_one_line(code, lines, 2, str(bad), JSON_CASES[case])
     assert not out.exists() and not (tmp_path / "r.html").exists()
@@ -151,8 +151,8 @@ def test_report_refuses_a_bad_input_info_after_good_results(capsys, tmp_path):
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"label": "a", "group": "baseline", "status": "failed", "params": {}}))
     code, lines = run_main(capsys, "report", result, "--input-info", files["truncated"], "--config",
-                           files["foreign"], "--html", tmp_path / "r.html")
-    assert_one_line(code, lines, 2, "trunc.json: not valid JSON", "expected a sample --info JSON")
+                           files["foreign"], "--scaling", files["foreign"], "--html", tmp_path / "r.html")
+    assert_one_line(code, lines, 2, "trunc.json: not valid JSON", "--input-info")
 
 
 def test_json_command_output_is_a_directory(capsys, tmp_path):

@@ -739,6 +739,8 @@ def cmd_scaling(args) -> int:
 
     if args.target_sequences < 1 or args.max_hours <= 0:
         raise UserError("scaling: --target-sequences and --max-hours must be positive")
+    if args.output.is_dir():
+        raise UserError(f"{args.output}: is a directory; -o names the scaling JSON to write")
     report = scaling_report(load_results(args.results), args.target_sequences, args.max_hours, args.min_efficiency)
     write_json_atomic(args.output, report)
     for r in report["rows"]:
