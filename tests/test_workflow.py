@@ -254,7 +254,7 @@ def test_a_checkpoint_path_with_a_space_and_command_substitution_works_and_runs_
 
     root = copy_project(tmp_path / "wf")
     ckpt = write_fairesm_checkpoint(tmp_path / "my weights $(touch PWNED)" / "esm2_tiny_test.pt")
-    (root / "ckpt.yaml").write_text(f"model:\n  name: esm2_tiny_test\n  checkpoint: {json.dumps(str(ckpt))}\n"
+    (root / "ckpt.yaml").write_text(f"model:\n  name: ''\n  checkpoint: {json.dumps(str(ckpt))}\n"
                                     "  random_weights: false\n")
     res = snakemake("results/sweeps/baseline/baseline.json", "--configfile", "ci.yaml", "ckpt.yaml", cwd=root)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -103,7 +103,9 @@ def engine_args(overrides=None, world_size=1):
     """
     m, e = config["model"], {**config["engine"], **(overrides or {})}
     args = [
-        ("--model", m["name"]),
+        *(
+            [("--model", m["name"])] if m["name"] else []
+        ),  # empty: the checkpoint's own architecture
         ("--precision", m["precision"]),
         ("--seed", m["seed"]),
     ]
