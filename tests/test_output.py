@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from virnucpro.bench_scale import DiskPeak
 from virnucpro.data.fasta import read_fasta, write_fasta
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.errors import EXIT_IO, OutputError, UserError
@@ -295,33 +296,10 @@ def test_peak_disk_stays_within_1_15x_of_the_final_output(tmp_path, tiny_checkpo
     fasta = tmp_path / "r.fa"
     write_fasta(fasta, ids, seqs)
     out = tmp_path / "o"
-    peak, stop = [0], threading.Event()
-
-    def used() -> int:
-        total = 0
-        for root, _, files in os.walk(out):
-            if "telemetry" not in root:
-                for name in files:
-                    try:
-                        total += os.stat(os.path.join(root, name)).st_blocks * 512
-                    except FileNotFoundError:
-                        pass
-        return total
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], used())
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with DiskPeak(out, interval=0.005) as disk:  # allocated bytes, telemetry aside, sampled on a thread
         run_embed(config(fasta, out, tiny_checkpoint, checkpoint_every=500))
-    finally:
-        stop.set()
-        watcher.join()
     final = (out / "embeddings.h5").stat().st_blocks * 512
-    assert peak[0] <= 1.15 * final, (peak[0], final)
+    assert disk.peak <= 1.15 * final, (disk.peak, final)
 
 
 def test_a_damaged_manifest_is_a_clear_error(tmp_path):

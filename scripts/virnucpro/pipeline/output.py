@@ -68,6 +68,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def publish(tmp: Path, final: Path) -> None:
+    """Make a finished file durable under its final name: fsync it, rename it, fsync the directory."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(final)
+    fsync_dir(final.parent)
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w") as fh:
@@ -170,10 +178,7 @@ def create_data_file(path: Path, ids: list[str], dim: int, dtype: str, fingerpri
             f.attrs["fingerprint"] = json.dumps(fingerprint)
             f.attrs["run_key"] = run_key(fingerprint)
             f.attrs["complete"] = False
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-        fsync_dir(path.parent)
+        publish(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise io_error("create", path, exc) from None
@@ -226,10 +231,7 @@ def write_chunk(directory: Path, rank: int, indices: np.ndarray, digest: str, ke
         f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
         f.attrs["sha256"] = digest
         f.attrs["run_key"] = key
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(final)
-    fsync_dir(directory)
+    publish(tmp, final)
     return final
 
 
@@ -427,9 +429,6 @@ def finalize(directory: Path, out_path: Path, num_sequences: int, key: str, attr
             for name, value in attrs.items():
                 f.attrs[name] = json.dumps(value) if value is None or isinstance(value, (dict, list)) else value
             f.attrs["complete"] = True
-        with open(data, "rb+") as fh:
-            os.fsync(fh.fileno())
-        data.replace(out_path)
-        fsync_dir(out_path.parent)
+        publish(data, out_path)
     except OSError as exc:
         raise io_error("finish", data, exc) from None
