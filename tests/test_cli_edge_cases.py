@@ -157,7 +157,8 @@ def test_report_refuses_a_bad_input_info_after_good_results(capsys, tmp_path):
 
 def test_json_command_output_is_a_directory(capsys, tmp_path):
     result = tmp_path / "result.json"
-    result.write_text(json.dumps({"label": "a", "group": "production", "status": "failed", "params": {}}))
+    result.write_text(json.dumps({"label": "a", "group": "production", "status": "failed", "reason": "x",
+                                  "params": {"world_size": 1}}))
     (tmp_path / "out").mkdir()
     assert_one_line(*run_main(capsys, "scaling", result, "-o", tmp_path / "out"), 2, "out")
 

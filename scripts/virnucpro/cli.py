@@ -671,11 +671,11 @@ def cmd_report(args) -> int:
     from virnucpro.report.render import write_report
     from virnucpro.report.results import load_results
 
-    results = load_results(args.results)
-    previous = read_json(args.compare_to, "--compare-to")
-    ctx = write_report(results, read_json(args.input_info, "--input-info"), read_json(args.config, "--config"),
-                       read_json(args.best, "--best"), args.html, args.text, args.summary, args.merged,
-                       args.workflow_dir, read_json(args.scaling, "--scaling"), read_json(args.peers, "--peers"),
+    info, config = read_json(args.input_info, "--input-info"), read_json(args.config, "--config")
+    best, scaling = read_json(args.best, "--best"), read_json(args.scaling, "--scaling")
+    peers, previous = read_json(args.peers, "--peers"), read_json(args.compare_to, "--compare-to")
+    ctx = write_report(load_results(args.results), info, config, best, args.html, args.text, args.summary,
+                       args.merged, args.workflow_dir, scaling, peers,
                        (str(args.compare_to), previous) if previous is not None else None)
     c = ctx["verdict_counts"]
     print(f"report: {args.html} ({c['PASS']} PASS, {c['FAIL']} FAIL, {c['N/A']} N/A)")

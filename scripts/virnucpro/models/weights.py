@@ -250,11 +250,12 @@ def resolve_weights(model_name: str | None, checkpoint: str | None, random_weigh
     """
     if checkpoint and random_weights:
         raise UserError("--checkpoint and --random-weights exclude each other")
-    if model_name and model_name not in ARCHITECTURES:
+    label = bool(checkpoint) and model_name == Path(checkpoint).stem  # the name the output records for it anyway
+    if model_name and model_name not in ARCHITECTURES and not label:
         raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(ARCHITECTURES)}")
     if checkpoint:
         weights = load_checkpoint(checkpoint, known_sha256)
-        if model_name and ARCHITECTURES[model_name] != weights.spec:
+        if model_name in ARCHITECTURES and ARCHITECTURES[model_name] != weights.spec:
             raise UserError(f"{checkpoint}: its architecture {asdict(weights.spec)} is not {model_name}'s")
         weights.provenance["model"] = _checkpoint_model_name(Path(checkpoint), weights.spec, quiet=bool(known_sha256))
         return weights
