@@ -169,7 +169,7 @@ def test_best_json_is_shown_not_rechosen_and_no_winner_says_so(tmp_path):
     no_winner = {"label": None, "params": params, "steady": None, "speedup_over_baseline": None, "significant": False,
                  "speedup_ci95": [0.97, 1.04], "note": "no point beats the baseline beyond noise"}
     ctx, out = full_context(tmp_path, best=no_winner)
-    assert not ctx["winner"] and "No sweep point beats the baseline beyond noise" in out["html"]
+    assert not ctx["winner"] and "No winner:</b> no point beats the baseline beyond noise" in out["html"]
     assert "token_budget: 4096" in ctx["snippet"] and "Ready to paste" not in out["html"]
     summary = json.loads(out["json"])
     assert summary["best"]["significant"] is False and summary["best"]["speedup_ci95"] == [0.97, 1.04]
