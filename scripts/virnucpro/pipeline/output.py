@@ -394,13 +394,6 @@ def completed(out_path: Path, fingerprint: dict) -> bool:
     return existing_fingerprint(out_path) == json.loads(json.dumps(fingerprint))
 
 
-def read_summary(outdir: Path) -> dict | None:
-    try:
-        return json.loads((outdir / "status.json").read_text()).get("summary")
-    except (OSError, ValueError):
-        return None
-
-
 def discard_partial(directory: Path) -> None:
     """Remove the checkpoint records once the final file is in place."""
     shutil.rmtree(directory, ignore_errors=True)
