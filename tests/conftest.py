@@ -9,8 +9,9 @@ import pytest
 import torch
 
 
-def write_fairesm_checkpoint(path: Path, num_layers: int = 2, embed_dim: int = 64, heads: int = 4,
-                             seed: int = 0) -> Path:
+def write_fairesm_checkpoint(
+    path: Path, num_layers: int = 2, embed_dim: int = 64, heads: int = 4, seed: int = 0
+) -> Path:
     """Write `path` (stem must start with 'esm2') and its -contact-regression.pt neighbour like fair-esm's files.
 
     Every parameter gets random values (not fair-esm's init, whose zero biases and unit norms would hide bugs).
@@ -27,10 +28,14 @@ def write_fairesm_checkpoint(path: Path, num_layers: int = 2, embed_dim: int = 6
                 p.copy_(0.1 * torch.randn_like(p))
     state = model.state_dict()
     regression = {k: state.pop(k) for k in list(state) if k.startswith("contact_head.")}
-    packed = {("encoder." if k.startswith("lm_head") else "encoder.sentence_encoder.") + k: v
-              for k, v in state.items()}
-    cfg = argparse.Namespace(encoder_layers=num_layers, encoder_embed_dim=embed_dim,
-                             encoder_attention_heads=heads, token_dropout=True, arch="roberta_large")
+    packed = {("encoder." if k.startswith("lm_head") else "encoder.sentence_encoder.") + k: v for k, v in state.items()}
+    cfg = argparse.Namespace(
+        encoder_layers=num_layers,
+        encoder_embed_dim=embed_dim,
+        encoder_attention_heads=heads,
+        token_dropout=True,
+        arch="roberta_large",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"cfg": {"model": cfg}, "model": packed}, path)
     torch.save({"model": regression}, path.with_name(path.stem + "-contact-regression.pt"))

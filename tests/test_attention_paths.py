@@ -68,10 +68,17 @@ def test_segments_go_on_the_unbounded_grid_axis():
 @pytest.fixture
 def gpu_kernels(monkeypatch):
     def set_(triton: bool, varlen: bool) -> None:
-        monkeypatch.setattr(packed_esm2, "triton_available", lambda d, t: triton and d.type == "cuda"
-                            and t in (torch.float16, torch.bfloat16))
-        monkeypatch.setattr(packed_esm2, "varlen_available", lambda d, t: varlen and d.type == "cuda"
-                            and t in (torch.float16, torch.bfloat16))
+        monkeypatch.setattr(
+            packed_esm2,
+            "triton_available",
+            lambda d, t: triton and d.type == "cuda" and t in (torch.float16, torch.bfloat16),
+        )
+        monkeypatch.setattr(
+            packed_esm2,
+            "varlen_available",
+            lambda d, t: varlen and d.type == "cuda" and t in (torch.float16, torch.bfloat16),
+        )
+
     return set_
 
 

@@ -36,12 +36,43 @@ def test_pooling_once_per_batch_equals_extract_py_per_sequence_pooling(tiny_chec
 
 def test_bench_engines_on_cpu_with_a_tiny_model(tiny_checkpoint, tmp_path):
     out = tmp_path / "engines.json"
-    cmd = [sys.executable, "-m", "virnucpro.cli", "bench", "engines", "--checkpoint", str(tiny_checkpoint),
-           "--device", "cpu", "--seed-mix", "0", "--short-reads", "16", "--peer-subset", "16", "--fp32-subset", "6",
-           "--peer-budgets", "1024,2048", "--token-budget", "2048", "--engine-precisions", "bf16",
-           "--workdir", str(tmp_path / "work"), "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})
+    cmd = [
+        sys.executable,
+        "-m",
+        "virnucpro.cli",
+        "bench",
+        "engines",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--seed-mix",
+        "0",
+        "--short-reads",
+        "16",
+        "--peer-subset",
+        "16",
+        "--fp32-subset",
+        "6",
+        "--peer-budgets",
+        "1024,2048",
+        "--token-budget",
+        "2048",
+        "--engine-precisions",
+        "bf16",
+        "--workdir",
+        str(tmp_path / "work"),
+        "-o",
+        str(out),
+    ]
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = result["runs"]

@@ -73,8 +73,19 @@ BAD_OPTIONS = {
 def test_bad_embed_option_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, small_fasta, name):
     extra, message = BAD_OPTIONS[name]
     out = tmp_path / "out"
-    code, lines = run_main(capsys, "embed", small_fasta, "-o", out, "--random-weights", "--model",
-                           "esm2_t6_8M_UR50D", "--device", "cpu", *extra)
+    code, lines = run_main(
+        capsys,
+        "embed",
+        small_fasta,
+        "-o",
+        out,
+        "--random-weights",
+        "--model",
+        "esm2_t6_8M_UR50D",
+        "--device",
+        "cpu",
+        *extra,
+    )
     assert_one_line(code, lines, 2, message, "--help)")
     assert not out.exists()
 
@@ -83,13 +94,16 @@ def test_missing_required_option_is_one_line(capsys, small_fasta):
     assert_one_line(*run_main(capsys, "embed", small_fasta), 2, "the following arguments are required: -o/--outdir")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["best-config", "r.json", "-o", "b.json", "--min-packing", "2"], "--min-packing: must be a number between 0"),
-    (["scaling", "r.json", "-o", "s.json", "--min-efficiency", "0"], "--min-efficiency: must be a percentage"),
-    (["make-fasta", "-o", "x.fa", "--num-sequences", "3", "--seed", "-1"], "--seed: must be an integer >= 0"),
-    (["make-fasta", "-o", "x.fa", "--num-sequences", "many"], "--num-sequences: must be a positive integer"),
-    (["sample", "x.fa", "--info", "i.json", "-n", "0"], "--num-sequences: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["best-config", "r.json", "-o", "b.json", "--min-packing", "2"], "--min-packing: must be a number between 0"),
+        (["scaling", "r.json", "-o", "s.json", "--min-efficiency", "0"], "--min-efficiency: must be a percentage"),
+        (["make-fasta", "-o", "x.fa", "--num-sequences", "3", "--seed", "-1"], "--seed: must be an integer >= 0"),
+        (["make-fasta", "-o", "x.fa", "--num-sequences", "many"], "--num-sequences: must be a positive integer"),
+        (["sample", "x.fa", "--info", "i.json", "-n", "0"], "--num-sequences: must be a positive integer"),
+    ],
+)
 def test_bad_numbers_of_the_other_commands(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     assert_one_line(*run_main(capsys, *argv), 2, message)
@@ -97,19 +111,34 @@ def test_bad_numbers_of_the_other_commands(capsys, tmp_path, monkeypatch, argv, 
 
 
 def test_unknown_model_name_with_a_checkpoint_is_refused(capsys, tmp_path, small_fasta, tiny_checkpoint):
-    code, lines = run_main(capsys, "embed", small_fasta, "-o", tmp_path / "o", "--checkpoint", tiny_checkpoint,
-                           "--model", "esm2_t33_650M", "--device", "cpu")
+    code, lines = run_main(
+        capsys,
+        "embed",
+        small_fasta,
+        "-o",
+        tmp_path / "o",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--model",
+        "esm2_t33_650M",
+        "--device",
+        "cpu",
+    )
     assert_one_line(code, lines, 2, "unknown model 'esm2_t33_650M'")
     assert not (tmp_path / "o").exists()
 
 
 # --- make-fasta output paths ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where, message", [
-    ("dir", "is a directory; give the FASTA file's name"),
-    ("", "is a directory; give the FASTA file's name"),  # -o '' is the current directory
-    ("afile/x.fa", "a parent of it is a file, not a directory"),
-])
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("dir", "is a directory; give the FASTA file's name"),
+        ("", "is a directory; give the FASTA file's name"),  # -o '' is the current directory
+        ("afile/x.fa", "a parent of it is a file, not a directory"),
+    ],
+)
 def test_make_fasta_output_that_cannot_be_a_file(capsys, tmp_path, monkeypatch, where, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dir").mkdir()
@@ -120,9 +149,15 @@ def test_make_fasta_output_that_cannot_be_a_file(capsys, tmp_path, monkeypatch, 
 
 # --- the workflow's small commands given missing or foreign files ----------------------------------------------
 
+
 def _files(tmp_path: Path) -> dict[str, Path]:
-    files = {"missing": tmp_path / "missing.json", "dir": tmp_path / "adir", "truncated": tmp_path / "trunc.json",
-             "list": tmp_path / "list.json", "foreign": tmp_path / "foreign.json"}
+    files = {
+        "missing": tmp_path / "missing.json",
+        "dir": tmp_path / "adir",
+        "truncated": tmp_path / "trunc.json",
+        "list": tmp_path / "list.json",
+        "foreign": tmp_path / "foreign.json",
+    }
     files["dir"].mkdir()
     files["truncated"].write_text('{"label": "x", ')
     files["list"].write_text("[1, 2]")
@@ -130,8 +165,13 @@ def _files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-JSON_CASES = {"missing": "no such", "dir": "is a directory", "truncated": "not valid JSON", "list": "not a",
-              "foreign": "not a"}
+JSON_CASES = {
+    "missing": "no such",
+    "dir": "is a directory",
+    "truncated": "not valid JSON",
+    "list": "not a",
+    "foreign": "not a",
+}
 
 
 @pytest.mark.parametrize("case", sorted(JSON_CASES))
@@ -139,8 +179,11 @@ JSON_CASES = {"missing": "no such", "dir": "is a directory", "truncated": "not v
 def test_json_commands_refuse_missing_or_foreign_files(capsys, tmp_path, command, case):
     bad = _files(tmp_path)[case]
     out = tmp_path / "out.json"
-    argv = [command, bad, "-o", out] if command != "report" else [
-        command, bad, "--input-info", bad, "--config", bad, "--scaling", bad, "--html", tmp_path / "r.html"]
+    argv = (
+        [command, bad, "-o", out]
+        if command != "report"
+        else [command, bad, "--input-info", bad, "--config", bad, "--scaling", bad, "--html", tmp_path / "r.html"]
+    )
     code, lines = run_main(capsys, *argv)
     assert_one_line(code, lines, 2, str(bad), JSON_CASES[case])
     assert not out.exists() and not (tmp_path / "r.html").exists()
@@ -150,34 +193,60 @@ def test_report_refuses_a_bad_input_info_after_good_results(capsys, tmp_path):
     files = _files(tmp_path)
     result = tmp_path / "result.json"
     result.write_text(json.dumps({"label": "a", "group": "baseline", "status": "failed", "params": {}}))
-    code, lines = run_main(capsys, "report", result, "--input-info", files["truncated"], "--config",
-                           files["foreign"], "--scaling", files["foreign"], "--html", tmp_path / "r.html")
+    code, lines = run_main(
+        capsys,
+        "report",
+        result,
+        "--input-info",
+        files["truncated"],
+        "--config",
+        files["foreign"],
+        "--scaling",
+        files["foreign"],
+        "--html",
+        tmp_path / "r.html",
+    )
     assert_one_line(code, lines, 2, "trunc.json: not valid JSON", "--input-info")
 
 
 def test_json_command_output_is_a_directory(capsys, tmp_path):
     result = tmp_path / "result.json"
-    result.write_text(json.dumps({"label": "a", "group": "production", "status": "failed", "reason": "x",
-                                  "params": {"world_size": 1}}))
+    result.write_text(
+        json.dumps(
+            {"label": "a", "group": "production", "status": "failed", "reason": "x", "params": {"world_size": 1}}
+        )
+    )
     (tmp_path / "out").mkdir()
     assert_one_line(*run_main(capsys, "scaling", result, "-o", tmp_path / "out"), 2, "out")
 
 
 # --- FASTA problems through the CLI ---------------------------------------------------------------------------
 
+
 def test_nul_byte_in_an_id_is_exit_2_naming_record_and_problem(capsys, tmp_path):
     fasta = tmp_path / "nul.fa"
     fasta.write_bytes(b">ok\nMKV\n>bad\x00id\nMKV\n")
-    code, lines = run_main(capsys, "embed", fasta, "-o", tmp_path / "o", "--random-weights", "--model",
-                           "esm2_t6_8M_UR50D", "--device", "cpu")
+    code, lines = run_main(
+        capsys,
+        "embed",
+        fasta,
+        "-o",
+        tmp_path / "o",
+        "--random-weights",
+        "--model",
+        "esm2_t6_8M_UR50D",
+        "--device",
+        "cpu",
+    )
     assert_one_line(code, lines, 2, "record id 'bad\\x00id' on line 3 contains a NUL byte")
     assert not (tmp_path / "o").exists()
 
 
 def test_fasta_from_stdin(tmp_path):
     info = tmp_path / "info.json"
-    res = subprocess.run(cli_cmd("sample", "-", "--info", info), input=">a\rMKV\r>b\rWW\r", capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        cli_cmd("sample", "-", "--info", info), input=">a\rMKV\r>b\rWW\r", capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(info.read_text())["num_sequences"] == 2 and json.loads(info.read_text())["path"] == "<stdin>"
 
@@ -203,8 +272,23 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_ctrl_c_twice_exits_130_in_one_line(tmp_path, small_fasta):
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-c", CTRL_C_TWICE, "embed", str(small_fasta), "-o", str(out),
-                          "--random-weights", "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CTRL_C_TWICE,
+            "embed",
+            str(small_fasta),
+            "-o",
+            str(out),
+            "--random-weights",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in res.stderr.splitlines() if line.strip() and "SIGINT received" not in line]
     assert res.returncode == 130, res.stderr
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in res.stderr, res.stderr
@@ -214,6 +298,7 @@ def test_ctrl_c_twice_exits_130_in_one_line(tmp_path, small_fasta):
 
 # --- host memory limit -----------------------------------------------------------------------------------------
 
+
 def test_host_memory_limit_is_exit_3_not_a_traceback(tmp_path, small_fasta, tiny_checkpoint):
     """Under `ulimit -v` Python starts but torch cannot be mapped / allocated: out of memory, exit 3."""
     limit = 600 * 1024**2
@@ -221,14 +306,20 @@ def test_host_memory_limit_is_exit_3_not_a_traceback(tmp_path, small_fasta, tiny
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    res = subprocess.run(cli_cmd("embed", small_fasta, "-o", tmp_path / "o", "--checkpoint", tiny_checkpoint,
-                                 "--device", "cpu"), capture_output=True, text=True, preexec_fn=cap, timeout=120)
+    res = subprocess.run(
+        cli_cmd("embed", small_fasta, "-o", tmp_path / "o", "--checkpoint", tiny_checkpoint, "--device", "cpu"),
+        capture_output=True,
+        text=True,
+        preexec_fn=cap,
+        timeout=120,
+    )
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 3, res.stderr
     assert "Traceback" not in res.stderr and any("out of memory" in line for line in lines), res.stderr
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------
+
 
 def test_legacy_format_checkpoint_loads(tmp_path, tiny_checkpoint):
     legacy = tmp_path / "esm2_legacy.pt"
@@ -263,11 +354,14 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("case, message", [
-    ("esm1b weights", "learned positional embeddings: an ESM-1"),
-    ("v1 format", "a fair-esm v1 checkpoint"),
-    ("cfg disagrees", "where an ESM-2 of 2 layers x 32 (its cfg) has"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("esm1b weights", "learned positional embeddings: an ESM-1"),
+        ("v1 format", "a fair-esm v1 checkpoint"),
+        ("cfg disagrees", "where an ESM-2 of 2 layers x 32 (its cfg) has"),
+    ],
+)
 def test_checkpoint_that_is_not_esm2_is_refused(tmp_path, tiny_checkpoint, case, message):
     def edit(data):
         if case == "esm1b weights":
@@ -276,12 +370,14 @@ def test_checkpoint_that_is_not_esm2_is_refused(tmp_path, tiny_checkpoint, case,
             data["args"] = data.pop("cfg")["model"]
         else:
             data["cfg"]["model"].encoder_embed_dim = 32
+
     bad = _rewrite(tiny_checkpoint, tmp_path / "esm2_bad.pt", edit)
     with pytest.raises(UserError, match=re.escape(message)):
         load_checkpoint(bad)
 
 
 # --- a killed launcher takes its ranks with it -----------------------------------------------------------------
+
 
 def _children(pid: int) -> list[int]:
     kids = []
@@ -309,9 +405,28 @@ def test_sigkill_of_the_launcher_stops_its_ranks(tmp_path, tiny_checkpoint):
     fasta = tmp_path / "reads.fa"
     write_fasta(fasta, *make_sequences(12000, 2, "short-reads"))  # a minute of work per rank: they must not finish
     outdir = tmp_path / "out"
-    proc = subprocess.Popen(cli_cmd("embed", fasta, "-o", outdir, "--checkpoint", tiny_checkpoint, "--device", "cpu",
-                                    "--world-size", "2", "--token-budget", "1024", "--num-workers", "0",
-                                    "--checkpoint-every", "20"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli_cmd(
+            "embed",
+            fasta,
+            "-o",
+            outdir,
+            "--checkpoint",
+            tiny_checkpoint,
+            "--device",
+            "cpu",
+            "--world-size",
+            "2",
+            "--token-budget",
+            "1024",
+            "--num-workers",
+            "0",
+            "--checkpoint-every",
+            "20",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ranks: list[int] = []
     try:
         deadline = time.monotonic() + 180
@@ -334,6 +449,7 @@ def test_sigkill_of_the_launcher_stops_its_ranks(tmp_path, tiny_checkpoint):
 
 
 # --- found trying more cases ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
 def test_closed_terminal_or_slurm_warning_signal_flushes_like_sigterm(sig):

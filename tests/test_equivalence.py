@@ -47,8 +47,25 @@ def _write(path, ids, seqs):
 
 
 def _embed(fasta, outdir, checkpoint, *extra):
-    rc = main(["embed", str(fasta), "-o", str(outdir), "--checkpoint", str(checkpoint), "--device", "cpu",
-               "--precision", "fp32", "--num-workers", "0", "--token-budget", "2048", *extra])
+    rc = main(
+        [
+            "embed",
+            str(fasta),
+            "-o",
+            str(outdir),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--num-workers",
+            "0",
+            "--token-budget",
+            "2048",
+            *extra,
+        ]
+    )
     assert rc == 0
     with h5py.File(outdir / "embeddings.h5", "r") as f:
         return [x.decode() for x in f["ids"][()]], f["embeddings"][()], dict(f.attrs)
@@ -110,15 +127,35 @@ def test_half_precision_keeps_residual_stream_embeddings_and_norms_fp32(tmp_path
 
     weights = resolve_weights(None, str(tiny_checkpoint), False, 0, "cpu")
     vocab = Vocabulary.esm2()
-    model = PackedESM2.from_state_dict(weights.spec, weights.state_dict, vocab.cls_idx, vocab.eos_idx, "cpu",
-                                       torch.bfloat16)
-    dtypes = {type(m).__name__: {p.dtype for p in m.parameters(recurse=False)} for m in model.modules()
-              if any(True for _ in m.parameters(recurse=False))}
+    model = PackedESM2.from_state_dict(
+        weights.spec, weights.state_dict, vocab.cls_idx, vocab.eos_idx, "cpu", torch.bfloat16
+    )
+    dtypes = {
+        type(m).__name__: {p.dtype for p in m.parameters(recurse=False)}
+        for m in model.modules()
+        if any(True for _ in m.parameters(recurse=False))
+    }
     assert dtypes == {"Embedding": {torch.float32}, "LayerNorm": {torch.float32}, "Linear": {torch.bfloat16}}
     seqs = _sequences(np.random.default_rng(1))[:7]
     fasta = _write(tmp_path / "in.fa", [f"s{i}" for i in range(len(seqs))], seqs)
-    rc = main(["embed", str(fasta), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint), "--device",
-               "cpu", "--precision", "bf16", "--num-workers", "0", "--token-budget", "2048"])
+    rc = main(
+        [
+            "embed",
+            str(fasta),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--num-workers",
+            "0",
+            "--token-budget",
+            "2048",
+        ]
+    )
     assert rc == 0
     with h5py.File(tmp_path / "out" / "embeddings.h5", "r") as f:
         got, gelu = f["embeddings"][()], f.attrs["gelu"]

@@ -80,9 +80,24 @@ def test_bad_input_cli_exit_2_one_line_no_output(tmp_path, name):
     f = tmp_path / "bad.fa"
     f.write_bytes(content)
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "virnucpro.cli", "embed", str(f), "-o", str(out),
-                          "--model", "esm2_t6_8M_UR50D", "--random-weights", "--device", "cpu"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "virnucpro.cli",
+            "embed",
+            str(f),
+            "-o",
+            str(out),
+            "--model",
+            "esm2_t6_8M_UR50D",
+            "--random-weights",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], res.stderr

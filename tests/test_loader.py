@@ -38,7 +38,7 @@ def test_padding_fills_the_budget_in_short_segments_after_the_real_ones(lengths,
     cu = batch.cu_seqlens.tolist()
     assert cu[-1] == real + extra and batch.num_tokens == real and batch.num_sequences == len(seqs)
     assert cu[: len(seqs) + 1] == [0, *np.cumsum([n + 2 for n in lengths])]  # real segments untouched, first
-    pads = np.diff(cu[len(seqs):])
+    pads = np.diff(cu[len(seqs) :])
     assert (pads > 0).all() and (pads <= PAD_SEGMENT).all() and pads.sum() == extra
     assert batch.max_len == max(max(n + 2 for n in lengths), *(pads.tolist() or [0]))
     assert (batch.tokens[real:] == Vocabulary.esm2().padding_idx).all()

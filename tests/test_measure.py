@@ -22,9 +22,19 @@ from virnucpro.report.significance import sweep_decision, validation_check
 from virnucpro.report.stats import geometric_ci, ratio_ci, t_quantile
 
 
-@pytest.mark.parametrize("p, df, expected", [(0.975, 1, 12.706205), (0.975, 2, 4.302653), (0.975, 4, 2.776445),
-                                             (0.975, 10, 2.228139), (0.995, 3, 5.840909), (0.9, 5, 1.475884),
-                                             (0.025, 4, -2.776445), (0.975, 1e7, 1.959964)])
+@pytest.mark.parametrize(
+    "p, df, expected",
+    [
+        (0.975, 1, 12.706205),
+        (0.975, 2, 4.302653),
+        (0.975, 4, 2.776445),
+        (0.975, 10, 2.228139),
+        (0.995, 3, 5.840909),
+        (0.9, 5, 1.475884),
+        (0.025, 4, -2.776445),
+        (0.975, 1e7, 1.959964),
+    ],
+)
 def test_t_quantile_matches_tables(p, df, expected):
     assert t_quantile(p, df) == pytest.approx(expected, abs=2e-6)
 
@@ -46,9 +56,16 @@ def test_intervals_hand_values():
 
 def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95):
     reps = [rate * math.exp(rng.gauss(0.0, sigma)) for _ in range(repeats)]
-    return {"label": label, "group": group, "params": {"token_budget": 1}, "status": "ok", "reason": None,
-            "steady": {"min_packing_efficiency": packing, "avg_sequences_per_sec": sorted(reps)[1]},
-            "repeats": reps, "tokens_per_sec": {"repeats": [50 * x for x in reps]}}
+    return {
+        "label": label,
+        "group": group,
+        "params": {"token_budget": 1},
+        "status": "ok",
+        "reason": None,
+        "steady": {"min_packing_efficiency": packing, "avg_sequences_per_sec": sorted(reps)[1]},
+        "repeats": reps,
+        "tokens_per_sec": {"repeats": [50 * x for x in reps]},
+    }
 
 
 def simulated_sweep(rng, sigma, gains=(), points=15, job_sd=0.005):
@@ -65,15 +82,17 @@ def test_a_placebo_sweep_never_yields_a_winner_and_a_real_gain_is_found():
     rng = random.Random(13)
     # within-job noise at or below min_gain (a GPU over long windows), jobs drifting 0.5 %: no false winner at all
     for sigma in (0.002, 0.005, 0.01):
-        assert not any(sweep_decision(simulated_sweep(rng, sigma), 0.90, between_job_cv=0.01)["significant"]
-                       for _ in range(120)), sigma
+        assert not any(
+            sweep_decision(simulated_sweep(rng, sigma), 0.90, between_job_cv=0.01)["significant"] for _ in range(120)
+        ), sigma
     # any noise: the simultaneous intervals bound the false-winner rate by alpha/2 = 2.5 % per sweep
     for sigma in (0.03, 0.15):
         false = sum(sweep_decision(simulated_sweep(rng, sigma, job_sd=0.0), 0.90)["significant"] for _ in range(300))
         assert false <= 0.025 * 300 + 5, sigma  # + 2 binomial standard deviations
     # the test can fail: a true 15 % gain with 1 % noise is declared, as that point, nearly always
-    found = [sweep_decision(simulated_sweep(rng, 0.01, gains=(1.0, 1.15)), 0.90, between_job_cv=0.01)
-             for _ in range(50)]
+    found = [
+        sweep_decision(simulated_sweep(rng, 0.01, gains=(1.0, 1.15)), 0.90, between_job_cv=0.01) for _ in range(50)
+    ]
     assert sum(d["significant"] and d["label"] == "p1" for d in found) >= 45
     d = found[0]
     assert d["params"] == {"token_budget": 1} and d["comparisons"] == 15 and d["speedup_ci95"][0] > 1.02
@@ -91,11 +110,14 @@ def test_drift_between_jobs_needs_its_allowance():
 def test_unadjusted_intervals_would_crown_noise():
     """Why the intervals are simultaneous: 15 placebo points at plain 95 % produce winners far more often."""
     rng = random.Random(7)
-    adjusted = sum(sweep_decision(simulated_sweep(rng, 0.03, job_sd=0.0), 0.90, min_gain=0.0)["significant"]
-                   for _ in range(200))
+    adjusted = sum(
+        sweep_decision(simulated_sweep(rng, 0.03, job_sd=0.0), 0.90, min_gain=0.0)["significant"] for _ in range(200)
+    )
     rng = random.Random(7)
-    plain = sum(sweep_decision(simulated_sweep(rng, 0.03, job_sd=0.0), 0.90, 0.0, alpha=0.05 * 15)["significant"]
-                for _ in range(200))
+    plain = sum(
+        sweep_decision(simulated_sweep(rng, 0.03, job_sd=0.0), 0.90, 0.0, alpha=0.05 * 15)["significant"]
+        for _ in range(200)
+    )
     assert adjusted <= 0.025 * 200 + 4 and plain >= 3 * max(adjusted, 5)
 
 
@@ -137,13 +159,15 @@ def fake_stream(durations, tokens=100):
 
 def test_warm_up_stops_once_two_windows_agree_and_is_bounded():
     steady = [0.5, 0.3, 0.2] + [0.1] * 1000
-    record, start = warm_until_stable(fake_stream(steady), Protocol(warmup_window_seconds=0.3, warmup_max_seconds=10),
-                                      100, 0.0)
+    record, start = warm_until_stable(
+        fake_stream(steady), Protocol(warmup_window_seconds=0.3, warmup_max_seconds=10), 100, 0.0
+    )
     assert record["stabilised"] and record["window_tokens_per_sec"][-2:] == pytest.approx([1000.0, 1000.0])
     assert 1.0 < start < 2.0 and start == pytest.approx(record["seconds"])
     alternating = [0.1, 0.1, 0.1, 0.3] * 1000  # windows of 0.3 s alternate between 1000 and 333 tokens/s
-    record, start = warm_until_stable(fake_stream(alternating), Protocol(warmup_window_seconds=0.3,
-                                                                         warmup_max_seconds=2.0), 100, 0.0)
+    record, start = warm_until_stable(
+        fake_stream(alternating), Protocol(warmup_window_seconds=0.3, warmup_max_seconds=2.0), 100, 0.0
+    )
     assert not record["stabilised"] and 2.0 <= record["seconds"] < 2.0 + 0.3 + 0.3 + 1e-9
     assert is_stable(100, 101.9, 0.02) and not is_stable(100, 102.1, 0.02) and not is_stable(100, 97.9, 0.02)
 
@@ -175,9 +199,34 @@ def test_a_window_stops_at_its_time_and_cycles_the_input(workers):
 
 
 def measure(fasta, ckpt, result, label, group, *extra):
-    args = [str(fasta), "--checkpoint", str(ckpt), "--device", "cpu", "--precision", "fp32", "--token-budget", "512",
-            "--num-workers", "0", "--seconds", "0.4", "--repeats", "3", "--warmup-window", "0.2",
-            "--warmup-max", "1", "--result", str(result), "--label", label, "--group", group, *extra]
+    args = [
+        str(fasta),
+        "--checkpoint",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--token-budget",
+        "512",
+        "--num-workers",
+        "0",
+        "--seconds",
+        "0.4",
+        "--repeats",
+        "3",
+        "--warmup-window",
+        "0.2",
+        "--warmup-max",
+        "1",
+        "--result",
+        str(result),
+        "--label",
+        label,
+        "--group",
+        group,
+        *extra,
+    ]
     return cli.main(["measure", *args])
 
 
@@ -194,8 +243,23 @@ def test_a_real_placebo_sweep_on_cpu_declares_no_winner(tmp_path, tiny_checkpoin
     m = r["measurement"]
     assert m["warmup"]["window_tokens_per_sec"] and all(w["seconds"] >= 0.4 for w in m["windows"])
     best, tsv = tmp_path / "best.json", tmp_path / "sweeps.tsv"
-    assert cli.main(["best-config", *map(str, paths), "-o", str(best), "--tsv", str(tsv),
-                     "--between-job-cv", "0.05", "--min-packing", "0.5"]) == 0  # config.yaml's CPU allowance
+    assert (
+        cli.main(
+            [
+                "best-config",
+                *map(str, paths),
+                "-o",
+                str(best),
+                "--tsv",
+                str(tsv),
+                "--between-job-cv",
+                "0.05",
+                "--min-packing",
+                "0.5",
+            ]
+        )
+        == 0
+    )  # config.yaml's CPU allowance
     decision = json.loads(best.read_text())
     assert decision["significant"] is False and decision["label"] == "baseline" and decision["comparisons"] == 2
     assert decision["params"] == r["params"]
@@ -204,8 +268,12 @@ def test_a_real_placebo_sweep_on_cpu_declares_no_winner(tmp_path, tiny_checkpoin
     assert all(row["significant"] == "no" and row["seq_per_sec_ci95_low"] for row in rows)
     # the validation job: the recommended (baseline) settings measured again, compared with the baseline
     opt = tmp_path / "optimal.json"
-    assert measure(fasta, tiny_checkpoint, opt, "optimal", "optimal", "--params-from", str(best),
-                   "--baseline", str(paths[0])) == 0
+    assert (
+        measure(
+            fasta, tiny_checkpoint, opt, "optimal", "optimal", "--params-from", str(best), "--baseline", str(paths[0])
+        )
+        == 0
+    )
     v = json.loads(opt.read_text())["validation"]
     assert v["significant_claim"] is False and len(v["speedup_ci95"]) == 2
 

@@ -36,8 +36,24 @@ def test_shards_cover_everything_once_and_balance_tokens(lengths, world_size):
 
 
 def embed_cmd(fasta, outdir, ckpt, *extra):
-    return [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(outdir), "--checkpoint", str(ckpt),
-            "--device", "cpu", "--precision", "fp32", "--progress-interval", "0", *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "virnucpro.cli",
+        "embed",
+        str(fasta),
+        "-o",
+        str(outdir),
+        "--checkpoint",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--progress-interval",
+        "0",
+        *map(str, extra),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +70,26 @@ def read_h5(path):
 
 
 def test_two_processes_equal_one(tmp_path, reads_fasta, tiny_checkpoint):
-    one = subprocess.run(embed_cmd(reads_fasta, tmp_path / "one", tiny_checkpoint, "--token-budget", "2048"),
-                         capture_output=True, text=True)
-    two = subprocess.run(embed_cmd(reads_fasta, tmp_path / "two", tiny_checkpoint, "--token-budget", "2048",
-                                   "--world-size", "2", "--num-workers", "1"), capture_output=True, text=True)
+    one = subprocess.run(
+        embed_cmd(reads_fasta, tmp_path / "one", tiny_checkpoint, "--token-budget", "2048"),
+        capture_output=True,
+        text=True,
+    )
+    two = subprocess.run(
+        embed_cmd(
+            reads_fasta,
+            tmp_path / "two",
+            tiny_checkpoint,
+            "--token-budget",
+            "2048",
+            "--world-size",
+            "2",
+            "--num-workers",
+            "1",
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     ids1, emb1, _ = read_h5(tmp_path / "one" / "embeddings.h5")
@@ -82,9 +114,25 @@ def test_a_failing_rank_stops_the_job(tmp_path, reads_fasta, tiny_checkpoint, ki
     env = {**os.environ, FAULT_ENV: f"1:6:{kind}"}  # rank 1 fails after 6 batches (~60 reads)
     outdir = tmp_path / "out"
     t0 = time.monotonic()
-    res = subprocess.run(embed_cmd(reads_fasta, outdir, tiny_checkpoint, "--token-budget", "512", "--world-size", "2",
-                                   "--num-workers", "0", "--checkpoint-every", "20"),
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        embed_cmd(
+            reads_fasta,
+            outdir,
+            tiny_checkpoint,
+            "--token-budget",
+            "512",
+            "--world-size",
+            "2",
+            "--num-workers",
+            "0",
+            "--checkpoint-every",
+            "20",
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert time.monotonic() - t0 < 60
     assert res.returncode == 1, res.stderr
     assert "rank 1" in res.stderr
@@ -98,8 +146,13 @@ def test_a_failing_rank_stops_the_job(tmp_path, reads_fasta, tiny_checkpoint, ki
     # resumes exactly that and completes
     checkpointed = int(output.scan_partial(outdir / output.PARTIAL_DIR, 600).done.sum())
     assert checkpointed > 0
-    rerun = subprocess.run(embed_cmd(reads_fasta, outdir, tiny_checkpoint, "--token-budget", "512", "--world-size",
-                                     "2", "--num-workers", "0"), capture_output=True, text=True)
+    rerun = subprocess.run(
+        embed_cmd(
+            reads_fasta, outdir, tiny_checkpoint, "--token-budget", "512", "--world-size", "2", "--num-workers", "0"
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert rerun.returncode == 0, rerun.stderr
     meta = json.loads((outdir / "telemetry" / "telemetry_rank0.json").read_text())["run_metadata"]
     assert meta["resumed_sequences"] == checkpointed
@@ -108,7 +161,8 @@ def test_a_failing_rank_stops_the_job(tmp_path, reads_fasta, tiny_checkpoint, ki
 
 
 def test_world_size_beyond_visible_gpus_is_a_usage_error(tmp_path, reads_fasta, tiny_checkpoint):
-    res = subprocess.run(embed_cmd(reads_fasta, tmp_path / "o", tiny_checkpoint, "--world-size", "0"),
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        embed_cmd(reads_fasta, tmp_path / "o", tiny_checkpoint, "--world-size", "0"), capture_output=True, text=True
+    )
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--world-size" in res.stderr
     assert not (tmp_path / "o").exists()

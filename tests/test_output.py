@@ -62,8 +62,10 @@ def test_corrupt_torn_and_foreign_chunks_are_set_aside(tmp_path):
     (tmp_path / "chunk_r0_x.h5.tmp").write_bytes(b"partial")
     state = output.scan_partial(tmp_path, 6, layout, key)
     assert state.chunks == [good] and state.done.tolist() == [False] * 5 + [True]
-    assert {p.name for p in tmp_path.glob("*.corrupt")} == {rotten.with_suffix(".corrupt").name,
-                                                            torn.with_suffix(".corrupt").name}
+    assert {p.name for p in tmp_path.glob("*.corrupt")} == {
+        rotten.with_suffix(".corrupt").name,
+        torn.with_suffix(".corrupt").name,
+    }
     assert foreign.with_suffix(".foreign").exists()
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -98,8 +100,17 @@ def reads(tmp_path_factory):
 
 
 def config(reads, outdir, ckpt, **kw):
-    base = dict(fasta=reads, outdir=outdir, checkpoint=str(ckpt), device="cpu", precision="fp32", token_budget=512,
-                checkpoint_every=60, num_workers=0, progress_interval=0)
+    base = dict(
+        fasta=reads,
+        outdir=outdir,
+        checkpoint=str(ckpt),
+        device="cpu",
+        precision="fp32",
+        token_budget=512,
+        checkpoint_every=60,
+        num_workers=0,
+        progress_interval=0,
+    )
     return EmbedConfig(**{**base, **kw})
 
 
@@ -124,8 +135,9 @@ def test_result_is_one_file_in_input_order_and_no_partial_state_remains(reads, r
 
 
 @pytest.mark.parametrize("where", ["before_attrs", "before_rename", "after_rename"])
-def test_a_kill_during_finalisation_resumes_to_the_identical_result(reads, reference, tiny_checkpoint, tmp_path,
-                                                                    monkeypatch, where):
+def test_a_kill_during_finalisation_resumes_to_the_identical_result(
+    reads, reference, tiny_checkpoint, tmp_path, monkeypatch, where
+):
     """Stop the process at each step of finishing (a BaseException stands for SIGKILL: nothing after it runs),
     then run the same command again: the result equals an uninterrupted run's, and nothing else is left."""
 
@@ -138,11 +150,15 @@ def test_a_kill_during_finalisation_resumes_to_the_identical_result(reads, refer
         raise Killed()
 
     if where == "before_attrs":
-        monkeypatch.setattr(output.h5py, "File", lambda p, mode="r", **k: kill() if mode == "r+" else
-                            real_file(p, mode, **k))
+        monkeypatch.setattr(
+            output.h5py, "File", lambda p, mode="r", **k: kill() if mode == "r+" else real_file(p, mode, **k)
+        )
     elif where == "before_rename":
-        monkeypatch.setattr(output.Path, "replace", lambda self, target: kill() if target.name == "embeddings.h5"
-                            else real_replace(self, target))
+        monkeypatch.setattr(
+            output.Path,
+            "replace",
+            lambda self, target: kill() if target.name == "embeddings.h5" else real_replace(self, target),
+        )
     else:
         monkeypatch.setattr(output, "discard_partial", kill)
     with pytest.raises(Killed):
@@ -157,13 +173,31 @@ def test_a_kill_during_finalisation_resumes_to_the_identical_result(reads, refer
 
 
 def cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "virnucpro.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "virnucpro.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def embed_args(reads, outdir, ckpt, *extra):
-    return ("embed", reads, "-o", outdir, "--checkpoint", ckpt, "--device", "cpu", "--precision", "fp32",
-            "--token-budget", "512", "--checkpoint-every", "60", "--progress-interval", "0", *extra)
+    return (
+        "embed",
+        reads,
+        "-o",
+        outdir,
+        "--checkpoint",
+        ckpt,
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--token-budget",
+        "512",
+        "--checkpoint-every",
+        "60",
+        "--progress-interval",
+        "0",
+        *extra,
+    )
 
 
 def test_phases_cover_the_process_wall_time(reads, tiny_checkpoint, tmp_path):
@@ -256,15 +290,20 @@ def test_second_run_on_the_same_outdir_is_refused_while_the_first_holds_it(reads
 @pytest.mark.parametrize("case", ["file", "parent_file", "empty", "not_creatable"])
 def test_unusable_outdir_is_refused_before_loading(reads, tiny_checkpoint, tmp_path, case):
     (tmp_path / "f").write_text("x")
-    outdir = {"file": tmp_path / "f", "parent_file": tmp_path / "f" / "out", "empty": "",
-              "not_creatable": "/proc/virnucpro-test/out"}[case]
+    outdir = {
+        "file": tmp_path / "f",
+        "parent_file": tmp_path / "f" / "out",
+        "empty": "",
+        "not_creatable": "/proc/virnucpro-test/out",
+    }[case]
     res = cli(*embed_args(reads, outdir, tiny_checkpoint))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert "output directory" in res.stderr or "must name a directory" in res.stderr, res.stderr
 
 
-def test_a_full_disk_during_checkpoints_exits_promptly_and_a_rerun_resumes(reads, reference, tiny_checkpoint,
-                                                                          tmp_path, monkeypatch):
+def test_a_full_disk_during_checkpoints_exits_promptly_and_a_rerun_resumes(
+    reads, reference, tiny_checkpoint, tmp_path, monkeypatch
+):
     """ENOSPC from the writer thread with DataLoader workers running: a clear error, no hang; then resume."""
     real = output.write_rows
     state = {"chunks": 0}
@@ -278,8 +317,11 @@ def test_a_full_disk_during_checkpoints_exits_promptly_and_a_rerun_resumes(reads
     monkeypatch.setattr(output, "write_rows", full_after_a_while)
     out = tmp_path / "o"
     result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(
-        exc=pytest.raises(OutputError, run_embed, config(reads, out, tiny_checkpoint, num_workers=2))))
+    worker = threading.Thread(
+        target=lambda: result.update(
+            exc=pytest.raises(OutputError, run_embed, config(reads, out, tiny_checkpoint, num_workers=2))
+        )
+    )
     worker.start()
     worker.join(timeout=120)
     assert not worker.is_alive(), "the run hung after the write error"
@@ -308,8 +350,9 @@ def test_a_damaged_manifest_is_a_clear_error(tmp_path):
         output.check_manifest(tmp_path, {"a": 1})
 
 
-def test_output_deleted_mid_run_is_a_clear_error_and_a_rerun_finishes(reads, reference, tiny_checkpoint, tmp_path,
-                                                                     monkeypatch):
+def test_output_deleted_mid_run_is_a_clear_error_and_a_rerun_finishes(
+    reads, reference, tiny_checkpoint, tmp_path, monkeypatch
+):
     """`.partial` (with the data file) and `telemetry/` removed after the first chunk: a one-line OutputError
     (exit 74) instead of a traceback after all the work, and the rerun recomputes and finishes."""
     import shutil

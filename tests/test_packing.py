@@ -13,8 +13,11 @@ from virnucpro.errors import UserError
 
 
 @settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(1, 1022), min_size=0, max_size=400),
-       budget_extra=st.integers(0, 5000), buffer_size=st.integers(1, 500))
+@given(
+    lengths=st.lists(st.integers(1, 1022), min_size=0, max_size=400),
+    budget_extra=st.integers(0, 5000),
+    buffer_size=st.integers(1, 500),
+)
 def test_every_index_once_and_within_budget(lengths, budget_extra, buffer_size):
     budget = max([token_length(n) for n in lengths], default=1) + budget_extra
     batches = pack_batches(lengths, budget, buffer_size)
@@ -54,8 +57,9 @@ def test_budget_past_int32_offsets_is_refused_before_loading(tmp_path, capsys):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">a\nMKV\n")
     out = tmp_path / "out"
-    rc = main(["embed", str(fasta), "-o", str(out), "--random-weights", "--device", "cpu", "--token-budget",
-               str(2**31)])
+    rc = main(
+        ["embed", str(fasta), "-o", str(out), "--random-weights", "--device", "cpu", "--token-budget", str(2**31)]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "2,147,483,647" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (out / "embeddings.h5").exists()

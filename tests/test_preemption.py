@@ -31,9 +31,31 @@ def fasta(tmp_path_factory):
 
 
 def cmd(fasta, outdir, ckpt, world_size=1):
-    return [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(outdir), "--checkpoint", str(ckpt),
-            "--device", "cpu", "--precision", "fp32", "--token-budget", "256", "--checkpoint-every", "40",
-            "--num-workers", "1", "--world-size", str(world_size), "--progress-interval", "0"]
+    return [
+        sys.executable,
+        "-m",
+        "virnucpro.cli",
+        "embed",
+        str(fasta),
+        "-o",
+        str(outdir),
+        "--checkpoint",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--token-budget",
+        "256",
+        "--checkpoint-every",
+        "40",
+        "--num-workers",
+        "1",
+        "--world-size",
+        str(world_size),
+        "--progress-interval",
+        "0",
+    ]
 
 
 def checkpointed(outdir) -> int:
@@ -79,8 +101,10 @@ def test_random_kills_then_resume_equal_uninterrupted(tmp_path, fasta, tiny_chec
             status = json.loads((outdir / "status.json").read_text())
             assert status["status"] == "failed" and status["reason"] == "preempted" and status["resumable"]
             # everything this attempt computed was flushed before exiting
-            done_now = sum(json.loads(p.read_text())["summary"]["total_sequences"]
-                           for p in (outdir / "telemetry").glob("telemetry_rank*.json"))
+            done_now = sum(
+                json.loads(p.read_text())["summary"]["total_sequences"]
+                for p in (outdir / "telemetry").glob("telemetry_rank*.json")
+            )
             assert after == before + done_now, (before, done_now, after)
             assert "rerun the same command to resume" in err
         assert not (outdir / "embeddings.h5").exists()

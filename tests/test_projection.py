@@ -15,12 +15,20 @@ PHASES = {"read_input": 2.0, "load_weights": 10.0, "compile": 5.0, "warmup": 3.0
 
 
 def run(ws=1, sps=10.0, tps=1000.0, phases=PHASES, n=1000, device="cuda:0", status="ok"):
-    return {"label": f"production_ws{ws}", "group": "production", "status": status, "params": {"world_size": ws},
-            "summary": {"total_sequences": n, "elapsed_seconds": n / sps, "projection_tokens_per_sequence": 50.0},
-            "steady": {"avg_sequences_per_sec": sps, "avg_tokens_per_sec": tps, "p95_wait_time_ms": 1.0},
-            "phases": phases, "job_wall_seconds": 124.0 if phases else None,
-            "ranks": [{"rank": r, "device": device, "steady": {"avg_gpu_util": 90.0, "avg_packing_efficiency": 0.95}}
-                      for r in range(ws)]}
+    return {
+        "label": f"production_ws{ws}",
+        "group": "production",
+        "status": status,
+        "params": {"world_size": ws},
+        "summary": {"total_sequences": n, "elapsed_seconds": n / sps, "projection_tokens_per_sequence": 50.0},
+        "steady": {"avg_sequences_per_sec": sps, "avg_tokens_per_sec": tps, "p95_wait_time_ms": 1.0},
+        "phases": phases,
+        "job_wall_seconds": 124.0 if phases else None,
+        "ranks": [
+            {"rank": r, "device": device, "steady": {"avg_gpu_util": 90.0, "avg_packing_efficiency": 0.95}}
+            for r in range(ws)
+        ],
+    }
 
 
 def test_projection_hand_values():
@@ -56,17 +64,22 @@ def test_without_usable_phases_the_job_is_na_never_zero(phases):
     p = projection(run(phases=phases), 100_000, 50.0)
     assert p["job_hours"] is None and p["job_hours_tokens"] is None and "phases" in p["na_reason"]
     assert p["loop_hours"] == pytest.approx(10_000 / 3600)  # the loop alone is still projected
-    perf01 = [v for v in production_verdicts([run(phases=phases)], {"target_sequences": 100_000},
-                                             scaling_report([run(phases=phases)], 100_000, 10, 95))
-              if v.id == "PERF-01"]
+    perf01 = [
+        v
+        for v in production_verdicts(
+            [run(phases=phases)], {"target_sequences": 100_000}, scaling_report([run(phases=phases)], 100_000, 10, 95)
+        )
+        if v.id == "PERF-01"
+    ]
     assert [v.status for v in perf01] == ["N/A", "N/A"] and all(v.value is None for v in perf01)
     assert "loop alone: 2.78 h" in perf01[0].reason
 
 
 def test_perf01_is_judged_on_job_hours_not_loop_hours():
     # loop 2.78 h, job 2.95 h: a 2.9 h limit passes on the loop and must fail on the job
-    verdicts = production_verdicts([run()], {"target_sequences": 100_000, "max_hours": 2.9},
-                                   scaling_report([run()], 100_000, 2.9, 95))
+    verdicts = production_verdicts(
+        [run()], {"target_sequences": 100_000, "max_hours": 2.9}, scaling_report([run()], 100_000, 2.9, 95)
+    )
     seq = next(v for v in verdicts if v.id == "PERF-01" and "sequence-based" in v.title)
     assert seq.status == "FAIL" and seq.value == pytest.approx(10_618 / 3600)
 
@@ -86,8 +99,12 @@ def test_scaling_report_at_target_and_model_hand_values():
     assert grid[(1, 4)] == pytest.approx((18 + 150 + 2_500) / 3600)  # 4 jobs on quarter shards
     need = model["gpus_needed"]
     # within 1 h (3,582 s after the fixed 18 s): 1-GPU jobs need ceil(10,600 / 3,582) = 3; one job needs 4 GPUs
-    assert need["fewest_gpus"] == {"gpus_per_job": 1, "jobs": 3, "gpus": 3,
-                                   "job_hours": pytest.approx((18 + 200 + 10_000 / 3) / 3600)}
+    assert need["fewest_gpus"] == {
+        "gpus_per_job": 1,
+        "jobs": 3,
+        "gpus": 3,
+        "job_hours": pytest.approx((18 + 200 + 10_000 / 3) / 3600),
+    }
     assert need["as_one_job"]["gpus_per_job"] == 4 and need["as_one_job"]["job_hours"] == pytest.approx(3_118 / 3600)
     assert all(g["job_hours"] <= 1.0 for g in need["per_gpus_per_job"])
     assert "model, not a measurement" in model["assumptions"]

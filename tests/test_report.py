@@ -9,8 +9,14 @@ from virnucpro.report.results import best_point, checkpoint_overhead, job_steady
 
 
 def test_nothing_run_renders_every_verdict_as_na_with_escaped_provenance(tmp_path):
-    info = {"path": "/data/<b>x</b>&.fa", "sha256": "ab", "num_sequences": 3, "mean_length": 4.0,
-            "source": "production", "example_ids": ["<script>alert(1)</script>"]}
+    info = {
+        "path": "/data/<b>x</b>&.fa",
+        "sha256": "ab",
+        "num_sequences": 3,
+        "mean_length": 4.0,
+        "source": "production",
+        "example_ids": ["<script>alert(1)</script>"],
+    }
     ctx = build_context([], info, {"model": {"name": "m<i>"}}, None, tmp_path)
     html = render_html({**ctx, "merged_links": []})
     assert "/data/&lt;b&gt;x&lt;/b&gt;&amp;.fa" in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -22,15 +28,27 @@ def test_nothing_run_renders_every_verdict_as_na_with_escaped_provenance(tmp_pat
 
 def point(label, sps, pack, status="ok", group="packing", elapsed=10.0):
     steady = {"avg_sequences_per_sec": sps, "min_packing_efficiency": pack} if status == "ok" else None
-    return {"label": label, "group": group, "status": status, "steady": steady, "params": {"checkpoint_every": 5},
-            "summary": {"elapsed_seconds": elapsed}, "reason": None if status == "ok" else "OOM",
-            "repeats": [sps * f for f in (0.99, 1.0, 1.01)] if status == "ok" else []}
+    return {
+        "label": label,
+        "group": group,
+        "status": status,
+        "steady": steady,
+        "params": {"checkpoint_every": 5},
+        "summary": {"elapsed_seconds": elapsed},
+        "reason": None if status == "ok" else "OOM",
+        "repeats": [sps * f for f in (0.99, 1.0, 1.01)] if status == "ok" else [],
+    }
 
 
 def test_best_point_needs_enough_packing_a_finished_run_and_a_significant_gain():
     base = point("base", 100, 0.95, group="baseline")
-    pts = [base, point("fast_but_sparse", 300, 0.80), point("good", 200, 0.95), point("oom", 0, 0, "failed"),
-           point("slower", 150, 0.99)]
+    pts = [
+        base,
+        point("fast_but_sparse", 300, 0.80),
+        point("good", 200, 0.95),
+        point("oom", 0, 0, "failed"),
+        point("slower", 150, 0.99),
+    ]
     assert best_point(pts, 0.90)["label"] == "good"
     # nothing eligible beats the baseline: the recommendation is the baseline itself, not the fastest point
     assert best_point([base] + pts[1:2] + pts[3:4], 0.90)["label"] == "base"
@@ -41,12 +59,32 @@ def test_best_point_needs_enough_packing_a_finished_run_and_a_significant_gain()
 def test_checkpoint_overhead_and_job_steady_hand_values():
     assert checkpoint_overhead(point("on", 1, 1, elapsed=11.5), point("off", 1, 1, elapsed=10.0)) == 15.0
     assert checkpoint_overhead(None, point("off", 1, 1)) is None
-    ranks = [{"steady": {"avg_tokens_per_sec": 100.0, "avg_sequences_per_sec": 2.0, "p95_wait_time_ms": 3.0,
-                         "avg_gpu_util": 90.0, "avg_packing_efficiency": 0.95, "warmup_excluded": True,
-                         "excluded_batches": 20, "total_batches": 80}},
-             {"steady": {"avg_tokens_per_sec": 300.0, "avg_sequences_per_sec": 6.0, "p95_wait_time_ms": 9.0,
-                         "avg_gpu_util": None, "avg_packing_efficiency": 0.91, "warmup_excluded": False,
-                         "excluded_batches": 0, "total_batches": 10}}]
+    ranks = [
+        {
+            "steady": {
+                "avg_tokens_per_sec": 100.0,
+                "avg_sequences_per_sec": 2.0,
+                "p95_wait_time_ms": 3.0,
+                "avg_gpu_util": 90.0,
+                "avg_packing_efficiency": 0.95,
+                "warmup_excluded": True,
+                "excluded_batches": 20,
+                "total_batches": 80,
+            }
+        },
+        {
+            "steady": {
+                "avg_tokens_per_sec": 300.0,
+                "avg_sequences_per_sec": 6.0,
+                "p95_wait_time_ms": 9.0,
+                "avg_gpu_util": None,
+                "avg_packing_efficiency": 0.91,
+                "warmup_excluded": False,
+                "excluded_batches": 0,
+                "total_batches": 10,
+            }
+        },
+    ]
     s = job_steady(ranks, 7200, 50.0)
     assert s["avg_tokens_per_sec"] == 400.0 and s["avg_sequences_per_sec"] == 8.0
     assert s["projected_hours"] == 7200 / 8.0 / 3600 and s["projected_hours_tokens"] == 7200 * 50 / 400 / 3600
@@ -70,10 +108,18 @@ def test_flop_utilisation_hand_values_and_na_without_a_measured_rate():
 
 def production(n, elapsed, device):
     steady = {"projected_hours": 5.0, "projected_hours_tokens": 4.0, "p95_wait_time_ms": 1.0}
-    ranks = [{"rank": r, "device": device, "steady": {"avg_gpu_util": 80.0, "avg_packing_efficiency": 0.95}}
-             for r in range(n)]
-    return {"label": f"ws{n}", "status": "ok", "params": {"world_size": n}, "summary": {"elapsed_seconds": elapsed},
-            "steady": steady, "ranks": ranks}
+    ranks = [
+        {"rank": r, "device": device, "steady": {"avg_gpu_util": 80.0, "avg_packing_efficiency": 0.95}}
+        for r in range(n)
+    ]
+    return {
+        "label": f"ws{n}",
+        "status": "ok",
+        "params": {"world_size": n},
+        "summary": {"elapsed_seconds": elapsed},
+        "steady": steady,
+        "ranks": ranks,
+    }
 
 
 def test_perf03_hand_values_on_gpus_and_na_on_cpu_processes():
@@ -128,8 +174,14 @@ def full_context(tmp_path, best=None, peers=None, previous=None):
         r = production(n, elapsed, "cuda:0")
         r["steady"].update(avg_sequences_per_sec=10.0 * n, avg_tokens_per_sec=510.0 * n, min_packing_efficiency=0.95)
         r["summary"]["total_sequences"] = 1000
-        r["phases"] = {"read_input": 1.0, "load_weights": 5.0, "compile": 2.0, "warmup": 1.0,
-                       "loop": elapsed, "finalize": 2.0}
+        r["phases"] = {
+            "read_input": 1.0,
+            "load_weights": 5.0,
+            "compile": 2.0,
+            "warmup": 1.0,
+            "loop": elapsed,
+            "finalize": 2.0,
+        }
         r["group"], r["label"] = "production", f"production_ws{n}"
         for k in r["ranks"]:
             k["telemetry"] = str(tmp_path / f"ws{n}_rank{k['rank']}.json")
@@ -142,8 +194,20 @@ def full_context(tmp_path, best=None, peers=None, previous=None):
     info = {"path": "/x.fa", "sha256": "ab", "num_sequences": 1000, "mean_length": 49.0, "source": "synthetic"}
     tmp_path.mkdir(parents=True, exist_ok=True)
     paths = {k: tmp_path / f"report.{k}" for k in ("html", "txt", "json")}
-    ctx = write_report(results, info, {"targets": {"target_sequences": 100_000}}, best, paths["html"], paths["txt"],
-                       paths["json"], [], None, scaling_report(runs, 100_000, 10, 95), peers, previous)
+    ctx = write_report(
+        results,
+        info,
+        {"targets": {"target_sequences": 100_000}},
+        best,
+        paths["html"],
+        paths["txt"],
+        paths["json"],
+        [],
+        None,
+        scaling_report(runs, 100_000, 10, 95),
+        peers,
+        previous,
+    )
     return ctx, {k: p.read_text() for k, p in paths.items()}
 
 
@@ -153,8 +217,9 @@ def test_report_txt_html_and_summary_render_the_same_verdicts(tmp_path):
     assert len(from_html) == len(ctx["verdicts"]) >= 8
     assert from_text == from_html
     summary = json.loads(out["json"])
-    assert [(v["id"], v["status"], v["scope"], v["title"]) for v in summary["verdicts"]] == \
-        [row[:4] for row in from_html]
+    assert [(v["id"], v["status"], v["scope"], v["title"]) for v in summary["verdicts"]] == [
+        row[:4] for row in from_html
+    ]
     perf01 = [v for v in summary["verdicts"] if v["id"] == "PERF-01"]
     # widest run: read and finalize x 100, fixed 8 s + 2 s of loop ramp (52 s for 1,000 at 20/s), 20 sequences/s
     job = (1 * 100 + 2 * 100 + 8 + 2 + 100_000 / 20) / 3600
@@ -166,15 +231,28 @@ def test_report_txt_html_and_summary_render_the_same_verdicts(tmp_path):
 
 def test_best_json_is_shown_not_rechosen_and_no_winner_says_so(tmp_path):
     params = {"token_budget": 4096, "buffer_size": 2000, "num_workers": 1, "prefetch_factor": 2}
-    no_winner = {"label": None, "params": params, "steady": None, "speedup_over_baseline": None, "significant": False,
-                 "speedup_ci95": [0.97, 1.04], "note": "no point beats the baseline beyond noise"}
+    no_winner = {
+        "label": None,
+        "params": params,
+        "steady": None,
+        "speedup_over_baseline": None,
+        "significant": False,
+        "speedup_ci95": [0.97, 1.04],
+        "note": "no point beats the baseline beyond noise",
+    }
     ctx, out = full_context(tmp_path, best=no_winner)
     assert not ctx["winner"] and "No winner:</b> no point beats the baseline beyond noise" in out["html"]
     assert "token_budget: 4096" in ctx["snippet"] and "Ready to paste" not in out["html"]
     summary = json.loads(out["json"])
     assert summary["best"]["significant"] is False and summary["best"]["speedup_ci95"] == [0.97, 1.04]
-    winner = {"label": "packing:b2", "params": {**params, "token_budget": 2}, "steady": {"avg_sequences_per_sec": 1.0},
-              "speedup_over_baseline": 1.2, "significant": True, "speedup_ci95": [1.1, 1.3]}
+    winner = {
+        "label": "packing:b2",
+        "params": {**params, "token_budget": 2},
+        "steady": {"avg_sequences_per_sec": 1.0},
+        "speedup_over_baseline": 1.2,
+        "significant": True,
+        "speedup_ci95": [1.1, 1.3],
+    }
     ctx, out = full_context(tmp_path, best=winner)
     assert ctx["winner"] and "Ready to paste" in out["html"] and "token_budget: 2" in ctx["snippet"]
 
@@ -182,15 +260,22 @@ def test_best_json_is_shown_not_rechosen_and_no_winner_says_so(tmp_path):
 def test_compare_to_marks_changes_significant_only_with_separate_intervals(tmp_path):
     from virnucpro.report.compare import compare
 
-    before = {"sweep_points": [{"label": "a", "sequences_per_sec": 100.0, "ci95": [98.0, 102.0]},
-                               {"label": "b", "sequences_per_sec": 100.0, "ci95": [98.0, 102.0]},
-                               {"label": "c", "sequences_per_sec": 100.0}],
-              "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 1000.0},
-                              "projection": {"job_hours": 2.0}}]}
-    now = {"sweep_points": [{"label": "a", "sequences_per_sec": 110.0, "ci95": [108.0, 112.0]},
-                            {"label": "b", "sequences_per_sec": 101.0, "ci95": [99.0, 103.0]},
-                            {"label": "c", "sequences_per_sec": 150.0}],
-           "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 900.0}, "projection": {"job_hours": 2.5}}]}
+    before = {
+        "sweep_points": [
+            {"label": "a", "sequences_per_sec": 100.0, "ci95": [98.0, 102.0]},
+            {"label": "b", "sequences_per_sec": 100.0, "ci95": [98.0, 102.0]},
+            {"label": "c", "sequences_per_sec": 100.0},
+        ],
+        "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 1000.0}, "projection": {"job_hours": 2.0}}],
+    }
+    now = {
+        "sweep_points": [
+            {"label": "a", "sequences_per_sec": 110.0, "ci95": [108.0, 112.0]},
+            {"label": "b", "sequences_per_sec": 101.0, "ci95": [99.0, 103.0]},
+            {"label": "c", "sequences_per_sec": 150.0},
+        ],
+        "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 900.0}, "projection": {"job_hours": 2.5}}],
+    }
     rows = {r["figure"]: r for r in compare(now, before, "prev.json")["rows"]}
     assert rows["a: sequences/s"]["significant"] is True and rows["a: sequences/s"]["better"] is True
     assert abs(rows["a: sequences/s"]["change_pct"] - 10.0) < 1e-9
@@ -205,15 +290,21 @@ def test_compare_to_marks_changes_significant_only_with_separate_intervals(tmp_p
 
 
 def test_peers_ratios_use_each_kind_at_its_best(tmp_path):
-    rows = [{"engine": "x", "kind": "fair-esm", "tokens_per_sec": 200.0}, {"engine": "y", "kind": "fair-esm",
-                                                                          "tokens_per_sec": 255.0},
-            {"engine": "z", "kind": "hf", "tokens_per_sec": 170.0},
-            {"engine": "e", "kind": "extract.py", "tokens_per_sec": 51.0}]
-    ctx, out = full_context(tmp_path, peers={"model": "m", "device": "H100", "runs": rows,
-                                             "na": {"hf bfloat16": "not installed"}})
+    rows = [
+        {"engine": "x", "kind": "fair-esm", "tokens_per_sec": 200.0},
+        {"engine": "y", "kind": "fair-esm", "tokens_per_sec": 255.0},
+        {"engine": "z", "kind": "hf", "tokens_per_sec": 170.0},
+        {"engine": "e", "kind": "extract.py", "tokens_per_sec": 51.0},
+    ]
+    ctx, out = full_context(
+        tmp_path, peers={"model": "m", "device": "H100", "runs": rows, "na": {"hf bfloat16": "not installed"}}
+    )
     ratios = ctx["peers"]["ratios"]  # this engine: production_ws1, 510 tokens/s per GPU
-    assert ratios == {"x fair-esm (at its best)": 2.0, "x HF EsmModel (at its best)": 3.0,
-                      "x fair-esm extract.py recipe": 10.0}
+    assert ratios == {
+        "x fair-esm (at its best)": 2.0,
+        "x HF EsmModel (at its best)": 3.0,
+        "x fair-esm extract.py recipe": 10.0,
+    }
     assert "2.00 x fair-esm (at its best)" in out["html"] and "not installed" in out["html"]
 
 
@@ -228,16 +319,40 @@ def test_merge_telemetry_reads_the_shards_its_result_lists(tmp_path, capsys):
         t.record_batch(0, {"num_sequences": 3 + rank, "num_tokens": 30, "batch_seconds": 0.1})
         shards.append(t.finalize(elapsed_seconds=1.0))
     result = tmp_path / "ws2.json"
-    result.write_text(json.dumps({"label": "production_ws2", "group": "production", "params": {}, "status": "ok",
-                                  "ranks": [{"rank": r, "telemetry": str(p)} for r, p in enumerate(shards)]}))
+    result.write_text(
+        json.dumps(
+            {
+                "label": "production_ws2",
+                "group": "production",
+                "params": {},
+                "status": "ok",
+                "ranks": [{"rank": r, "telemetry": str(p)} for r, p in enumerate(shards)],
+            }
+        )
+    )
     assert main(["merge-telemetry", "--result", str(result), "-o", str(tmp_path / "m.json")]) == 0
     merged = json.loads((tmp_path / "m.json").read_text())
     assert merged["summary"]["total_sequences"] == 7 and merged["run_metadata"]["shards"] == [str(p) for p in shards]
     shards[1].unlink()
     assert main(["merge-telemetry", "--result", str(result), "-o", str(tmp_path / "m2.json")]) == 2
     assert "rank telemetry missing" in capsys.readouterr().err and not (tmp_path / "m2.json").exists()
-    assert main(["report", str(result), "--input-info", str(tmp_path / "nope.json"), "--config", str(result),
-                 "--scaling", str(result), "--html", str(tmp_path / "r.html")]) == 2
+    assert (
+        main(
+            [
+                "report",
+                str(result),
+                "--input-info",
+                str(tmp_path / "nope.json"),
+                "--config",
+                str(result),
+                "--scaling",
+                str(result),
+                "--html",
+                str(tmp_path / "r.html"),
+            ]
+        )
+        == 2
+    )
     assert "--input-info" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
 
 

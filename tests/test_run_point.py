@@ -16,15 +16,40 @@ from virnucpro.report.results import analyse_run, collect_run
 from virnucpro.report.scaling import scaling_report
 from virnucpro.report.verdicts import checkpoint_verdict, production_verdicts
 
-KNOBS = {"num_workers": 0, "prefetch_factor": 2, "token_budget": 1024, "buffer_size": 500, "checkpoint_every": 50,
-         "world_size": 1}
+KNOBS = {
+    "num_workers": 0,
+    "prefetch_factor": 2,
+    "token_budget": 1024,
+    "buffer_size": 500,
+    "checkpoint_every": 50,
+    "world_size": 1,
+}
 
 
 def run_point(capsys, fasta, outdir, result, *extra):
     """`virnucpro run-point` in this process (the model and torch are loaded once for all calls)."""
-    code = main(["run-point", str(fasta), "-o", str(outdir), "--model", "esm2_t6_8M_UR50D", "--random-weights",
-                 "--device", "cpu", "--num-workers", "0", "--label", "p", "--group", "packing",
-                 "--result", str(result), *extra])
+    code = main(
+        [
+            "run-point",
+            str(fasta),
+            "-o",
+            str(outdir),
+            "--model",
+            "esm2_t6_8M_UR50D",
+            "--random-weights",
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--label",
+            "p",
+            "--group",
+            "packing",
+            "--result",
+            str(result),
+            *extra,
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -73,15 +98,38 @@ def test_only_an_interrupted_attempt_of_the_same_configuration_is_kept(tmp_path)
 def fake_outdir(tmp_path, engine: dict, resumed: int = 0, status_config: dict | None = None, batches=None) -> Path:
     out = tmp_path / "out"
     (out / "telemetry").mkdir(parents=True)
-    batches = batches if batches is not None else [
-        {"timestamp": 100.0 + 0.5 * k, "batch_seconds": 0.5, "num_sequences": 10, "num_tokens": 500,
-         "tokens_per_sec": 1000.0, "packing_efficiency": 0.95, "wait_time_ms": 1.0} for k in range(1, 61)]
-    tel = {"run_metadata": {"rank": 0, "device": "cuda:0", "engine": engine, "resumed_sequences": resumed,
-                            "matmul_tflops": None, "model_spec": None},
-           "summary": {"elapsed_seconds": 30.0}, "per_batch_metrics": batches}
+    batches = (
+        batches
+        if batches is not None
+        else [
+            {
+                "timestamp": 100.0 + 0.5 * k,
+                "batch_seconds": 0.5,
+                "num_sequences": 10,
+                "num_tokens": 500,
+                "tokens_per_sec": 1000.0,
+                "packing_efficiency": 0.95,
+                "wait_time_ms": 1.0,
+            }
+            for k in range(1, 61)
+        ]
+    )
+    tel = {
+        "run_metadata": {
+            "rank": 0,
+            "device": "cuda:0",
+            "engine": engine,
+            "resumed_sequences": resumed,
+            "matmul_tflops": None,
+            "model_spec": None,
+        },
+        "summary": {"elapsed_seconds": 30.0},
+        "per_batch_metrics": batches,
+    }
     (out / "telemetry" / "telemetry_rank0.json").write_text(json.dumps(tel))
-    (out / "status.json").write_text(json.dumps({"status": "ok", "config": status_config or engine,
-                                                 "summary": {"elapsed_seconds": 30.0}}))
+    (out / "status.json").write_text(
+        json.dumps({"status": "ok", "config": status_config or engine, "summary": {"elapsed_seconds": 30.0}})
+    )
     return out
 
 
@@ -98,9 +146,16 @@ def test_resumed_runs_are_flagged_and_refused_for_scaling_and_checkpoint_overhea
     assert rec["resumed"] and rec["resumed_sequences"] == 300
 
     def prod(n, elapsed, resumed=False):
-        return {"label": f"production_ws{n}", "status": "ok", "params": {"world_size": n, "checkpoint_every": 9},
-                "summary": {"elapsed_seconds": elapsed}, "ranks": [{"rank": 0, "device": "cuda:0"}],
-                "steady": None, "resumed": resumed, "resumed_sequences": 300 if resumed else 0}
+        return {
+            "label": f"production_ws{n}",
+            "status": "ok",
+            "params": {"world_size": n, "checkpoint_every": 9},
+            "summary": {"elapsed_seconds": elapsed},
+            "ranks": [{"rank": 0, "device": "cuda:0"}],
+            "steady": None,
+            "resumed": resumed,
+            "resumed_sequences": 300 if resumed else 0,
+        }
 
     def perf03(runs):
         scaling = scaling_report(runs, 6_000_000, 10.0, 95.0)  # what the report reads from scaling.json

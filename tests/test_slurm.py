@@ -58,12 +58,26 @@ def slurm_run(cluster, tmp_path_factory):
     # every sbatch call is logged (then run): the tests read what the plugin asked Slurm for
     wrappers = root / "bin"
     wrappers.mkdir()
-    (wrappers / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {root / "sbatch.calls"}\n'
-                                     f'exec {shutil.which("sbatch")} "$@"\n')
+    (wrappers / "sbatch").write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {root / "sbatch.calls"}\nexec {shutil.which("sbatch")} "$@"\n'
+    )
     (wrappers / "sbatch").chmod(0o755)
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "ci.yaml",
-           "slurm_ci.yaml", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-           "--jobs", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "ci.yaml",
+        "slurm_ci.yaml",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--jobs",
+        "4",
+    ]
     log = (root / "snakemake.out").open("w")
     env = {**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
@@ -94,24 +108,34 @@ def test_workflow_runs_through_slurm(slurm_run, capsys):
     root, output, _ = slurm_run
     results = root / "results"
     assert (results / "report.html").is_file()
-    submitted = [ln for ln in output.splitlines()
-                 if "has been submitted with SLURM jobid" in ln or "Submitted array job" in ln]
+    submitted = [
+        ln for ln in output.splitlines() if "has been submitted with SLURM jobid" in ln or "Submitted array job" in ln
+    ]
     calls = sbatch_calls(root)
     with capsys.disabled():  # the submissions, for the CI log
         print(f"\n{len(submitted)} Slurm submissions:", *submitted, sep="\n  ")
     # only the embedding jobs queue (the short ones are localrules), each requeueable and on one node
     rules = {comment.split("_wildcards_")[0] for comment in calls}
-    assert rules == {"rule_production", "rule_subset_profiling", "rule_checkpoint_overhead", "rule_sweep_point",
-                     "rule_optimal_validation"}, rules
+    assert rules == {
+        "rule_production",
+        "rule_subset_profiling",
+        "rule_checkpoint_overhead",
+        "rule_sweep_point",
+        "rule_optimal_validation",
+    }, rules
     assert len(calls) == 2 + 1 + 2 + 6 + 1
     assert all("--requeue" in c and "--nodes=1" in c and "--array" not in c for c in calls.values())
     # the plugin's efficiency report is on (it needs sacct, which the test cluster's lack of accounting refuses)
     assert "Efficiency report for workflow" in output or "Failed to retrieve job data" in output
     summary = json.loads((results / "summary.json").read_text())
     groups = ("baseline", "dataloader", "packing", "interaction")
-    paths = [*(p for g in groups for p in (results / "sweeps" / g).glob("*.json")), results / "sweeps/optimal.json",
-             *(results / "production").glob("ws*.json"), results / "profiling/subset.json",
-             *(results / "checkpoint").glob("checkpoint_*.json")]
+    paths = [
+        *(p for g in groups for p in (results / "sweeps" / g).glob("*.json")),
+        results / "sweeps/optimal.json",
+        *(results / "production").glob("ws*.json"),
+        results / "profiling/subset.json",
+        *(results / "checkpoint").glob("checkpoint_*.json"),
+    ]
     embedding_jobs = [json.loads(p.read_text()) for p in paths if not p.name.endswith(".run.json")]
     assert all(r["slurm_job_id"] for r in embedding_jobs)  # each embedding ran inside a Slurm job
     assert len(summary["slurm_job_ids"]) >= len(embedding_jobs) >= 10

@@ -11,11 +11,30 @@ from virnucpro.utils.telemetry import TelemetryLogger, generate_performance_repo
 
 def _logger(tmp_path):
     t = TelemetryLogger(tmp_path, run_id="rank0", target_sequences=1000, target_tokens_per_sequence=50)
-    t.record_batch(0, {"num_sequences": 10, "num_tokens": 500, "gpu_util": None, "packing_efficiency": 0.8,
-                       "wait_time_ms": 1.0, "queue_state": "normal"})
-    t.record_batch(1, {"num_sequences": 30, "num_tokens": 1500, "gpu_util": 90.0, "packing_efficiency": 1.0,
-                       "wait_time_ms": 9.0, "queue_state": "starved", "checkpoint_write_ms": 12.0,
-                       "checkpoint_queue_depth": 2})
+    t.record_batch(
+        0,
+        {
+            "num_sequences": 10,
+            "num_tokens": 500,
+            "gpu_util": None,
+            "packing_efficiency": 0.8,
+            "wait_time_ms": 1.0,
+            "queue_state": "normal",
+        },
+    )
+    t.record_batch(
+        1,
+        {
+            "num_sequences": 30,
+            "num_tokens": 1500,
+            "gpu_util": 90.0,
+            "packing_efficiency": 1.0,
+            "wait_time_ms": 9.0,
+            "queue_state": "starved",
+            "checkpoint_write_ms": 12.0,
+            "checkpoint_queue_depth": 2,
+        },
+    )
     return t
 
 
@@ -54,8 +73,9 @@ def test_finalize_writes_three_sections_and_report(tmp_path):
 
 def test_gpu_na_without_measurement(tmp_path):
     t = TelemetryLogger(tmp_path, run_id="cpu")
-    t.record_batch(0, {"num_sequences": 1, "num_tokens": 5, "gpu_util": None, "packing_efficiency": 0.5,
-                       "wait_time_ms": 0.1})
+    t.record_batch(
+        0, {"num_sequences": 1, "num_tokens": 5, "gpu_util": None, "packing_efficiency": 0.5, "wait_time_ms": 0.1}
+    )
     report = generate_performance_report(t.finalize(elapsed_seconds=1.0))
     assert "PERF-02 GPU utilisation >= 70 %: N/A (no GPU utilisation was measured" in report
     assert "PERF-05 packing >= 0.90: FAIL" in report
@@ -70,8 +90,16 @@ def test_helpers():
 def _shard(tmp_path, rank, elapsed, seqs, util):
     t = TelemetryLogger(tmp_path, run_id=f"rank{rank}")
     t.set_run_metadata(model="m", rank=rank)
-    t.record_batch(0, {"num_sequences": seqs, "num_tokens": seqs * 10, "gpu_util": util,
-                       "packing_efficiency": 0.9 + rank * 0.05, "wait_time_ms": 1.0})
+    t.record_batch(
+        0,
+        {
+            "num_sequences": seqs,
+            "num_tokens": seqs * 10,
+            "gpu_util": util,
+            "packing_efficiency": 0.9 + rank * 0.05,
+            "wait_time_ms": 1.0,
+        },
+    )
     return t.finalize(elapsed_seconds=elapsed)
 
 
@@ -108,8 +136,9 @@ def test_steady_state_excludes_larger_warmup_and_never_everything():
     for i in range(30):
         dt = 2.0 if i < 5 else 1.0
         t += dt
-        batches.append({"timestamp": t, "batch_seconds": dt, "num_sequences": 1, "num_tokens": 100,
-                        "wait_time_ms": float(i)})
+        batches.append(
+            {"timestamp": t, "batch_seconds": dt, "num_sequences": 1, "num_tokens": 100, "wait_time_ms": float(i)}
+        )
     s = steady_state(batches, warmup_seconds=60.0, warmup_batches=3)  # whole run is 35 s: all in warm-up
     assert not s["warmup_excluded"] and s["total_batches"] == 30
     s = steady_state(batches, warmup_seconds=12.0, warmup_batches=3)  # 12 s covers 7 batches (2*5 + 2)

@@ -94,8 +94,26 @@ def test_foreign_pickle_refused(tmp_path):
 def test_random_weights_recorded_in_output(tmp_path):
     fasta = tmp_path / "a.fa"
     fasta.write_text(">a\nMKV\n>b\nWWC\n")
-    assert main(["embed", str(fasta), "-o", str(tmp_path / "o"), "--model", "esm2_t6_8M_UR50D", "--random-weights",
-                 "--seed", "5", "--device", "cpu", "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(fasta),
+                "-o",
+                str(tmp_path / "o"),
+                "--model",
+                "esm2_t6_8M_UR50D",
+                "--random-weights",
+                "--seed",
+                "5",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     with h5py.File(tmp_path / "o" / "embeddings.h5") as f:
         assert f.attrs["weights"] == "random"
         assert '"seed": 5' in f.attrs["weights_provenance"]

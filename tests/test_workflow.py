@@ -15,14 +15,33 @@ from virnucpro.data.fasta import write_fasta
 from virnucpro.data.synthetic import make_sequences
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES = ("synthetic_fasta", "input_info", "workload_fasta", "production", "subset_profiling", "checkpoint_overhead",
-         "sweep_point", "best_config", "optimal_validation", "analyse_run", "merge_telemetry", "scaling", "report")
+RULES = (
+    "synthetic_fasta",
+    "input_info",
+    "workload_fasta",
+    "production",
+    "subset_profiling",
+    "checkpoint_overhead",
+    "sweep_point",
+    "best_config",
+    "optimal_validation",
+    "analyse_run",
+    "merge_telemetry",
+    "scaling",
+    "report",
+)
 GPU_RULES = {"production", "subset_profiling", "checkpoint_overhead", "sweep_point", "optimal_validation"}
 
 
 def snakemake(*args, cwd=ROOT, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def copy_project(dest: Path) -> Path:
@@ -38,14 +57,22 @@ def test_lint_and_format_are_clean():
     lint = snakemake("--lint")
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Lints for" not in lint.stdout + lint.stderr
-    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "workflow"], cwd=ROOT, capture_output=True,
-                         text=True)
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "workflow"], cwd=ROOT, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stderr
 
 
 def test_catalog_standard_files_exist():
-    for name in ("workflow/Snakefile", "config/README.md", "config/config.yaml", ".snakemake-workflow-catalog.yml",
-                 "workflow/schemas/config.schema.yaml", "profiles/default/config.yaml", "profiles/slurm/config.yaml"):
+    for name in (
+        "workflow/Snakefile",
+        "config/README.md",
+        "config/config.yaml",
+        ".snakemake-workflow-catalog.yml",
+        "workflow/schemas/config.schema.yaml",
+        "profiles/default/config.yaml",
+        "profiles/slurm/config.yaml",
+    ):
         assert (ROOT / name).is_file(), name
 
 
@@ -88,8 +115,10 @@ def shell_commands(text: str, rule: str | None = None) -> list[str]:
 def test_slurm_profile_layers_a_configfile_over_the_cluster_overlay(tmp_path):
     """Issue 14 point 1: `--configfile x.yaml` must not drop config/cluster.yaml (x.yaml goes on top of it)."""
     extra = tmp_path / "x.yaml"
-    extra.write_text("production:\n  world_sizes: [1, 2, 4]\nengine:\n  exact_gelu: true\n  token_budget: 2048\n"
-                     "resources:\n  gpu_job:\n    gpu_model: h100\n    slurm_partition: gpu\n")
+    extra.write_text(
+        "production:\n  world_sizes: [1, 2, 4]\nengine:\n  exact_gelu: true\n  token_budget: 2048\n"
+        "resources:\n  gpu_job:\n    gpu_model: h100\n    slurm_partition: gpu\n"
+    )
     res = snakemake("--profile", "profiles/slurm", "-n", "--configfile", str(extra))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -129,8 +158,9 @@ def test_the_conda_environment_pins_a_cuda_pytorch_build():
 
     deps = yaml.safe_load((ROOT / "envs" / "virnucpro.yaml").read_text())["dependencies"]
     torch = [d for d in deps if isinstance(d, str) and d.split("=")[0] == "pytorch"]
-    pinned = next(ln.split("==")[1] for ln in (ROOT / "requirements.txt").read_text().splitlines()
-                  if ln.startswith("torch=="))
+    pinned = next(
+        ln.split("==")[1] for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln.startswith("torch==")
+    )
     assert torch == [f"pytorch={pinned}=cuda*"]
     assert "CONDA_OVERRIDE_CUDA" in (ROOT / "envs" / "virnucpro.yaml").read_text()
     assert "CONDA_OVERRIDE_CUDA" in (ROOT / "README.md").read_text()
@@ -178,16 +208,21 @@ def workflow_run(tmp_path_factory):
     ids = [f"{HTML_ID}_{k}" for k in range(len(ids))]
     fasta = root / HTML_NAME
     write_fasta(fasta, ids, seqs)
-    res = snakemake("--configfile", "ci.yaml", cwd=root, env={"VIRNUCPRO_PRODUCTION_FASTA": str(fasta)},
-                    timeout=1200)
+    res = snakemake("--configfile", "ci.yaml", cwd=root, env={"VIRNUCPRO_PRODUCTION_FASTA": str(fasta)}, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return root
 
 
 def test_local_run_produces_the_report(workflow_run):
     results = workflow_run / "results"
-    for name in ("report.html", "report.txt", "summary.json", "production/scaling.json",
-                 "telemetry/production_ws1.json", "telemetry/production_ws2.json"):
+    for name in (
+        "report.html",
+        "report.txt",
+        "summary.json",
+        "production/scaling.json",
+        "telemetry/production_ws1.json",
+        "telemetry/production_ws2.json",
+    ):
         assert (results / name).is_file(), name
     summary = json.loads((results / "summary.json").read_text())
     assert summary["input"]["source"] == "production" and summary["input"]["num_sequences"] == 400
@@ -237,9 +272,11 @@ def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(wor
     env = {"VIRNUCPRO_PRODUCTION_FASTA": str(workflow_run / HTML_NAME)}
     res = snakemake("-n", "--configfile", "ci.yaml", cwd=moved, env=env)
     assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-3000:]
-    (moved / "analysis.yaml").write_text("warmup:\n  seconds: 1\n  batches: 2\n  min_steady_batches: 3\n"
-                                         "targets:\n  min_packing: 0.5\n  min_scaling_efficiency: 50\n"
-                                         "engine:\n  progress_interval: 1\n")
+    (moved / "analysis.yaml").write_text(
+        "warmup:\n  seconds: 1\n  batches: 2\n  min_steady_batches: 3\n"
+        "targets:\n  min_packing: 0.5\n  min_scaling_efficiency: 50\n"
+        "engine:\n  progress_interval: 1\n"
+    )
     res = snakemake("-n", "--configfile", "ci.yaml", "analysis.yaml", cwd=moved, env=env)
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
@@ -254,8 +291,9 @@ def test_a_checkpoint_path_with_a_space_and_command_substitution_works_and_runs_
 
     root = copy_project(tmp_path / "wf")
     ckpt = write_fairesm_checkpoint(tmp_path / "my weights $(touch PWNED)" / "esm2_tiny_test.pt")
-    (root / "ckpt.yaml").write_text(f"model:\n  name: ''\n  checkpoint: {json.dumps(str(ckpt))}\n"
-                                    "  random_weights: false\n")
+    (root / "ckpt.yaml").write_text(
+        f"model:\n  name: ''\n  checkpoint: {json.dumps(str(ckpt))}\n  random_weights: false\n"
+    )
     res = snakemake("results/sweeps/baseline/baseline.json", "--configfile", "ci.yaml", "ckpt.yaml", cwd=root)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     result = json.loads((root / "results/sweeps/baseline/baseline.json").read_text())
@@ -315,11 +353,26 @@ def test_report_renders_in_headless_chromium(workflow_run, tmp_path):
 
     browser = chromium()
     png = tmp_path / "report.png"
-    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,5000",
-                          f"--screenshot={png}", (workflow_run / "results" / "report.html").as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,5000",
+            f"--screenshot={png}",
+            (workflow_run / "results" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert png.is_file(), res.stderr[-2000:]
     img = mpimg.imread(png)[..., :3]
     assert img.shape[0] >= 4000

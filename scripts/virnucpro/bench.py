@@ -43,8 +43,12 @@ def fair_esm_model(spec, state, device, dtype):
     from esm.model.esm2 import ESM2
 
     with torch.device(device):
-        model = ESM2(num_layers=spec.num_layers, embed_dim=spec.embed_dim, attention_heads=spec.attention_heads,
-                     token_dropout=spec.token_dropout)
+        model = ESM2(
+            num_layers=spec.num_layers,
+            embed_dim=spec.embed_dim,
+            attention_heads=spec.attention_heads,
+            token_dropout=spec.token_dropout,
+        )
     load_tensors(model, state)
     return model.to(dtype).eval()
 
@@ -55,8 +59,11 @@ def load_tensors(model, state, transform=None) -> None:
     must exist, and only the LM / contact heads and rotary frequencies may be left out."""
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state and not (
-        k.startswith(("lm_head", "contact_head")) or k.endswith("rot_emb.inv_freq"))]
+    missing = [
+        k
+        for k in own
+        if k not in state and not (k.startswith(("lm_head", "contact_head")) or k.endswith("rot_emb.inv_freq"))
+    ]
     assert not unexpected and not missing, (unexpected, missing)
     for name in state:
         t = state[name]
@@ -70,8 +77,9 @@ def residue_mean(rep: torch.Tensor, toks: torch.Tensor, alphabet) -> torch.Tenso
     return total / mask.sum(1, keepdim=True).clamp(min=1)
 
 
-def sorted_batches_embed(forward, dim: int, alphabet, seqs: list[str], toks_per_batch: int, device,
-                         pool_on_device: bool = True) -> tuple[np.ndarray, int]:
+def sorted_batches_embed(
+    forward, dim: int, alphabet, seqs: list[str], toks_per_batch: int, device, pool_on_device: bool = True
+) -> tuple[np.ndarray, int]:
     """fair-esm's extract.py batching (length-sorted token batches, padded) around `forward(toks) -> (B, L, D)`;
     returns the residue-mean embeddings and the tokens run. `pool_on_device`: the batch's means are taken on the
     device and copied once per batch (a careful user); else one `.cpu()` per sequence (extract.py's script)."""
@@ -97,32 +105,58 @@ def sorted_batches_embed(forward, dim: int, alphabet, seqs: list[str], toks_per_
     return out, tokens_run
 
 
-def fair_esm_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device,
-                   pool_on_device: bool = True) -> tuple[np.ndarray, int]:
+def fair_esm_embed(
+    model, alphabet, seqs: list[str], toks_per_batch: int, device, pool_on_device: bool = True
+) -> tuple[np.ndarray, int]:
     """fair-esm's ESM2 in extract.py's batches, last layer."""
     layer = model.num_layers
-    return sorted_batches_embed(lambda toks: model(toks, repr_layers=[layer])["representations"][layer],
-                                model.embed_dim, alphabet, seqs, toks_per_batch, device, pool_on_device)
+    return sorted_batches_embed(
+        lambda toks: model(toks, repr_layers=[layer])["representations"][layer],
+        model.embed_dim,
+        alphabet,
+        seqs,
+        toks_per_batch,
+        device,
+        pool_on_device,
+    )
 
 
 def hf_esm_model(spec, state, device, dtype):
     """Hugging Face `EsmModel` (SDPA attention) with the same weights, fair-esm names mapped to HF's."""
     from transformers import EsmConfig, EsmModel
 
-    cfg = EsmConfig(vocab_size=spec.vocab_size, hidden_size=spec.embed_dim, num_hidden_layers=spec.num_layers,
-                    num_attention_heads=spec.attention_heads, intermediate_size=4 * spec.embed_dim,
-                    position_embedding_type="rotary", token_dropout=spec.token_dropout, mask_token_id=32,
-                    pad_token_id=1, emb_layer_norm_before=False, layer_norm_eps=1e-5, max_position_embeddings=1026)
+    cfg = EsmConfig(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.embed_dim,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.attention_heads,
+        intermediate_size=4 * spec.embed_dim,
+        position_embedding_type="rotary",
+        token_dropout=spec.token_dropout,
+        mask_token_id=32,
+        pad_token_id=1,
+        emb_layer_norm_before=False,
+        layer_norm_eps=1e-5,
+        max_position_embeddings=1026,
+    )
     cfg._attn_implementation = "sdpa"
     with torch.device(device):
         model = EsmModel(cfg, add_pooling_layer=False)
-    names = {"embed_tokens.weight": "embeddings.word_embeddings.weight",
-             "emb_layer_norm_after.weight": "encoder.emb_layer_norm_after.weight",
-             "emb_layer_norm_after.bias": "encoder.emb_layer_norm_after.bias"}
-    parts = {"self_attn.q_proj": "attention.self.query", "self_attn.k_proj": "attention.self.key",
-             "self_attn.v_proj": "attention.self.value", "self_attn.out_proj": "attention.output.dense",
-             "self_attn_layer_norm": "attention.LayerNorm", "fc1": "intermediate.dense", "fc2": "output.dense",
-             "final_layer_norm": "LayerNorm"}
+    names = {
+        "embed_tokens.weight": "embeddings.word_embeddings.weight",
+        "emb_layer_norm_after.weight": "encoder.emb_layer_norm_after.weight",
+        "emb_layer_norm_after.bias": "encoder.emb_layer_norm_after.bias",
+    }
+    parts = {
+        "self_attn.q_proj": "attention.self.query",
+        "self_attn.k_proj": "attention.self.key",
+        "self_attn.v_proj": "attention.self.value",
+        "self_attn.out_proj": "attention.output.dense",
+        "self_attn_layer_norm": "attention.LayerNorm",
+        "fc1": "intermediate.dense",
+        "fc2": "output.dense",
+        "final_layer_norm": "LayerNorm",
+    }
     for i in range(spec.num_layers):
         for theirs, hf in parts.items():
             for t in ("weight", "bias"):
@@ -133,12 +167,19 @@ def hf_esm_model(spec, state, device, dtype):
     return model.to(dtype).eval()
 
 
-def hf_embed(model, alphabet, seqs: list[str], toks_per_batch: int, device,
-             pool_on_device: bool = True) -> tuple[np.ndarray, int]:
+def hf_embed(
+    model, alphabet, seqs: list[str], toks_per_batch: int, device, pool_on_device: bool = True
+) -> tuple[np.ndarray, int]:
     """The same batches as fair-esm's recipe, through `EsmModel` with an attention mask."""
     return sorted_batches_embed(
         lambda toks: model(input_ids=toks, attention_mask=(toks != alphabet.padding_idx)).last_hidden_state,
-        model.config.hidden_size, alphabet, seqs, toks_per_batch, device, pool_on_device)
+        model.config.hidden_size,
+        alphabet,
+        seqs,
+        toks_per_batch,
+        device,
+        pool_on_device,
+    )
 
 
 #: Peers at their best: pooling on the device once per batch, fp16 and bf16, the token budget of this grid that
@@ -175,9 +216,18 @@ def _rel_diff(emb: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _row(engine, kind, dtype, budget, profile, seqs, rates, emb, ref, device, grid=None) -> dict:
-    row = {"engine": engine, "kind": kind, "dtype": str(dtype).replace("torch.", ""), "token_budget": budget,
-           "workload": profile, "sequences": len(seqs), "tokens_per_sec": rates[0], "sequences_per_sec": rates[1],
-           "peak_memory_gb": _peak_gb(device), "max_rel_diff_vs_fp32": _rel_diff(emb, ref) if ref is not None else None}
+    row = {
+        "engine": engine,
+        "kind": kind,
+        "dtype": str(dtype).replace("torch.", ""),
+        "token_budget": budget,
+        "workload": profile,
+        "sequences": len(seqs),
+        "tokens_per_sec": rates[0],
+        "sequences_per_sec": rates[1],
+        "peak_memory_gb": _peak_gb(device),
+        "max_rel_diff_vs_fp32": _rel_diff(emb, ref) if ref is not None else None,
+    }
     if grid is not None:
         row["budget_grid"] = grid
     print(row, flush=True)
@@ -186,14 +236,20 @@ def _row(engine, kind, dtype, budget, profile, seqs, rates, emb, ref, device, gr
 
 def _best_budget(embed, model, alphabet, seqs, budgets, device, batches_each) -> tuple[int, list[dict]]:
     probe = _probe_subset(seqs, budgets, batches_each)
-    grid = [{"token_budget": b, "tokens_per_sec": _timed(embed, model, alphabet, probe, b, device)[1],
-             "probe_sequences": len(probe)}
-            for b in budgets]
+    grid = [
+        {
+            "token_budget": b,
+            "tokens_per_sec": _timed(embed, model, alphabet, probe, b, device)[1],
+            "probe_sequences": len(probe),
+        }
+        for b in budgets
+    ]
     return max(grid, key=lambda g: g["tokens_per_sec"])["token_budget"], grid
 
 
-def peer_runs(spec, state, workloads: dict[str, list[str]], fp32_n: int, device, budgets=BUDGET_GRID,
-              probe_batches: int = 6) -> tuple[list[dict], dict[str, str]]:
+def peer_runs(
+    spec, state, workloads: dict[str, list[str]], fp32_n: int, device, budgets=BUDGET_GRID, probe_batches: int = 6
+) -> tuple[list[dict], dict[str, str]]:
     """extract.py's recipe on the first `fp32_n` sequences of each workload (the fp32 reference), then fair-esm
     and HF `EsmModel` at their best (see PEER_KINDS); returns the rows and {peer: why not run}."""
     from esm.data import Alphabet
@@ -207,8 +263,9 @@ def peer_runs(spec, state, workloads: dict[str, list[str]], fp32_n: int, device,
             torch.cuda.reset_peak_memory_stats(device)
         emb, *rates = _timed(extract, model, alphabet, seqs[:fp32_n], 4096, device)
         reference[profile] = emb
-        rows.append(_row(EXTRACT_RECIPE, "extract.py", torch.float32, 4096, profile, seqs[:fp32_n], rates, emb, None,
-                         device))
+        rows.append(
+            _row(EXTRACT_RECIPE, "extract.py", torch.float32, 4096, profile, seqs[:fp32_n], rates, emb, None, device)
+        )
     del model
     for kind, (build, embed) in PEER_KINDS.items():
         for dtype in PEER_DTYPES:
@@ -223,8 +280,9 @@ def peer_runs(spec, state, workloads: dict[str, list[str]], fp32_n: int, device,
                     torch.cuda.reset_peak_memory_stats(device)
                 emb, *rates = _timed(embed, model, alphabet, seqs, budget, device)
                 name = f"{kind} {str(dtype)[6:]}, pooled on device, best of {len(budgets)} budgets"
-                rows.append(_row(name, kind, dtype, budget, profile, seqs, rates, emb, reference[profile], device,
-                                 grid))
+                rows.append(
+                    _row(name, kind, dtype, budget, profile, seqs, rates, emb, reference[profile], device, grid)
+                )
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -235,20 +293,26 @@ def _peak_gb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
 
 
-def peers(weights, device: torch.device, workloads: dict[str, list[str]], fp32_n: int,
-          budgets=BUDGET_GRID) -> dict:
+def peers(weights, device: torch.device, workloads: dict[str, list[str]], fp32_n: int, budgets=BUDGET_GRID) -> dict:
     """`bench peers`: the peers alone on `weights` (a models.weights.Weights) and the given workloads."""
     rows, na = peer_runs(weights.spec, weights.state_dict, workloads, fp32_n, device, budgets)
-    return {"model": weights.provenance.get("model"), "weights": weights.provenance, "device": _device_name(device),
-            "budget_grid": list(budgets), "runs": rows, "na": na}
+    return {
+        "model": weights.provenance.get("model"),
+        "weights": weights.provenance,
+        "device": _device_name(device),
+        "budget_grid": list(budgets),
+        "runs": rows,
+        "na": na,
+    }
 
 
 def _device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def packed_embed(model: PackedESM2, seqs: list[bytes], token_budget: int, device, pad_to: int | None = None
-                 ) -> np.ndarray:
+def packed_embed(
+    model: PackedESM2, seqs: list[bytes], token_budget: int, device, pad_to: int | None = None
+) -> np.ndarray:
     from virnucpro.data.packing import pack_batches
 
     vocab = Vocabulary.esm2()
@@ -262,9 +326,14 @@ def packed_embed(model: PackedESM2, seqs: list[bytes], token_budget: int, device
 
 def _errors(got: np.ndarray, ref: np.ndarray, lengths: np.ndarray) -> dict:
     err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    return {"median": float(np.median(err)), "p99": float(np.quantile(err, 0.99)), "max": float(err.max()),
-            "worst_length": int(lengths[err.argmax()]), "max_length_ge_20": float(err[lengths >= 20].max()),
-            "finite": bool(np.isfinite(got).all())}
+    return {
+        "median": float(np.median(err)),
+        "p99": float(np.quantile(err, 0.99)),
+        "max": float(err.max()),
+        "worst_length": int(lengths[err.argmax()]),
+        "max_length_ge_20": float(err[lengths >= 20].max()),
+        "finite": bool(np.isfinite(got).all()),
+    }
 
 
 def _is_projection(name: str) -> bool:
@@ -297,9 +366,14 @@ def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.devic
         torch.cuda.empty_cache()
     vocab = Vocabulary.esm2()
     compiled = device.type == "cuda"
-    result = {"model": model_name, "weights": f"random (seed {seed})", "num_sequences": len(seqs),
-              "reference": "fair-esm ESM2 fp32 on the same weights", "device": str(device),
-              "engine": "compiled kernels, batches padded to the budget" if compiled else "eager"}
+    result = {
+        "model": model_name,
+        "weights": f"random (seed {seed})",
+        "num_sequences": len(seqs),
+        "reference": "fair-esm ESM2 fp32 on the same weights",
+        "device": str(device),
+        "engine": "compiled kernels, batches padded to the budget" if compiled else "eager",
+    }
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -312,10 +386,12 @@ def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.devic
         load_peak = _peak_gb(device)
         if compiled:
             model.compile_kernels()
-        got = packed_embed(model, [s.encode() for s in seqs], token_budget, device,
-                           token_budget if compiled else None)
-        result[name] = {**_errors(got, refs["fp32"], lengths), "load_peak_memory_gb": load_peak,
-                        "peak_memory_gb": _peak_gb(device)}
+        got = packed_embed(model, [s.encode() for s in seqs], token_budget, device, token_budget if compiled else None)
+        result[name] = {
+            **_errors(got, refs["fp32"], lengths),
+            "load_peak_memory_gb": load_peak,
+            "peak_memory_gb": _peak_gb(device),
+        }
         if name != "fp32":
             result[name]["vs_reference_on_rounded_weights"] = _errors(got, refs[name], lengths)
         print(name, result[name], flush=True)
@@ -325,39 +401,83 @@ def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.devic
     return result
 
 
-def _engine_run(fasta: Path, out: Path, weights_args: list[str], precision: str, token_budget: int,
-                device) -> dict:
+def _engine_run(fasta: Path, out: Path, weights_args: list[str], precision: str, token_budget: int, device) -> dict:
     """This engine end to end: `virnucpro embed` in a subprocess; its whole-loop and steady rates."""
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(out), *weights_args,
-           "--precision", precision, "--token-budget", str(token_budget), "--device", device.type]
+    cmd = [
+        sys.executable,
+        "-m",
+        "virnucpro.cli",
+        "embed",
+        str(fasta),
+        "-o",
+        str(out),
+        *weights_args,
+        "--precision",
+        precision,
+        "--token-budget",
+        str(token_budget),
+        "--device",
+        device.type,
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
     summary = json.loads((out / "status.json").read_text())["summary"]
     batches = json.loads((out / "telemetry" / "telemetry_rank0.json").read_text())["per_batch_metrics"]
     steady = steady_state(batches, warmup_seconds=3.0, warmup_batches=5)
-    return {"engine": f"virnucpro packed {precision} (embed, end to end)", "kind": "virnucpro", "dtype": precision,
-            "token_budget": token_budget, "sequences": summary["total_sequences"],
-            "tokens_per_sec": summary["avg_tokens_per_sec"], "sequences_per_sec": summary["avg_sequences_per_sec"],
-            "process_wall_seconds": wall, "peak_memory_gb": summary.get("peak_memory_gb"),
-            "steady": {k: steady.get(k) for k in ("avg_tokens_per_sec", "avg_gpu_util", "p95_wait_time_ms",
-                                                   "avg_packing_efficiency", "excluded_batches", "total_batches")}}
+    return {
+        "engine": f"virnucpro packed {precision} (embed, end to end)",
+        "kind": "virnucpro",
+        "dtype": precision,
+        "token_budget": token_budget,
+        "sequences": summary["total_sequences"],
+        "tokens_per_sec": summary["avg_tokens_per_sec"],
+        "sequences_per_sec": summary["avg_sequences_per_sec"],
+        "process_wall_seconds": wall,
+        "peak_memory_gb": summary.get("peak_memory_gb"),
+        "steady": {
+            k: steady.get(k)
+            for k in (
+                "avg_tokens_per_sec",
+                "avg_gpu_util",
+                "p95_wait_time_ms",
+                "avg_packing_efficiency",
+                "excluded_batches",
+                "total_batches",
+            )
+        },
+    }
 
 
-def engines(weights, weights_args: list[str], workdir: Path, device: torch.device, seed_mix_n: int,
-            short_reads_n: int, peer_n: int, fp32_n: int, token_budget: int, budgets=BUDGET_GRID,
-            precisions=("bf16", "fp16")) -> dict:
+def engines(
+    weights,
+    weights_args: list[str],
+    workdir: Path,
+    device: torch.device,
+    seed_mix_n: int,
+    short_reads_n: int,
+    peer_n: int,
+    fp32_n: int,
+    token_budget: int,
+    budgets=BUDGET_GRID,
+    precisions=("bf16", "fp16"),
+) -> dict:
     """One process: the matmul ceiling, the peers at their best and extract.py's recipe (on the first `peer_n`
     sequences of each workload), and this engine end to end (each of `precisions`) on every sequence; `weights_args`
     give `virnucpro embed` the same weights."""
     spec = weights.spec
     workdir.mkdir(parents=True, exist_ok=True)
     ceiling = matmul_tflops(device, torch.bfloat16)
-    result = {"matmul_tflops_bf16": ceiling, "model": weights.provenance.get("model"), "device": _device_name(device),
-              "weights": weights.provenance, "runs": []}
+    result = {
+        "matmul_tflops_bf16": ceiling,
+        "model": weights.provenance.get("model"),
+        "device": _device_name(device),
+        "weights": weights.provenance,
+        "runs": [],
+    }
     workloads = {}
     for profile, n in (("seed-mix", seed_mix_n), ("short-reads", short_reads_n)):
         if n == 0:  # a workload can be left out (a quick CPU check)
@@ -367,16 +487,23 @@ def engines(weights, weights_args: list[str], workdir: Path, device: torch.devic
         workloads[profile] = seqs
         mean_tokens = statistics.fmean(min(len(s), 1022) + 2 for s in seqs)
         result[f"ceiling_tokens_per_sec_{profile}"] = ceiling * 1e12 / spec.flops_per_token(mean_tokens)
-    rows, result["na"] = peer_runs(spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n,
-                                   device, budgets)
+    rows, result["na"] = peer_runs(
+        spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device, budgets
+    )
     result["runs"] += rows
     weights.state_dict = {}
     if device.type == "cuda":
         torch.cuda.empty_cache()
     for profile in workloads:
         for precision in precisions:
-            row = _engine_run(workdir / f"{profile}.fa", workdir / f"out-{profile}-{precision}", weights_args,
-                              precision, token_budget, device)
+            row = _engine_run(
+                workdir / f"{profile}.fa",
+                workdir / f"out-{profile}-{precision}",
+                weights_args,
+                precision,
+                token_budget,
+                device,
+            )
             result["runs"].append({**row, "workload": profile})
     for r in result["runs"]:
         r["pct_ceiling"] = 100 * r["tokens_per_sec"] / result[f"ceiling_tokens_per_sec_{r['workload']}"]
@@ -389,15 +516,24 @@ def print_table(result: dict) -> None:
     print(f"matmul ceiling bf16: {result['matmul_tflops_bf16']:.0f} TFLOP/s")
     runs = result["runs"]
     kinds = ("fair-esm", "hf", "extract.py")
-    print(f"{'engine':58s} {'workload':12s} {'budget':>6s} {'tok/s':>9s} {'seq/s':>8s} {'%ceil':>6s} {'peakGB':>7s} "
-          + " ".join(f"{'x' + k:>11s}" for k in kinds))
+    print(
+        f"{'engine':58s} {'workload':12s} {'budget':>6s} {'tok/s':>9s} {'seq/s':>8s} {'%ceil':>6s} {'peakGB':>7s} "
+        + " ".join(f"{'x' + k:>11s}" for k in kinds)
+    )
     for r in runs:
-        best = {k: max((p["tokens_per_sec"] for p in runs if p["workload"] == r["workload"] and p.get("kind") == k),
-                       default=None) for k in kinds}
+        best = {
+            k: max(
+                (p["tokens_per_sec"] for p in runs if p["workload"] == r["workload"] and p.get("kind") == k),
+                default=None,
+            )
+            for k in kinds
+        }
         ratios = " ".join(f"{r['tokens_per_sec'] / best[k]:11.2f}" if best[k] else f"{'N/A':>11s}" for k in kinds)
         peak = r.get("peak_memory_gb")
         peak = float("nan") if peak is None else peak
-        print(f"{r['engine'][:58]:58s} {r['workload']:12s} {r.get('token_budget') or 0:6d} {r['tokens_per_sec']:9,.0f} "
-              f"{r['sequences_per_sec']:8,.1f} {r['pct_ceiling']:6.1f} {peak:7.1f} {ratios}")
+        print(
+            f"{r['engine'][:58]:58s} {r['workload']:12s} {r.get('token_budget') or 0:6d} {r['tokens_per_sec']:9,.0f} "
+            f"{r['sequences_per_sec']:8,.1f} {r['pct_ceiling']:6.1f} {peak:7.1f} {ratios}"
+        )
     for peer, why in (result.get("na") or {}).items():
         print(f"{peer}: N/A ({why})")

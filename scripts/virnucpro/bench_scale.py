@@ -71,8 +71,22 @@ def job(workdir: Path, model: str, num_sequences: int, profile: str, extra: list
         ids, seqs = make_sequences(num_sequences, 7, profile)
         write_fasta(fasta, ids, seqs)
     outdir = workdir / f"out_{model}_{num_sequences}"
-    cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(outdir), "--model", model,
-           "--random-weights", "--overwrite", "--progress-interval", "30", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "virnucpro.cli",
+        "embed",
+        str(fasta),
+        "-o",
+        str(outdir),
+        "--model",
+        model,
+        "--random-weights",
+        "--overwrite",
+        "--progress-interval",
+        "30",
+        *extra,
+    ]
     t0 = time.time()
     with DiskPeak(outdir) as disk:
         proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
@@ -83,9 +97,16 @@ def job(workdir: Path, model: str, num_sequences: int, profile: str, extra: list
     final = (outdir / output.FINAL_FILE).stat().st_blocks * 512
     phases = summary["phases"]
     result = {
-        "model": model, "num_sequences": num_sequences, "profile": profile, "command": " ".join(cmd),
-        "wall_seconds_outside": wall, "job_wall_seconds": summary["job_wall_seconds"], "phases": phases,
-        "loop_tokens_per_sec": summary.get("avg_tokens_per_sec"), "final_bytes": final, "peak_bytes": disk.peak,
+        "model": model,
+        "num_sequences": num_sequences,
+        "profile": profile,
+        "command": " ".join(cmd),
+        "wall_seconds_outside": wall,
+        "job_wall_seconds": summary["job_wall_seconds"],
+        "phases": phases,
+        "loop_tokens_per_sec": summary.get("avg_tokens_per_sec"),
+        "final_bytes": final,
+        "peak_bytes": disk.peak,
         "peak_over_final": disk.peak / final if final else None,
         "end_of_job_pct_of_loop": 100 * phases.get("finalize", 0.0) / phases["loop"] if phases.get("loop") else None,
         "outside_loop_seconds": summary["job_wall_seconds"] - phases.get("loop", 0.0),
@@ -100,12 +121,13 @@ def engine_order(num_sequences: int, window: int, rng: np.random.Generator) -> n
     `window` sequences and sorts each by length, so rows are scattered within a window, not across the file."""
     order = np.arange(num_sequences)
     for start in range(0, num_sequences, window):
-        rng.shuffle(order[start:start + window])
+        rng.shuffle(order[start : start + window])
     return order
 
 
-def finalize_only(workdir: Path, num_sequences: int, dim: int, dtype: str, window: int = 5000,
-                  rows_per_chunk: int = 10000) -> dict:
+def finalize_only(
+    workdir: Path, num_sequences: int, dim: int, dtype: str, window: int = 5000, rows_per_chunk: int = 10000
+) -> dict:
     """N x D synthetic rows through the real output path: create, write in chunks (in the engine's order, see
     `engine_order`), finish. Times each part and samples the disk."""
     outdir = workdir / f"finalize_{num_sequences}x{dim}_{dtype}"
@@ -115,8 +137,13 @@ def finalize_only(workdir: Path, num_sequences: int, dim: int, dtype: str, windo
     partial.mkdir(parents=True)
     fp = {"synthetic": True, "n": num_sequences, "dim": dim, "dtype": dtype}
     key, rng = output.run_key(fp), np.random.default_rng(0)
-    result: dict = {"num_sequences": num_sequences, "dim": dim, "dtype": dtype, "rows_per_chunk": rows_per_chunk,
-                    "window": window}
+    result: dict = {
+        "num_sequences": num_sequences,
+        "dim": dim,
+        "dtype": dtype,
+        "rows_per_chunk": rows_per_chunk,
+        "window": window,
+    }
     with DiskPeak(outdir, interval=1.0) as disk:
         t = time.perf_counter()
         ids = [f"read_{i}_f{i % 6}" for i in range(num_sequences)]
@@ -127,8 +154,8 @@ def finalize_only(workdir: Path, num_sequences: int, dim: int, dtype: str, windo
         t = time.perf_counter()
         writer = output.AsyncChunkWriter(partial, 0, layout, key)
         for start in range(0, num_sequences, rows_per_chunk):
-            idx = order[start:start + rows_per_chunk]
-            writer.submit(idx, block[:len(idx)])
+            idx = order[start : start + rows_per_chunk]
+            writer.submit(idx, block[: len(idx)])
         writer.close()
         result["write_seconds"] = time.perf_counter() - t
         result["write_mb_per_sec"] = num_sequences * layout.row_bytes / 1e6 / result["write_seconds"]

@@ -62,8 +62,10 @@ def _before_first_header(path: Path, lineno: int, line: bytes) -> UserError:
     if lineno == 1 and line.startswith(b"@"):
         return UserError(f"{path}: starts with '@': a FASTQ file? give a protein FASTA ('>' headers)")
     if _BINARY.search(line):
-        return UserError(f"{path}: line {lineno} holds binary data before the first '>' header: not a FASTA file "
-                         f"(or compressed in a format other than gzip, bzip2 or xz)")
+        return UserError(
+            f"{path}: line {lineno} holds binary data before the first '>' header: not a FASTA file "
+            f"(or compressed in a format other than gzip, bzip2 or xz)"
+        )
     return UserError(f"{path}: line {lineno} has text before the first '>' header")
 
 
@@ -72,8 +74,9 @@ def _record_id(path: Path, lineno: int, header: bytes) -> str:
     try:
         text = header.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: header on line {lineno} is not valid UTF-8 text "
-                        f"(byte 0x{header[exc.start]:02x})") from None
+        raise UserError(
+            f"{path}: header on line {lineno} is not valid UTF-8 text (byte 0x{header[exc.start]:02x})"
+        ) from None
     if not text:
         raise UserError(f"{path}: header on line {lineno} has an empty record id")
     rid = text.split()[0]
@@ -158,9 +161,14 @@ def _warn_if_nucleotides(path: Path, seqs: list[bytes]) -> None:
     longer = [s for s in seqs if len(s) >= NUCLEOTIDE_MIN_LENGTH]
     dna = sum(1 for s in longer if _NUCLEOTIDES.fullmatch(s))
     if longer and dna * 2 > len(longer):
-        logger.warning("%s: %d of %d sequences of %d+ residues contain only A/C/G/T/U/N: nucleotide reads? ESM-2 "
-                       "embeds proteins; translate them first (six frames, e.g. VirNucPro's preprocessing)", path, dna,
-                       len(longer), NUCLEOTIDE_MIN_LENGTH)
+        logger.warning(
+            "%s: %d of %d sequences of %d+ residues contain only A/C/G/T/U/N: nucleotide reads? ESM-2 "
+            "embeds proteins; translate them first (six frames, e.g. VirNucPro's preprocessing)",
+            path,
+            dna,
+            len(longer),
+            NUCLEOTIDE_MIN_LENGTH,
+        )
 
 
 def write_fasta(path: str | Path, ids: list[str], seqs: list[str], width: int = 60) -> None:

@@ -22,8 +22,13 @@ from virnucpro.errors import UserError
 
 #: Leading bytes of the containers a user may hand us instead of a FASTA.
 _MAGIC = (
-    (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"PK\x03\x04", "zip"), (b"7z\xbc\xaf\x27\x1c", "7z"), (b"\x89HDF\r\n\x1a\n", "HDF5"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PK\x03\x04", "zip"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"\x89HDF\r\n\x1a\n", "HDF5"),
 )
 _OPENERS = {"gzip": lambda f: gzip.GzipFile(fileobj=f), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
 _REFUSED = {
@@ -89,15 +94,16 @@ def open_fasta_bytes(path: Path):
 def _check_encoding(chunk: bytes, path: Path) -> bytes:
     """The first chunk without a UTF-8 BOM; UTF-16/32 text refused by name."""
     if chunk.startswith(_UTF8_BOM):
-        return chunk[len(_UTF8_BOM):]
+        return chunk[len(_UTF8_BOM) :]
     if chunk[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
         name = "UTF-32"
     elif chunk[:2] in (b"\xff\xfe", b"\xfe\xff", b">\x00", b"\x00>"):
         name = "UTF-16"
     else:
         return chunk
-    raise UserError(f"{path}: {name}-encoded text; convert it to ASCII/UTF-8 first "
-                    f"(iconv -f {name} -t UTF-8 {path} > out.fa)")
+    raise UserError(
+        f"{path}: {name}-encoded text; convert it to ASCII/UTF-8 first (iconv -f {name} -t UTF-8 {path} > out.fa)"
+    )
 
 
 def iter_lines(stream, digest, path: Path) -> Iterator[bytes]:

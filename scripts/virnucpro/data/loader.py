@@ -55,13 +55,27 @@ class PackedBatch:
     num_tokens: int
 
     def pin_memory(self) -> "PackedBatch":
-        return PackedBatch(self.tokens.pin_memory(), self.positions.pin_memory(), self.cu_seqlens.pin_memory(),
-                           self.seq_ids.pin_memory(), self.indices, self.max_len, self.num_tokens)
+        return PackedBatch(
+            self.tokens.pin_memory(),
+            self.positions.pin_memory(),
+            self.cu_seqlens.pin_memory(),
+            self.seq_ids.pin_memory(),
+            self.indices,
+            self.max_len,
+            self.num_tokens,
+        )
 
     def to(self, device: torch.device, non_blocking: bool = True) -> "PackedBatch":
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return PackedBatch(move(self.tokens), move(self.positions), move(self.cu_seqlens), move(self.seq_ids),
-                           self.indices, self.max_len, self.num_tokens)
+        return PackedBatch(
+            move(self.tokens),
+            move(self.positions),
+            move(self.cu_seqlens),
+            move(self.seq_ids),
+            self.indices,
+            self.max_len,
+            self.num_tokens,
+        )
 
     @property
     def num_sequences(self) -> int:
@@ -112,8 +126,13 @@ def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary, pa
 class PackedBatchDataset(Dataset):
     """Map-style dataset over a fixed batch plan: item k is planned batch k, so nothing is lost or repeated."""
 
-    def __init__(self, seqs: Sequence[bytes], batches: Sequence[Sequence[int]], vocab: Vocabulary | None = None,
-                 pad_to: int | None = None):
+    def __init__(
+        self,
+        seqs: Sequence[bytes],
+        batches: Sequence[Sequence[int]],
+        vocab: Vocabulary | None = None,
+        pad_to: int | None = None,
+    ):
         self.seqs = seqs
         self.batches = batches
         self.vocab = vocab or Vocabulary.esm2()
@@ -132,10 +151,20 @@ def make_loader(dataset: PackedBatchDataset, num_workers: int, prefetch_factor: 
         raise ValueError("num_workers must be >= 0")
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"prefetch_factor": max(1, prefetch_factor), "persistent_workers": False,
-                  "worker_init_fn": _ignore_sigterm}
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
-                      collate_fn=_identity, **kwargs)
+        kwargs = {
+            "prefetch_factor": max(1, prefetch_factor),
+            "persistent_workers": False,
+            "worker_init_fn": _ignore_sigterm,
+        }
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=_identity,
+        **kwargs,
+    )
 
 
 def _identity(x):

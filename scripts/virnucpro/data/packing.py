@@ -47,8 +47,10 @@ def check_budget(residue_lengths: Sequence[int], token_budget: int) -> None:
     """Refuse a budget past the engine's int32 segment offsets, or one that the longest sequence cannot fit into
     (a sequence is never split or dropped)."""
     if token_budget > MAX_TOKEN_BUDGET:
-        raise UserError(f"token budget {token_budget:,} is larger than the largest this engine supports "
-                        f"({MAX_TOKEN_BUDGET:,} tokens: batch offsets are 32-bit); lower --token-budget")
+        raise UserError(
+            f"token budget {token_budget:,} is larger than the largest this engine supports "
+            f"({MAX_TOKEN_BUDGET:,} tokens: batch offsets are 32-bit); lower --token-budget"
+        )
     if not residue_lengths:
         return
     longest = max(range(len(residue_lengths)), key=residue_lengths.__getitem__)

@@ -19,8 +19,12 @@ SEED_MIX_BANDS = ((0.40, 50, 100), (0.35, 100, 300), (0.20, 300, 500), (0.05, 50
 
 _BASES = "TCAG"
 _CODE = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"  # standard table, TCAG order
-CODON_TABLE = {a + b + c: _CODE[16 * i + 4 * j + k] for i, a in enumerate(_BASES) for j, b in enumerate(_BASES)
-               for k, c in enumerate(_BASES)}
+CODON_TABLE = {
+    a + b + c: _CODE[16 * i + 4 * j + k]
+    for i, a in enumerate(_BASES)
+    for j, b in enumerate(_BASES)
+    for k, c in enumerate(_BASES)
+}
 _COMPLEMENT = str.maketrans("ACGT", "TGCA")
 
 
@@ -32,9 +36,7 @@ def translate(dna: str) -> str:
 def six_frames(read: str) -> list[tuple[str, str]]:
     """The six reading frames of a read as (suffix, protein): F1..F3 forward, R1..R3 reverse complement."""
     rc = read.translate(_COMPLEMENT)[::-1]
-    return [(f"F{i + 1}", translate(read[i:])) for i in range(3)] + [
-        (f"R{i + 1}", translate(rc[i:])) for i in range(3)
-    ]
+    return [(f"F{i + 1}", translate(read[i:])) for i in range(3)] + [(f"R{i + 1}", translate(rc[i:])) for i in range(3)]
 
 
 def _seed_mix(n: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:

@@ -20,15 +20,23 @@ def varlen_available(device: torch.device, dtype: torch.dtype) -> bool:
     return _varlen_attn is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_len: int) -> torch.Tensor:
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int
+) -> torch.Tensor:
     """(T, H, D) packed q/k/v -> (T, H, D). Positional arguments only: their order is the same in torch
     2.10-2.13 while the keyword arguments changed."""
     return _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
 
 
-def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                     max_len: int, positions: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
+def padded_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    positions: torch.Tensor,
+    seq_ids: torch.Tensor,
+) -> torch.Tensor:
     """Reference path: scatter into (B, H, max_len, D), SDPA with a key mask, gather back to (T, H, D)."""
     T, H, D = q.shape
     B = cu_seqlens.numel() - 1

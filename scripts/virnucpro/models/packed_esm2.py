@@ -17,8 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.models.attention import padded_attention, varlen_attention, varlen_available
-from virnucpro.models.triton_attention import (ROTATE_KEYS_MAX_LEN, rotary_tables, rotary_varlen_attention,
-                                               triton_available)
+from virnucpro.models.triton_attention import (
+    ROTATE_KEYS_MAX_LEN,
+    rotary_tables,
+    rotary_varlen_attention,
+    triton_available,
+)
 from virnucpro.models.weights import ModelSpec
 
 #: fair-esm uses torch.nn.LayerNorm (no apex) with its default eps.
@@ -145,8 +149,15 @@ class PackedESM2(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_state_dict(cls, spec: ModelSpec, state: Mapping[str, torch.Tensor], cls_idx: int, eos_idx: int,
-                        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "PackedESM2":
+    def from_state_dict(
+        cls,
+        spec: ModelSpec,
+        state: Mapping[str, torch.Tensor],
+        cls_idx: int,
+        eos_idx: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "PackedESM2":
         """Build from fair-esm parameter names (prefix-stripped), fusing q/k/v into one projection.
 
         Parameters are allocated on `device` once, in their final dtypes (only the linear layers take `dtype`;
@@ -172,8 +183,13 @@ class PackedESM2(nn.Module):
             qkv = [p + f"self_attn.{m}_proj" for m in ("q", "k", "v")]
             put(layer.qkv.weight, *(n + ".weight" for n in qkv))
             put(layer.qkv.bias, *(n + ".bias" for n in qkv))
-            for mine, theirs in (("out", "self_attn.out_proj"), ("fc1", "fc1"), ("fc2", "fc2"),
-                                 ("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")):
+            for mine, theirs in (
+                ("out", "self_attn.out_proj"),
+                ("fc1", "fc1"),
+                ("fc2", "fc2"),
+                ("ln1", "self_attn_layer_norm"),
+                ("ln2", "final_layer_norm"),
+            ):
                 put(getattr(layer, mine).weight, p + theirs + ".weight")
                 put(getattr(layer, mine).bias, p + theirs + ".bias")
         put(model.emb_layer_norm_after.weight, "emb_layer_norm_after.weight")
@@ -182,11 +198,26 @@ class PackedESM2(nn.Module):
 
     def embed(self, batch, repr_layer: int | None = None) -> torch.Tensor:
         """`forward` on a PackedBatch already on this model's device."""
-        return self(batch.tokens, batch.positions, batch.cu_seqlens, batch.seq_ids, batch.max_len,
-                    batch.num_sequences, repr_layer)
+        return self(
+            batch.tokens,
+            batch.positions,
+            batch.cu_seqlens,
+            batch.seq_ids,
+            batch.max_len,
+            batch.num_sequences,
+            repr_layer,
+        )
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor, seq_ids: torch.Tensor,
-                max_len: int, num_seqs: int, repr_layer: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        seq_ids: torch.Tensor,
+        max_len: int,
+        num_seqs: int,
+        repr_layer: int | None = None,
+    ) -> torch.Tensor:
         """Packed tokens (T,) -> (num_seqs, D) fp32 mean over residues (BOS/EOS excluded) of `repr_layer`.
 
         cu_seqlens may describe more segments than `num_seqs`: trailing padding segments are computed (as
@@ -221,10 +252,10 @@ class PackedESM2(nn.Module):
                     a = varlen_attention(q, k, v, cu_seqlens, max_len)
                 else:
                     a = padded_attention(q, k, v, cu_seqlens, max_len, positions, seq_ids)
-            x, h = add_norm(x, F.linear(a.reshape(T, d), layer.out.weight, layer.out.bias), layer.ln2.weight,
-                            layer.ln2.bias, dtype)
-            y = F.linear(mlp_up(h, layer.fc1.weight, layer.fc1.bias, tanh_gelu), layer.fc2.weight,
-                         layer.fc2.bias)
+            x, h = add_norm(
+                x, F.linear(a.reshape(T, d), layer.out.weight, layer.out.bias), layer.ln2.weight, layer.ln2.bias, dtype
+            )
+            y = F.linear(mlp_up(h, layer.fc1.weight, layer.fc1.bias, tanh_gelu), layer.fc2.weight, layer.fc2.bias)
             if i + 1 < len(layers):
                 nxt = layers[i + 1].ln1
                 x, h = add_norm(x, y, nxt.weight, nxt.bias, dtype)

@@ -59,10 +59,26 @@ def launch_grid(max_len: int, segments: int, heads: int, block_m: int) -> tuple[
 if triton is not None:
 
     @triton.jit
-    def _rotary_varlen_attention(qkv, keys, out, cu_seqlens, cos_table, sin_table, scale_log2, qkv_row_stride,
-                                 key_row_stride, out_row_stride, m_blocks, HEADS: tl.constexpr,
-                                 HEAD_DIM: tl.constexpr, HALF_P: tl.constexpr, DIM_P: tl.constexpr,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROTATE_KEYS: tl.constexpr):
+    def _rotary_varlen_attention(
+        qkv,
+        keys,
+        out,
+        cu_seqlens,
+        cos_table,
+        sin_table,
+        scale_log2,
+        qkv_row_stride,
+        key_row_stride,
+        out_row_stride,
+        m_blocks,
+        HEADS: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        HALF_P: tl.constexpr,
+        DIM_P: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        ROTATE_KEYS: tl.constexpr,
+    ):
         seq = tl.program_id(0) // m_blocks
         m_block = tl.program_id(0) % m_blocks
         head = tl.program_id(1)
@@ -112,8 +128,9 @@ if triton is not None:
                 p = tl.exp2(s - m_new[:, None])
                 alpha = tl.exp2(m_i - m_new)
                 l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None] & dims_ok,
-                            other=0.0)
+                v = tl.load(
+                    qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None] & dims_ok, other=0.0
+                )
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
                 m_i = m_new
             o_at = out + (start + pos_m)[:, None] * out_row_stride + head * HEAD_DIM + dims[None, :]
@@ -126,10 +143,15 @@ def rotary_tables(inv_freq: torch.Tensor, positions: int) -> tuple[torch.Tensor,
     return angle.cos().contiguous(), angle.sin().contiguous()
 
 
-def rotary_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int,
-                            tables: tuple[torch.Tensor, torch.Tensor], heads: int,
-                            config: tuple[int, int, int, int] | None = None,
-                            rotated_keys: torch.Tensor | None = None) -> torch.Tensor:
+def rotary_varlen_attention(
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    tables: tuple[torch.Tensor, torch.Tensor],
+    heads: int,
+    config: tuple[int, int, int, int] | None = None,
+    rotated_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(T, 3D) projection [q | k | v, heads-major] -> (T, H, Dh) attention output; scale 1/sqrt(Dh).
 
     Every token must lie in a segment of `cu_seqlens` (int32, on the GPU) no longer than `max_len`, and the
@@ -141,12 +163,29 @@ def rotary_varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_len
     out = torch.empty(T, heads, head_dim, device=qkv.device, dtype=qkv.dtype)
     block_m, block_n, warps, stages = config or (SHORT_CONFIG if rotated_keys is None else LONG_CONFIG)
     grid = launch_grid(max_len, cu_seqlens.numel() - 1, heads, block_m)
-    keys = qkv[:, heads * head_dim:] if rotated_keys is None else rotated_keys.view(T, -1)
+    keys = qkv[:, heads * head_dim :] if rotated_keys is None else rotated_keys.view(T, -1)
     cos, sin = tables
     half_p, dim_p = padded_head_dims(head_dim)
-    _rotary_varlen_attention[grid](qkv, keys, out, cu_seqlens, cos, sin, math.log2(math.e) / math.sqrt(head_dim),
-                                   qkv.stride(0), keys.stride(0), out.stride(0), -(-max_len // block_m),
-                                   HEADS=heads, HEAD_DIM=head_dim, HALF_P=half_p, DIM_P=dim_p, BLOCK_M=block_m,
-                                   BLOCK_N=block_n, ROTATE_KEYS=rotated_keys is None, num_warps=warps,
-                                   num_stages=stages)
+    _rotary_varlen_attention[grid](
+        qkv,
+        keys,
+        out,
+        cu_seqlens,
+        cos,
+        sin,
+        math.log2(math.e) / math.sqrt(head_dim),
+        qkv.stride(0),
+        keys.stride(0),
+        out.stride(0),
+        -(-max_len // block_m),
+        HEADS=heads,
+        HEAD_DIM=head_dim,
+        HALF_P=half_p,
+        DIM_P=dim_p,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        ROTATE_KEYS=rotated_keys is None,
+        num_warps=warps,
+        num_stages=stages,
+    )
     return out

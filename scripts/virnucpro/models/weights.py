@@ -74,8 +74,12 @@ def sha256_file(path: Path, block: int = 1 << 24) -> str:
 
 def _spec_from_cfg(cfg, path: Path) -> ModelSpec:
     try:
-        return ModelSpec(int(cfg.encoder_layers), int(cfg.encoder_embed_dim), int(cfg.encoder_attention_heads),
-                         bool(getattr(cfg, "token_dropout", True)))
+        return ModelSpec(
+            int(cfg.encoder_layers),
+            int(cfg.encoder_embed_dim),
+            int(cfg.encoder_attention_heads),
+            bool(getattr(cfg, "token_dropout", True)),
+        )
     except AttributeError as exc:
         raise UserError(f"{path}: not an ESM-2 checkpoint (its cfg lacks {exc.name})") from None
 
@@ -106,8 +110,10 @@ def _check_esm2_layout(path: Path, spec: ModelSpec, state: dict) -> None:
     for key in required_keys(spec):
         want, got = _expected_shape(key, spec), tuple(state[key].shape)
         if got != want:
-            raise UserError(f"{path}: weight {key} has shape {list(got)} where an ESM-2 of {spec.num_layers} "
-                            f"layers x {spec.embed_dim} (its cfg) has {list(want)}")
+            raise UserError(
+                f"{path}: weight {key} has shape {list(got)} where an ESM-2 of {spec.num_layers} "
+                f"layers x {spec.embed_dim} (its cfg) has {list(want)}"
+            )
 
 
 def known_architecture(spec: ModelSpec) -> str | None:
@@ -137,16 +143,18 @@ def load_checkpoint(path: str | Path, known_sha256: str | None = None) -> Weight
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"{path}: cannot load as a fair-esm checkpoint ({first})") from None
     if isinstance(data, dict) and "args" in data and "cfg" not in data:
-        raise UserError(f"{path}: a fair-esm v1 checkpoint ('args', no 'cfg': ESM-1b, ESM-1v, MSA Transformer...), "
-                        f"not ESM-2")
+        raise UserError(
+            f"{path}: a fair-esm v1 checkpoint ('args', no 'cfg': ESM-1b, ESM-1v, MSA Transformer...), not ESM-2"
+        )
     if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
         raise UserError(f"{path}: not a fair-esm checkpoint (expected keys 'cfg' and 'model')")
     cfg = data["cfg"]["model"] if isinstance(data["cfg"], dict) else getattr(data["cfg"], "model", None)
     spec = _spec_from_cfg(cfg, path)
     state = {_PREFIX.sub("", k): v for k, v in data["model"].items()}
     _check_esm2_layout(path, spec, state)
-    return Weights(spec, state, {"weights": "checkpoint", "path": str(path.resolve()),
-                                 "sha256": known_sha256 or sha256_file(path)})
+    return Weights(
+        spec, state, {"weights": "checkpoint", "path": str(path.resolve()), "sha256": known_sha256 or sha256_file(path)}
+    )
 
 
 def _checkpoint_model_name(path: Path, spec: ModelSpec, quiet: bool) -> str:
@@ -177,8 +185,16 @@ def required_keys(spec: ModelSpec) -> list[str]:
     keys = ["embed_tokens.weight", "emb_layer_norm_after.weight", "emb_layer_norm_after.bias"]
     for i in range(spec.num_layers):
         p = f"layers.{i}."
-        for mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2",
-                    "self_attn_layer_norm", "final_layer_norm"):
+        for mod in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+            "fc1",
+            "fc2",
+            "self_attn_layer_norm",
+            "final_layer_norm",
+        ):
             keys += [p + mod + ".weight", p + mod + ".bias"]
     return keys
 
@@ -196,8 +212,9 @@ def _random_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         for mod in ("q_proj", "k_proj", "v_proj", "out_proj"):
             shapes[p + f"self_attn.{mod}.weight"] = (d, d)
             shapes[p + f"self_attn.{mod}.bias"] = (d,)
-        shapes.update({p + "fc1.weight": (ff, d), p + "fc1.bias": (ff,), p + "fc2.weight": (d, ff),
-                       p + "fc2.bias": (d,)})
+        shapes.update(
+            {p + "fc1.weight": (ff, d), p + "fc1.bias": (ff,), p + "fc2.weight": (d, ff), p + "fc2.bias": (d,)}
+        )
         for ln in ("self_attn_layer_norm", "final_layer_norm"):
             shapes[p + ln + ".weight"] = (d,)
             shapes[p + ln + ".bias"] = (d,)
@@ -240,9 +257,15 @@ def random_state_dict(spec: ModelSpec, seed: int, device: torch.device | str = "
     return RandomStateDict(spec, seed, device)
 
 
-def resolve_weights(model_name: str | None, checkpoint: str | None, random_weights: bool, seed: int,
-                    device: torch.device | str = "cpu", materialize: bool = True,
-                    known_sha256: str | None = None) -> Weights:
+def resolve_weights(
+    model_name: str | None,
+    checkpoint: str | None,
+    random_weights: bool,
+    seed: int,
+    device: torch.device | str = "cpu",
+    materialize: bool = True,
+    known_sha256: str | None = None,
+) -> Weights:
     """Pick the weights source the user asked for; random only when `random_weights` is set.
 
     `materialize=False` returns random weights' spec and provenance without generating them (a launcher
@@ -264,8 +287,17 @@ def resolve_weights(model_name: str | None, checkpoint: str | None, random_weigh
     if random_weights:
         device = torch.device(device)
         state = random_state_dict(spec, seed, device) if materialize else {}
-        return Weights(spec, state, {"weights": "random", "model": model_name, "seed": seed,
-                                     "generated_on": device.type, "recipe": RANDOM_RECIPE})
+        return Weights(
+            spec,
+            state,
+            {
+                "weights": "random",
+                "model": model_name,
+                "seed": seed,
+                "generated_on": device.type,
+                "recipe": RANDOM_RECIPE,
+            },
+        )
     cached = hub_checkpoint_path(model_name)
     if cached.is_file():
         weights = load_checkpoint(cached, known_sha256)

@@ -115,8 +115,9 @@ def _rank_main(job: "RankJob", events, log_level: int, parent_pid: int) -> None:
             code = exc.exit_code
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
             peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
-            events.put(("oom", job.rank, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                        peak))
+            events.put(
+                ("oom", job.rank, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", peak)
+            )
             code = EXIT_OOM
         except BaseException as exc:  # a bug: send the traceback, the parent prints it
             events.put(("error", job.rank, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
@@ -131,14 +132,17 @@ def _rank_main(job: "RankJob", events, log_level: int, parent_pid: int) -> None:
     sys.exit(code)
 
 
-def launch_ranks(jobs: list["RankJob"], stop: StopFlag, on_batch: Callable[[dict], None] | None = None,
-                 poll_seconds: float = 0.2) -> list[dict]:
+def launch_ranks(
+    jobs: list["RankJob"], stop: StopFlag, on_batch: Callable[[dict], None] | None = None, poll_seconds: float = 0.2
+) -> list[dict]:
     """Run each job in its own spawned process; return their summaries in rank order or raise the first failure."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     events = ctx.Queue()
     level = logging.getLogger().getEffectiveLevel()
-    procs = [ctx.Process(target=_rank_main, args=(job, events, level, os.getpid()),
-                         name=f"virnucpro-rank{job.rank}") for job in jobs]
+    procs = [
+        ctx.Process(target=_rank_main, args=(job, events, level, os.getpid()), name=f"virnucpro-rank{job.rank}")
+        for job in jobs
+    ]
     for p in procs:
         p.start()
     summaries: dict[int, dict] = {}
@@ -179,8 +183,9 @@ def launch_ranks(jobs: list["RankJob"], stop: StopFlag, on_batch: Callable[[dict
                 if r not in ended:
                     ended[r] = ("died", r, p.exitcode)
                     if not stop.is_set():
-                        failures.append(RankFailed(f"rank {r} died with {_signal_name(p.exitcode)} "
-                                                   f"and reported nothing"))
+                        failures.append(
+                            RankFailed(f"rank {r} died with {_signal_name(p.exitcode)} and reported nothing")
+                        )
             if (failures or stop.is_set()) and stopping_since is None:
                 stopping_since = time.monotonic()
                 if failures:
@@ -225,4 +230,3 @@ def _as_exception(msg: tuple) -> BaseException:
     if kind == "oom":
         return RankOutOfMemory(f"rank {rank}: {msg[2]}", msg[3])
     return RankFailed(f"rank {rank} failed: {msg[2]}")
-

@@ -25,8 +25,15 @@ from virnucpro.data.packing import check_budget, pack_batches
 from virnucpro.errors import UserError
 from virnucpro.models.weights import resolve_weights
 from virnucpro.pipeline.preemption import Preempted, StopFlag
-from virnucpro.pipeline.runner import (EmbedConfig, build_model, gelu_form, rank_device, resolve_layer,
-                                      set_compile_cache, warm_up)
+from virnucpro.pipeline.runner import (
+    EmbedConfig,
+    build_model,
+    gelu_form,
+    rank_device,
+    resolve_layer,
+    set_compile_cache,
+    warm_up,
+)
 from virnucpro.utils.gpu_monitor import NvitopMonitor
 from virnucpro.utils.hardware import capture_hardware_info, package_versions
 from virnucpro.utils.telemetry import percentile
@@ -60,8 +67,9 @@ class CycledBatches(PackedBatchDataset):
         return super().__getitem__(k % len(self.batches))
 
 
-def finished_batches(batches: Iterator[PackedBatch], model, device: torch.device, layer: int,
-                     stop: StopFlag | None = None) -> Iterator[tuple[float, PackedBatch, float]]:
+def finished_batches(
+    batches: Iterator[PackedBatch], model, device: torch.device, layer: int, stop: StopFlag | None = None
+) -> Iterator[tuple[float, PackedBatch, float]]:
     """(finish time, batch, loader wait ms) of each batch, in order. On CUDA the device is kept one batch
     ahead (batch k launched before batch k-1's rows are awaited, as in the runner's loop); call it under
     `torch.inference_mode()`. Raises `Preempted` between batches once `stop` is set."""
@@ -86,8 +94,9 @@ def finished_batches(batches: Iterator[PackedBatch], model, device: torch.device
         pending = (event, batch, wait_ms)
 
 
-def run_window(stream: Iterator, seconds: float, start: float, token_budget: int,
-               monitor: NvitopMonitor | None = None) -> dict:
+def run_window(
+    stream: Iterator, seconds: float, start: float, token_budget: int, monitor: NvitopMonitor | None = None
+) -> dict:
     """Consume finished batches until `seconds` have passed since `start` (a perf_counter time); the window ends
     when the first batch finishing after that does, so it holds whole batches and the next one starts there."""
     tokens = sequences = 0
@@ -101,13 +110,24 @@ def run_window(stream: Iterator, seconds: float, start: float, token_budget: int
         if end - start >= seconds:
             break
     elapsed = end - start
-    utils = [s["gpu_util"] for s in (monitor.samples if monitor is not None else [])
-             if start <= s["at"] <= end and s.get("gpu_util") is not None]
-    return {"start": start, "end": end, "seconds": elapsed, "batches": len(waits), "tokens": tokens,
-            "sequences": sequences, "tokens_per_sec": tokens / elapsed if elapsed > 0 else None,
-            "sequences_per_sec": sequences / elapsed if elapsed > 0 else None,
-            "gpu_util": statistics.fmean(utils) if utils else None, "p95_wait_ms": percentile(waits, 95),
-            "packing_efficiency": statistics.fmean(packing) if packing else None}
+    utils = [
+        s["gpu_util"]
+        for s in (monitor.samples if monitor is not None else [])
+        if start <= s["at"] <= end and s.get("gpu_util") is not None
+    ]
+    return {
+        "start": start,
+        "end": end,
+        "seconds": elapsed,
+        "batches": len(waits),
+        "tokens": tokens,
+        "sequences": sequences,
+        "tokens_per_sec": tokens / elapsed if elapsed > 0 else None,
+        "sequences_per_sec": sequences / elapsed if elapsed > 0 else None,
+        "gpu_util": statistics.fmean(utils) if utils else None,
+        "p95_wait_ms": percentile(waits, 95),
+        "packing_efficiency": statistics.fmean(packing) if packing else None,
+    }
 
 
 def is_stable(previous: float, current: float, tolerance: float) -> bool:
@@ -129,8 +149,9 @@ def warm_until_stable(stream: Iterator, protocol: Protocol, token_budget: int, s
     return {"stabilised": stable, "seconds": start - t0, "window_tokens_per_sec": rates}, start
 
 
-def measure_windows(stream: Iterator, protocol: Protocol, token_budget: int,
-                    monitor: NvitopMonitor | None = None) -> dict:
+def measure_windows(
+    stream: Iterator, protocol: Protocol, token_budget: int, monitor: NvitopMonitor | None = None
+) -> dict:
     """Warm up, then `protocol.repeats` contiguous measured windows."""
     warmup, start = warm_until_stable(stream, protocol, token_budget, time.perf_counter())
     windows = []
@@ -165,8 +186,12 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
         model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
     warm_up(model, device, layer, pad_to)
     plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
-    loader = make_loader(CycledBatches(records.seqs, plan, pad_to=pad_to), cfg.num_workers, cfg.prefetch_factor,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        CycledBatches(records.seqs, plan, pad_to=pad_to),
+        cfg.num_workers,
+        cfg.prefetch_factor,
+        pin_memory=device.type == "cuda",
+    )
     monitor = NvitopMonitor([device.index] if device.type == "cuda" else [])
     startup = time.perf_counter() - t_start
     stream = finished_batches(iter(loader), model, device, layer, stop)
@@ -178,13 +203,24 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
         del stream, loader  # are shut down now, not at exit
     plan_tokens = int(sum(lengths)) + 2 * len(lengths)
     return {
-        **result, "protocol": asdict(protocol), "startup_seconds": startup, "device": str(device),
-        "precision": precision, "gelu": gelu_form(cfg, device, precision), "compiled": compiled,
-        "weights": weights.provenance, "model_spec": asdict(weights.spec), "gpu_monitor": monitor.identity(),
-        "workload": {"sequences": len(records), "tokens": plan_tokens, "batches": len(plan),
-                     "packing_efficiency": plan_tokens / (len(plan) * cfg.token_budget),
-                     "input_sha256": records.sha256},
+        **result,
+        "protocol": asdict(protocol),
+        "startup_seconds": startup,
+        "device": str(device),
+        "precision": precision,
+        "gelu": gelu_form(cfg, device, precision),
+        "compiled": compiled,
+        "weights": weights.provenance,
+        "model_spec": asdict(weights.spec),
+        "gpu_monitor": monitor.identity(),
+        "workload": {
+            "sequences": len(records),
+            "tokens": plan_tokens,
+            "batches": len(plan),
+            "packing_efficiency": plan_tokens / (len(plan) * cfg.token_budget),
+            "input_sha256": records.sha256,
+        },
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None,
-        "hardware": capture_hardware_info(), "versions": package_versions(),
+        "hardware": capture_hardware_info(),
+        "versions": package_versions(),
     }
-

@@ -22,8 +22,14 @@ MARKER = "measurement.json"
 #: What `virnucpro embed` writes into OUTDIR (anything else there is left alone).
 OUTPUTS = ("embeddings.h5", "status.json", "telemetry", PARTIAL_DIR, MARKER)
 #: Settings that change nothing computed (logs, projections, caches, the overwrite action): may differ on a resume.
-NOT_MEASURED = ("progress_interval", "target_sequences", "monitor_interval", "extra_metadata", "overwrite",
-                "compile_cache")
+NOT_MEASURED = (
+    "progress_interval",
+    "target_sequences",
+    "monitor_interval",
+    "extra_metadata",
+    "overwrite",
+    "compile_cache",
+)
 
 
 def identity(cfg) -> dict:

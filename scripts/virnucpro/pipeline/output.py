@@ -87,13 +87,18 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 def io_error(action: str, path: Path, exc: OSError) -> OutputError:
     """One line naming what could not be written where, and what to do (disk full and quota named as such)."""
-    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-           errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror or str(exc))
-    return OutputError(f"cannot {action} {path}: {why}; free space (or fix the path) and rerun the same command "
-                       f"to resume")
+    why = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return OutputError(
+        f"cannot {action} {path}: {why}; free space (or fix the path) and rerun the same command to resume"
+    )
 
 
 # --- the output directory: checked before anything is loaded, locked while a run writes it -------------------
+
 
 def check_outdir(outdir: Path) -> None:
     """Refuse an output directory that cannot work, before the input or the model is loaded; create nothing."""
@@ -126,8 +131,10 @@ class OutdirLock:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
-            raise UserError(f"{self.path.parent}: another virnucpro run is writing this output directory "
-                            f"({holder}); wait for it to end or use another directory") from None
+            raise UserError(
+                f"{self.path.parent}: another virnucpro run is writing this output directory "
+                f"({holder}); wait for it to end or use another directory"
+            ) from None
         except OSError as exc:
             logger.warning("cannot lock %s (%s): make sure no other run writes this directory", self.path, exc)
         os.ftruncate(fd, 0)
@@ -142,6 +149,7 @@ class OutdirLock:
 
 
 # --- the preallocated data file ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -164,8 +172,10 @@ def create_data_file(path: Path, ids: list[str], dim: int, dtype: str, fingerpri
     need = n * dim * np.dtype(OUTPUT_DTYPES[dtype]).itemsize + sum(map(len, ids)) + (1 << 20)
     free = shutil.disk_usage(path.parent).free
     if need > free:
-        raise OutputError(f"{path.parent}: the embeddings need {need / 1e9:.1f} GB and only {free / 1e9:.1f} GB "
-                          f"are free; free space, use another directory or --output-dtype float16")
+        raise OutputError(
+            f"{path.parent}: the embeddings need {need / 1e9:.1f} GB and only {free / 1e9:.1f} GB "
+            f"are free; free space, use another directory or --output-dtype float16"
+        )
     tmp = path.with_name(path.name + ".tmp")
     try:
         with h5py.File(tmp, "w") as f:
@@ -216,12 +226,14 @@ def write_rows(fd: int, layout: Layout, indices: np.ndarray, rows: np.ndarray) -
 
 
 def read_rows(layout: Layout, indices: np.ndarray) -> np.ndarray:
-    mm = np.memmap(layout.path, dtype=OUTPUT_DTYPES[layout.dtype], mode="r", offset=layout.offset,
-                   shape=(layout.rows, layout.dim))
+    mm = np.memmap(
+        layout.path, dtype=OUTPUT_DTYPES[layout.dtype], mode="r", offset=layout.offset, shape=(layout.rows, layout.dim)
+    )
     return np.asarray(mm[np.asarray(indices, dtype=np.int64)])
 
 
 # --- checkpoint chunks: which rows are durable -------------------------------------------------------------
+
 
 def write_chunk(directory: Path, rank: int, indices: np.ndarray, digest: str, key: str) -> Path:
     """Record rows already fsynced to the data file; atomic (temporary name, fsync, rename)."""
@@ -255,8 +267,10 @@ class AsyncChunkWriter:
 
     def _write(self, indices: np.ndarray, rows: np.ndarray) -> None:
         if os.fstat(self._fd).st_nlink == 0:
-            raise OutputError(f"{self.layout.path} was deleted while the run was writing it; rerun the same "
-                              f"command to recompute what is missing")
+            raise OutputError(
+                f"{self.layout.path} was deleted while the run was writing it; rerun the same "
+                f"command to recompute what is missing"
+            )
         rows = np.asarray(rows, dtype=OUTPUT_DTYPES[self.layout.dtype])
         write_rows(self._fd, self.layout, indices, rows)
         os.fdatasync(self._fd)
@@ -323,8 +337,9 @@ def _set_aside(path: Path, why: str, suffix: str) -> None:
     path.replace(path.with_suffix(suffix))
 
 
-def scan_partial(directory: Path, num_sequences: int, layout: Layout | None = None, key: str | None = None,
-                 verify_rows: bool = True) -> PartialState:
+def scan_partial(
+    directory: Path, num_sequences: int, layout: Layout | None = None, key: str | None = None, verify_rows: bool = True
+) -> PartialState:
     """Find the chunks whose rows are this run's and intact; set the others aside so their sequences are redone.
 
     `layout`/`key` None: only count what the chunks claim (progress probes in tests). `verify_rows` reads the
@@ -406,8 +421,10 @@ def finalize(directory: Path, out_path: Path, num_sequences: int, key: str, attr
     """
     data = directory / DATA_FILE
     if not data.is_file():
-        raise OutputError(f"{data} disappeared during the run (was {directory} deleted?); rerun the same command "
-                          f"to recompute what is missing")
+        raise OutputError(
+            f"{data} disappeared during the run (was {directory} deleted?); rerun the same command "
+            f"to recompute what is missing"
+        )
     seen = np.zeros(num_sequences, dtype=np.int64)
     for path in sorted(directory.glob("chunk_*.h5")):
         content = _chunk_content(path)

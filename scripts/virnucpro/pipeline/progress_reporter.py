@@ -42,9 +42,17 @@ class InferenceProgressReporter:
     each update's batch metrics are also recorded there (for callers that have no logger of their own).
     """
 
-    def __init__(self, total_sequences: int, monitor: "NvitopMonitor | None" = None,
-                 telemetry: "TelemetryLogger | None" = None, *, description: str = "embedding",
-                 stream: IO[str] | None = None, interactive: bool | None = None, interval: float = 10.0):
+    def __init__(
+        self,
+        total_sequences: int,
+        monitor: "NvitopMonitor | None" = None,
+        telemetry: "TelemetryLogger | None" = None,
+        *,
+        description: str = "embedding",
+        stream: IO[str] | None = None,
+        interactive: bool | None = None,
+        interval: float = 10.0,
+    ):
         self.total_sequences = total_sequences
         self.monitor, self.telemetry = monitor, telemetry
         self.description = description
@@ -96,23 +104,31 @@ class InferenceProgressReporter:
         """The compact one-line state used in non-interactive logs."""
         done = 100 * self.sequences / self.total_sequences if self.total_sequences else 100.0
         tps = self.tokens_per_sec()
-        return (f"[{self.description}] {self.sequences:,}/{self.total_sequences:,} seq ({done:.1f}%) | "
-                f"{tps or 0:,.0f} tok/s | GPU {_pct(self.gpu_util())} | packing {_pct(self.packing_pct())} | "
-                f"elapsed {_hms(self.elapsed())} | ETA {_hms(self.eta_seconds())}")
+        return (
+            f"[{self.description}] {self.sequences:,}/{self.total_sequences:,} seq ({done:.1f}%) | "
+            f"{tps or 0:,.0f} tok/s | GPU {_pct(self.gpu_util())} | packing {_pct(self.packing_pct())} | "
+            f"elapsed {_hms(self.elapsed())} | ETA {_hms(self.eta_seconds())}"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> "InferenceProgressReporter":
         self._t0 = time.perf_counter()
         if self.interactive:
             self.progress = Progress(
-                TextColumn("[bold blue]{task.description}"), BarColumn(), TaskProgressColumn(),
+                TextColumn("[bold blue]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
                 TextColumn("[yellow]{task.fields[tokens_per_sec]:>10,.0f} tok/s"),
-                TextColumn("[green]{task.fields[gpu]} GPU"), TextColumn("[cyan]{task.fields[packing]} pack"),
-                TimeRemainingColumn(), console=Console(file=self.stream), transient=False,
+                TextColumn("[green]{task.fields[gpu]} GPU"),
+                TextColumn("[cyan]{task.fields[packing]} pack"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
             )
             self.progress.start()
-            self.task_id = self.progress.add_task(self.description, total=self.total_sequences,
-                                                  tokens_per_sec=0.0, gpu="N/A", packing="N/A")
+            self.task_id = self.progress.add_task(
+                self.description, total=self.total_sequences, tokens_per_sec=0.0, gpu="N/A", packing="N/A"
+            )
         else:
             self._emit()
         return self
@@ -130,8 +146,13 @@ class InferenceProgressReporter:
         self._emitted_at = self.batches
 
     def _refresh(self) -> None:
-        self.progress.update(self.task_id, completed=self.sequences, tokens_per_sec=self.tokens_per_sec() or 0.0,
-                             gpu=_pct(self.gpu_util()), packing=_pct(self.packing_pct()))
+        self.progress.update(
+            self.task_id,
+            completed=self.sequences,
+            tokens_per_sec=self.tokens_per_sec() or 0.0,
+            gpu=_pct(self.gpu_util()),
+            packing=_pct(self.packing_pct()),
+        )
 
     def update(self, sequences_processed: int, batch_metrics: dict | None = None) -> None:
         """`sequences_processed` is cumulative; `batch_metrics` the batch just finished (tokens, gpu, packing)."""

@@ -97,8 +97,10 @@ class EmbedConfig:
                 raise UserError(f"--device {device} names one GPU; --world-size {self.world_size} needs --device cuda")
             visible = torch.cuda.device_count()
             if self.world_size > visible:
-                raise UserError(f"--world-size {self.world_size} but only {visible} CUDA device(s) are visible "
-                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+                raise UserError(
+                    f"--world-size {self.world_size} but only {visible} CUDA device(s) are visible "
+                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+                )
         return self.world_size
 
     def validate(self) -> None:
@@ -108,8 +110,9 @@ class EmbedConfig:
         if self.num_workers < 0 or self.prefetch_factor < 1:
             raise UserError("--num-workers must be >= 0 and --prefetch-factor >= 1")
         if self.output_dtype not in output.OUTPUT_DTYPES:
-            raise UserError(f"--output-dtype must be one of {', '.join(output.OUTPUT_DTYPES)}, "
-                            f"not {self.output_dtype!r}")
+            raise UserError(
+                f"--output-dtype must be one of {', '.join(output.OUTPUT_DTYPES)}, not {self.output_dtype!r}"
+            )
 
 
 def resolve_layer(repr_layer: int, num_layers: int) -> int:
@@ -127,12 +130,18 @@ def gelu_form(cfg: EmbedConfig, device: torch.device, precision: str) -> str:
     return "tanh (cuBLASLt bias+gelu epilogue)" if fused else "erf"
 
 
-def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision: str, layer: int,
-                gelu: str) -> dict:
+def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision: str, layer: int, gelu: str) -> dict:
     """What must match for checkpoint chunks to be reused (throughput knobs may change between reruns)."""
-    return {"input_sha256": records.sha256, "num_sequences": len(records), "weights": weights.provenance,
-            "precision": precision, "repr_layer": layer, "long_sequences": cfg.long_sequences, "gelu": gelu,
-            "output_dtype": cfg.output_dtype}
+    return {
+        "input_sha256": records.sha256,
+        "num_sequences": len(records),
+        "weights": weights.provenance,
+        "precision": precision,
+        "repr_layer": layer,
+        "long_sequences": cfg.long_sequences,
+        "gelu": gelu,
+        "output_dtype": cfg.output_dtype,
+    }
 
 
 class ResultBuffer:
@@ -174,11 +183,23 @@ def warm_up(model: PackedESM2, device: torch.device, layer: int, pad_to: int | N
     return time.perf_counter() - t0
 
 
-def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarray, model: PackedESM2,
-                  device: torch.device, layer: int, telemetry: TelemetryLogger, rank: int = 0,
-                  pad_to: int | None = None, stop: StopFlag | None = None,
-                  on_batch: Callable[[dict], None] | None = None, monitor: NvitopMonitor | None = None, *,
-                  layout: output.Layout, key: str) -> None:
+def embed_indices(
+    cfg: EmbedConfig,
+    seqs: list[bytes],
+    global_indices: np.ndarray,
+    model: PackedESM2,
+    device: torch.device,
+    layer: int,
+    telemetry: TelemetryLogger,
+    rank: int = 0,
+    pad_to: int | None = None,
+    stop: StopFlag | None = None,
+    on_batch: Callable[[dict], None] | None = None,
+    monitor: NvitopMonitor | None = None,
+    *,
+    layout: output.Layout,
+    key: str,
+) -> None:
     """Embed `seqs` (input positions `global_indices`) on `device`, flushing chunks and recording telemetry.
 
     Between batches the loop checks `stop`: when set, it finishes the batch in flight, flushes every finished
@@ -263,14 +284,17 @@ def embed_indices(cfg: EmbedConfig, seqs: list[bytes], global_indices: np.ndarra
         last = telemetry.batch_metrics[-1]
         last["checkpoint_write_ms"] = last.get("checkpoint_write_ms", 0.0) + sum(written)
     if stopped:
-        raise Preempted(f"stopped by {stop.signal_name} after {len(telemetry.batch_metrics)} of {len(batches)} "
-                        f"batches; finished rows are checkpointed")
+        raise Preempted(
+            f"stopped by {stop.signal_name} after {len(telemetry.batch_metrics)} of {len(batches)} "
+            f"batches; finished rows are checkpointed"
+        )
 
 
 def build_model(weights: Weights, device: torch.device, precision: str) -> PackedESM2:
     vocab = Vocabulary.esm2()
-    return PackedESM2.from_state_dict(weights.spec, weights.state_dict, vocab.cls_idx, vocab.eos_idx, device,
-                                      PRECISIONS[precision])
+    return PackedESM2.from_state_dict(
+        weights.spec, weights.state_dict, vocab.cls_idx, vocab.eos_idx, device, PRECISIONS[precision]
+    )
 
 
 @dataclass
@@ -298,8 +322,9 @@ def load_rank_model(job: RankJob, device: torch.device, weights: Weights | None,
     cfg = job.cfg
     with clock.phase("load_weights"):
         if weights is None or not weights.state_dict:
-            weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device,
-                                      known_sha256=job.weights_sha256)
+            weights = resolve_weights(
+                cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device, known_sha256=job.weights_sha256
+            )
         model = build_model(weights, device, job.precision)
         weights.state_dict = {}
     with clock.phase("compile"):
@@ -308,8 +333,9 @@ def load_rank_model(job: RankJob, device: torch.device, weights: Weights | None,
     return model, weights
 
 
-def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | None = None,
-             weights: Weights | None = None) -> dict:
+def run_rank(
+    job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | None = None, weights: Weights | None = None
+) -> dict:
     """Load the model on this rank's device, embed its shard, write `telemetry_rank{r}.json`; returns its summary.
 
     The summary's `phases` time this rank from its launch by the parent to its telemetry being written.
@@ -331,31 +357,54 @@ def run_rank(job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | No
     else:
         load_peak_gb = None
 
-    telemetry = TelemetryLogger(cfg.outdir / "telemetry", run_id=f"rank{job.rank}",
-                                target_sequences=cfg.target_sequences)
+    telemetry = TelemetryLogger(
+        cfg.outdir / "telemetry", run_id=f"rank{job.rank}", target_sequences=cfg.target_sequences
+    )
     monitor = NvitopMonitor([device.index] if device.type == "cuda" else [], interval=cfg.monitor_interval)
     telemetry.set_run_metadata(
-        **job.run_meta, rank=job.rank, world_size=job.world_size, device=str(device),
-        shard_sequences=len(job.seqs), shard_tokens=int(sum(token_length(len(x)) for x in job.seqs)),
-        startup_seconds=startup_seconds, model_load_seconds=clock.phases["load_weights"] + clock.phases["compile"],
-        warmup_seconds=warmup_seconds, load_peak_memory_gb=load_peak_gb, compiled=job.compiled,
-        gpu_monitor=monitor.identity(), matmul_tflops=ceiling, model_spec=asdict(weights.spec),
+        **job.run_meta,
+        rank=job.rank,
+        world_size=job.world_size,
+        device=str(device),
+        shard_sequences=len(job.seqs),
+        shard_tokens=int(sum(token_length(len(x)) for x in job.seqs)),
+        startup_seconds=startup_seconds,
+        model_load_seconds=clock.phases["load_weights"] + clock.phases["compile"],
+        warmup_seconds=warmup_seconds,
+        load_peak_memory_gb=load_peak_gb,
+        compiled=job.compiled,
+        gpu_monitor=monitor.identity(),
+        matmul_tflops=ceiling,
+        model_spec=asdict(weights.spec),
         hardware=capture_hardware_info(),
     )
     preempted: Preempted | None = None
     t_start = time.perf_counter()
     with monitor.start():
         try:
-            embed_indices(cfg, job.seqs, job.global_indices, model, device, job.layer, telemetry, job.rank,
-                          pad_to, stop, on_batch, monitor, layout=job.layout, key=job.key)
+            embed_indices(
+                cfg,
+                job.seqs,
+                job.global_indices,
+                model,
+                device,
+                job.layer,
+                telemetry,
+                job.rank,
+                pad_to,
+                stop,
+                on_batch,
+                monitor,
+                layout=job.layout,
+                key=job.key,
+            )
         except Preempted as exc:
             preempted = exc
     elapsed = time.perf_counter() - t_start
     clock.add("loop", elapsed)
     with clock.phase("rank_teardown"):
         summary = telemetry.get_summary(elapsed)
-        summary["peak_memory_gb"] = (torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda"
-                                     else None)
+        summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
         summary["gpu_monitor"] = monitor.get_statistics() if monitor.available else None
         telemetry.set_run_metadata(preempted=preempted is not None, gpu_samples=monitor.samples)
         telemetry.set_run_metadata(phases={**clock.phases})  # the rank's own phases, for the report
@@ -421,15 +470,20 @@ def prepare(cfg: EmbedConfig, clock: PhaseClock, stop: StopFlag) -> Prepared:
     with clock.phase("read_input"):
         records = read_fasta(cfg.fasta, cfg.long_sequences)
         if records.truncated:
-            logger.warning("%d sequence(s) longer than %d residues were truncated to %d (--long-sequences truncate)",
-                           records.truncated, MAX_RESIDUES, MAX_RESIDUES)
+            logger.warning(
+                "%d sequence(s) longer than %d residues were truncated to %d (--long-sequences truncate)",
+                records.truncated,
+                MAX_RESIDUES,
+                MAX_RESIDUES,
+            )
         check_budget(records.lengths(), cfg.token_budget)
     with clock.phase("resolve_weights"):
         # one rank in this process: a checkpoint is loaded (memory-mapped) once, here; random weights and
         # several ranks: each rank materialises them on its own device
         in_process = world_size == 1
-        weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed,
-                                  device if in_process else "cpu", materialize=False)
+        weights = resolve_weights(
+            cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device if in_process else "cpu", materialize=False
+        )
     layer = resolve_layer(cfg.repr_layer, weights.spec.num_layers)
     if weights.provenance["weights"] == "random":
         logger.warning("RANDOM WEIGHTS (seed %d): throughput is real, the embeddings are not", cfg.seed)
@@ -450,8 +504,10 @@ def prepare_output(prep: Prepared) -> None:
             prep.already_complete = True
             return
         changed = sorted(k for k in set(existing) | set(prep.fingerprint) if existing.get(k) != prep.fingerprint.get(k))
-        raise UserError(f"{final_path} is a complete result of another configuration (differs in "
-                        f"{', '.join(changed)}); use a new output directory or pass --overwrite")
+        raise UserError(
+            f"{final_path} is a complete result of another configuration (differs in "
+            f"{', '.join(changed)}); use a new output directory or pass --overwrite"
+        )
     if cfg.overwrite or (final_path.exists() and existing is None):
         final_path.unlink(missing_ok=True)  # asked for, or not a result of ours at all (torn, foreign)
         output.discard_partial(partial)
@@ -462,14 +518,19 @@ def prepare_output(prep: Prepared) -> None:
     else:
         for stale in partial.glob("chunk_*.h5"):  # records of rows in a data file that is gone
             stale.replace(stale.with_suffix(".orphan"))
-        prep.layout = output.create_data_file(data, prep.records.ids, prep.weights.spec.embed_dim,
-                                              cfg.output_dtype, prep.fingerprint)
+        prep.layout = output.create_data_file(
+            data, prep.records.ids, prep.weights.spec.embed_dim, cfg.output_dtype, prep.fingerprint
+        )
     state = output.scan_partial(partial, len(prep.records), prep.layout, prep.key)
     prep.todo = np.flatnonzero(~state.done)
     prep.resumed = int(state.done.sum())
     if prep.resumed:
-        logger.warning("resuming: %d of %d sequences already checkpointed, %d to go", prep.resumed,
-                       len(prep.records), len(prep.todo))
+        logger.warning(
+            "resuming: %d of %d sequences already checkpointed, %d to go",
+            prep.resumed,
+            len(prep.records),
+            len(prep.todo),
+        )
     telemetry_dir = outdir / "telemetry"
     telemetry_dir.mkdir(exist_ok=True)
     for stale in telemetry_dir.glob("telemetry_rank*.json"):  # from an earlier attempt, maybe more ranks
@@ -479,12 +540,20 @@ def prepare_output(prep: Prepared) -> None:
 def run_meta(prep: Prepared) -> dict:
     cfg, w = prep.cfg, prep.weights
     return {
-        "model": w.provenance.get("model"), "weights": w.provenance, "precision": prep.precision,
-        "gelu": prep.gelu, "repr_layer": prep.layer, "fasta": str(cfg.fasta), "input_sha256": prep.records.sha256,
-        "num_input_sequences": len(prep.records), "resumed_sequences": prep.resumed,
-        "truncated_sequences": prep.records.truncated, "output_dtype": cfg.output_dtype,
+        "model": w.provenance.get("model"),
+        "weights": w.provenance,
+        "precision": prep.precision,
+        "gelu": prep.gelu,
+        "repr_layer": prep.layer,
+        "fasta": str(cfg.fasta),
+        "input_sha256": prep.records.sha256,
+        "num_input_sequences": len(prep.records),
+        "resumed_sequences": prep.resumed,
+        "truncated_sequences": prep.records.truncated,
+        "output_dtype": cfg.output_dtype,
         "engine": {k: v for k, v in asdict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")},
-        "versions": package_versions(), **cfg.extra_metadata,
+        "versions": package_versions(),
+        **cfg.extra_metadata,
     }
 
 
@@ -497,15 +566,31 @@ def execute(prep: Prepared, stop: StopFlag, progress_stream=None) -> list[dict]:
     compiled = cfg.resolved_compile(prep.device)
     shards = shard_by_tokens(todo, np.asarray(prep.records.lengths(), dtype=np.int64), world_size)
     meta, now = run_meta(prep), time.time()
-    jobs = [RankJob(cfg, r, world_size, str(rank_device(prep.device, r, world_size)), prep.precision, prep.layer,
-                    compiled, prep.weights.provenance.get("sha256"), shard, [prep.records.seqs[i] for i in shard],
-                    meta, now, prep.layout, prep.key)
-            for r, shard in enumerate(shards)]
+    jobs = [
+        RankJob(
+            cfg,
+            r,
+            world_size,
+            str(rank_device(prep.device, r, world_size)),
+            prep.precision,
+            prep.layer,
+            compiled,
+            prep.weights.provenance.get("sha256"),
+            shard,
+            [prep.records.seqs[i] for i in shard],
+            meta,
+            now,
+            prep.layout,
+            prep.key,
+        )
+        for r, shard in enumerate(shards)
+    ]
     del prep.records.seqs[:]  # the ranks hold their own copies now; keep the ids only
     if stop.is_set():
         raise Preempted(f"stopped by {stop.signal_name} before embedding began")
-    with InferenceProgressReporter(len(todo), description=f"embedding x{world_size}", stream=progress_stream,
-                                   interval=cfg.progress_interval) as reporter:
+    with InferenceProgressReporter(
+        len(todo), description=f"embedding x{world_size}", stream=progress_stream, interval=cfg.progress_interval
+    ) as reporter:
         callback = create_progress_callback(reporter)
 
         def on_batch(m: dict) -> None:
@@ -519,8 +604,11 @@ def execute(prep: Prepared, stop: StopFlag, progress_stream=None) -> list[dict]:
 def job_summary(prep: Prepared, summaries: list[dict]) -> dict:
     """The merged telemetry of every rank file in OUTDIR (elapsed = slowest rank)."""
     rank_files = sorted((prep.cfg.outdir / "telemetry").glob("telemetry_rank*.json"))
-    summary = (aggregate_telemetry_shards(rank_files)["global_summary"] if rank_files
-               else {**summarize([], 0.0, prep.cfg.target_sequences), "note": "everything was already checkpointed"})
+    summary = (
+        aggregate_telemetry_shards(rank_files)["global_summary"]
+        if rank_files
+        else {**summarize([], 0.0, prep.cfg.target_sequences), "note": "everything was already checkpointed"}
+    )
     summary["world_size"] = prep.world_size
     summary["per_rank"] = summaries
     peaks = [r["peak_memory_gb"] for r in summaries if r.get("peak_memory_gb") is not None]
@@ -531,10 +619,19 @@ def job_summary(prep: Prepared, summaries: list[dict]) -> dict:
 def finish_output(prep: Prepared) -> None:
     cfg, w, records = prep.cfg, prep.weights, prep.records
     attrs = {
-        "model": w.provenance.get("model"), "weights": w.provenance["weights"], "weights_provenance": w.provenance,
-        "precision": prep.precision, "gelu": prep.gelu, "repr_layer": prep.layer, "output_dtype": cfg.output_dtype,
-        "truncated_count": records.truncated, "input_sha256": records.sha256, "input_path": str(cfg.fasta),
-        "num_sequences": len(records), "versions": package_versions(), "fingerprint": prep.fingerprint,
+        "model": w.provenance.get("model"),
+        "weights": w.provenance["weights"],
+        "weights_provenance": w.provenance,
+        "precision": prep.precision,
+        "gelu": prep.gelu,
+        "repr_layer": prep.layer,
+        "output_dtype": cfg.output_dtype,
+        "truncated_count": records.truncated,
+        "input_sha256": records.sha256,
+        "input_path": str(cfg.fasta),
+        "num_sequences": len(records),
+        "versions": package_versions(),
+        "fingerprint": prep.fingerprint,
         "world_size": prep.world_size,
     }
     partial = cfg.outdir / output.PARTIAL_DIR
@@ -553,8 +650,9 @@ def rank_phases(clock: PhaseClock, summaries: list[dict], embed_seconds: float) 
     clock.add("rank_wait", embed_seconds - sum(critical.get("phases", {}).values()))
 
 
-def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = None,
-              clock: PhaseClock | None = None) -> dict:
+def run_embed(
+    cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = None, clock: PhaseClock | None = None
+) -> dict:
     """Run one embedding job (one process per device) end to end; returns the merged telemetry summary.
 
     prepare (input, weights' identity) -> output state (lock, resume or start) -> execute (ranks) -> finish
@@ -570,8 +668,9 @@ def run_embed(cfg: EmbedConfig, progress_stream=None, stop: StopFlag | None = No
         with clock.phase("prepare_output"):
             prepare_output(prep)
         if prep.already_complete:
-            logger.warning("%s is already complete for this input and model; nothing to do",
-                           cfg.outdir / output.FINAL_FILE)
+            logger.warning(
+                "%s is already complete for this input and model; nothing to do", cfg.outdir / output.FINAL_FILE
+            )
             output.discard_partial(cfg.outdir / output.PARTIAL_DIR)  # left by a kill after the final rename
             return {**job_summary(prep, []), "already_complete": True}
         t_embed = time.perf_counter()

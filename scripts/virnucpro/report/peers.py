@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-KIND_NAMES = {"fair-esm": "x fair-esm (at its best)", "hf": "x HF EsmModel (at its best)",
-              "extract.py": "x fair-esm extract.py recipe"}
+KIND_NAMES = {
+    "fair-esm": "x fair-esm (at its best)",
+    "hf": "x HF EsmModel (at its best)",
+    "extract.py": "x fair-esm extract.py recipe",
+}
 
 
 def fastest(rows: list[dict], kind: str) -> dict | None:
@@ -22,11 +25,19 @@ def peer_comparison(peers: dict | None, production: list[dict]) -> dict[str, Any
     """Ratios of the narrowest finished production run's per-GPU steady tokens/s over each kind's fastest row."""
     if peers is None:
         return None
-    ok = sorted((r for r in production if r["status"] == "ok" and r.get("steady")),
-                key=lambda r: r["params"]["world_size"])
+    ok = sorted(
+        (r for r in production if r["status"] == "ok" and r.get("steady")), key=lambda r: r["params"]["world_size"]
+    )
     rows = peers.get("runs") or []
-    out = {"model": peers.get("model"), "device": peers.get("device"), "rows": rows, "ratios": {},
-           "engine_run": None, "engine_tokens_per_sec": None, "na": {k: v for k, v in (peers.get("na") or {}).items()}}
+    out = {
+        "model": peers.get("model"),
+        "device": peers.get("device"),
+        "rows": rows,
+        "ratios": {},
+        "engine_run": None,
+        "engine_tokens_per_sec": None,
+        "na": {k: v for k, v in (peers.get("na") or {}).items()},
+    }
     if not ok:
         out["note"] = "no finished production run to compare with"
         return out

@@ -19,7 +19,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG is embedded in HTML
+    return text[text.index("<svg") :]  # drop the XML prolog and doctype: the SVG is embedded in HTML
 
 
 def throughput_over_time(run: dict, warmup_seconds: float, warmup_batches: int) -> str | None:
@@ -40,8 +40,9 @@ def throughput_over_time(run: dict, warmup_seconds: float, warmup_batches: int) 
             k = steady["excluded_batches"]
             shade_end = max(shade_end, xs[k - 1])
     if shade_end:
-        ax.axvspan(0, shade_end, color="0.85",
-                   label=f"warm-up excluded ({warmup_seconds:g} s / {warmup_batches} batches)")
+        ax.axvspan(
+            0, shade_end, color="0.85", label=f"warm-up excluded ({warmup_seconds:g} s / {warmup_batches} batches)"
+        )
     ax.set_xlabel("seconds since the first batch")
     ax.set_ylabel("k tokens/s per batch")
     ax.set_title(run["label"])
@@ -101,13 +102,16 @@ def gpu_model(model: dict, projections: list[dict], max_hours: float | None) -> 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for k in sorted({g["gpus_per_job"] for g in grid}):
         pts = sorted((g["gpus"], g["job_hours"]) for g in grid if g["gpus_per_job"] == k)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", marker=".", lw=1,
-                label=f"model: {k} GPU(s)/job x 1-8 jobs")
-    measured = [(p["world_size"], p["projection"]["job_hours"]) for p in projections
-                if (p.get("projection") or {}).get("job_hours") is not None]
+        ax.plot(
+            [p[0] for p in pts], [p[1] for p in pts], "--", marker=".", lw=1, label=f"model: {k} GPU(s)/job x 1-8 jobs"
+        )
+    measured = [
+        (p["world_size"], p["projection"]["job_hours"])
+        for p in projections
+        if (p.get("projection") or {}).get("job_hours") is not None
+    ]
     if measured:
-        ax.plot([m[0] for m in measured], [m[1] for m in measured], "kX", ms=8,
-                label="projected from a measured run")
+        ax.plot([m[0] for m in measured], [m[1] for m in measured], "kX", ms=8, label="projected from a measured run")
     if max_hours:
         ax.axhline(max_hours, color="crimson", lw=1, label=f"{max_hours:g} h target")
     ax.set_xscale("log", base=2)

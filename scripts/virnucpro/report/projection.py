@@ -31,8 +31,9 @@ def valid_phases(phases: Any) -> dict[str, float] | None:
     """The phases as {name: seconds} when they are usable (numbers >= 0, a loop phase), else None."""
     if not isinstance(phases, dict) or LOOP_PHASE not in phases:
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-               for v in phases.values()):
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in phases.values()
+    ):
         return None
     return {k: float(v) for k, v in phases.items()}
 
@@ -43,20 +44,32 @@ def split_phases(phases: dict[str, float], n: int, target: int, steady_rate: flo
     fixed = {k: v for k, v in phases.items() if k not in LINEAR_PHASES and k != LOOP_PHASE}
     fixed["loop_ramp"] = max(0.0, phases[LOOP_PHASE] - n / steady_rate)
     scaled = {k: phases.get(k, 0.0) * target / n for k in LINEAR_PHASES}
-    return {"fixed": fixed, "fixed_seconds": sum(fixed.values()), "scaled": scaled,
-            "read_input_seconds": scaled["read_input"],
-            "finalize_seconds": sum(v for k, v in scaled.items() if k != "read_input")}
+    return {
+        "fixed": fixed,
+        "fixed_seconds": sum(fixed.values()),
+        "scaled": scaled,
+        "read_input_seconds": scaled["read_input"],
+        "finalize_seconds": sum(v for k, v in scaled.items() if k != "read_input"),
+    }
 
 
-def projection(result: dict, target_sequences: int,
-               tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE) -> dict[str, Any]:
+def projection(
+    result: dict, target_sequences: int, tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE
+) -> dict[str, Any]:
     """`production[*].projection` of one run: loop_hours and job_hours at `target_sequences` (+ components).
 
     The sequence-based figures use the run's own sequences/s; the `_tokens` ones its tokens/s and the target's
     tokens per sequence (fair when the benchmark's lengths differ from the production input's)."""
-    out: dict[str, Any] = {"target_sequences": int(target_sequences), "tokens_per_sequence": tokens_per_sequence,
-                           "loop_hours": None, "loop_hours_tokens": None, "job_hours": None,
-                           "job_hours_tokens": None, "components": None, "na_reason": None}
+    out: dict[str, Any] = {
+        "target_sequences": int(target_sequences),
+        "tokens_per_sequence": tokens_per_sequence,
+        "loop_hours": None,
+        "loop_hours_tokens": None,
+        "job_hours": None,
+        "job_hours_tokens": None,
+        "components": None,
+        "na_reason": None,
+    }
     steady = result.get("steady") if result.get("status") == "ok" else None
     if not steady or not steady.get("avg_sequences_per_sec"):
         out["na_reason"] = "no steady-state rate (the run did not finish)"
@@ -68,14 +81,24 @@ def projection(result: dict, target_sequences: int,
     phases = valid_phases(result.get("phases") or summary.get("phases"))
     n = summary.get("total_sequences") or 0
     if phases is None or n <= 0 or summary.get("resumed_sequences"):
-        out["na_reason"] = (NO_PHASES if phases is None else "the run embedded no sequences" if n <= 0 else
-                            "a resumed run: its phases cover only part of the work")
+        out["na_reason"] = (
+            NO_PHASES
+            if phases is None
+            else "the run embedded no sequences"
+            if n <= 0
+            else "a resumed run: its phases cover only part of the work"
+        )
         return out
     parts = split_phases(phases, n, target_sequences, steady["avg_sequences_per_sec"])
     rest = parts["fixed_seconds"] + parts["read_input_seconds"] + parts["finalize_seconds"]
-    out["components"] = {**parts, "loop_seconds": loop_s, "loop_seconds_tokens": loop_tok_s,
-                         "measured_sequences": n, "measured_phases": phases,
-                         "measured_wall_seconds": result.get("job_wall_seconds") or summary.get("job_wall_seconds")}
+    out["components"] = {
+        **parts,
+        "loop_seconds": loop_s,
+        "loop_seconds_tokens": loop_tok_s,
+        "measured_sequences": n,
+        "measured_phases": phases,
+        "measured_wall_seconds": result.get("job_wall_seconds") or summary.get("job_wall_seconds"),
+    }
     out.update(job_hours=(rest + loop_s) / 3600, job_hours_tokens=(rest + loop_tok_s) / 3600)
     return out
 

@@ -30,8 +30,12 @@ def git_commit(path: Path) -> str | None:
         return None
     if res.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
     return res.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
 
 
@@ -42,8 +46,10 @@ def _cell_label(result: dict) -> str:
 def _grid(results: list[dict], row_key: str, col_key: str, metric) -> tuple[list, list, dict]:
     rows = sorted({r["params"][row_key] for r in results})
     cols = sorted({r["params"][col_key] for r in results})
-    cells = {(r["params"][row_key], r["params"][col_key]): (metric(r) if r["status"] == "ok" else _cell_label(r))
-             for r in results}
+    cells = {
+        (r["params"][row_key], r["params"][col_key]): (metric(r) if r["status"] == "ok" else _cell_label(r))
+        for r in results
+    }
     return rows, cols, cells
 
 
@@ -70,21 +76,45 @@ def _figures(production, by_group, scaling, warmup_seconds, warmup_batches) -> d
     def packing(r):
         return r["steady"]["min_packing_efficiency"]
 
-    figures = {"throughput": [f for f in (plots.throughput_over_time(run, warmup_seconds, warmup_batches)
-                                          for run in production) if f], "heatmaps": []}
+    figures = {
+        "throughput": [
+            f for f in (plots.throughput_over_time(run, warmup_seconds, warmup_batches) for run in production) if f
+        ],
+        "heatmaps": [],
+    }
     figures["scaling"] = plots.scaling([(r["world_size"], r["speedup"]) for r in scaling.get("rows") or []])
-    figures["model"] = plots.gpu_model(scaling.get("model") or {}, scaling.get("projections") or [],
-                                       scaling.get("max_hours"))
+    figures["model"] = plots.gpu_model(
+        scaling.get("model") or {}, scaling.get("projections") or [], scaling.get("max_hours")
+    )
     if by_group.get("dataloader"):
-        figures["heatmaps"].append(plots.heatmap(*_grid(by_group["dataloader"], "num_workers", "prefetch_factor", seqs),
-                                                 "num_workers", "prefetch_factor", "DataLoader sweep: sequences/s",
-                                                 ",.0f"))
+        figures["heatmaps"].append(
+            plots.heatmap(
+                *_grid(by_group["dataloader"], "num_workers", "prefetch_factor", seqs),
+                "num_workers",
+                "prefetch_factor",
+                "DataLoader sweep: sequences/s",
+                ",.0f",
+            )
+        )
     if by_group.get("packing"):
-        figures["heatmaps"].append(plots.heatmap(*_grid(by_group["packing"], "token_budget", "buffer_size", seqs),
-                                                 "token_budget", "buffer_size", "packing sweep: sequences/s", ",.0f"))
-        figures["heatmaps"].append(plots.heatmap(*_grid(by_group["packing"], "token_budget", "buffer_size", packing),
-                                                 "token_budget", "buffer_size", "packing sweep: packing efficiency",
-                                                 ".3f"))
+        figures["heatmaps"].append(
+            plots.heatmap(
+                *_grid(by_group["packing"], "token_budget", "buffer_size", seqs),
+                "token_budget",
+                "buffer_size",
+                "packing sweep: sequences/s",
+                ",.0f",
+            )
+        )
+        figures["heatmaps"].append(
+            plots.heatmap(
+                *_grid(by_group["packing"], "token_budget", "buffer_size", packing),
+                "token_budget",
+                "buffer_size",
+                "packing sweep: packing efficiency",
+                ".3f",
+            )
+        )
     figures["heatmaps"] = [f for f in figures["heatmaps"] if f]
     return figures
 
@@ -99,9 +129,16 @@ def verdict_rows(verdicts: list) -> list[dict]:
     return rows
 
 
-def build_context(results: list[dict], input_info: dict, config: dict, best: dict | None, out_dir: Path,
-                  workflow_dir: Path | None = None, scaling: dict | None = None,
-                  peers: dict | None = None) -> dict[str, Any]:
+def build_context(
+    results: list[dict],
+    input_info: dict,
+    config: dict,
+    best: dict | None,
+    out_dir: Path,
+    workflow_dir: Path | None = None,
+    scaling: dict | None = None,
+    peers: dict | None = None,
+) -> dict[str, Any]:
     """Everything the three renderings show; `best` and `scaling` are the workflow's best.json and scaling.json."""
     thresholds = {**DEFAULT_THRESHOLDS, **(config.get("targets") or {})}
     warm = config.get("warmup") or {}
@@ -111,22 +148,34 @@ def build_context(results: list[dict], input_info: dict, config: dict, best: dic
     for r in results:
         by_group.setdefault(r["group"], []).append(r)
     projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
-    production = sorted(({**r, "projection": projections.get(r["label"])} for r in by_group.get("production", [])),
-                        key=lambda r: r["params"]["world_size"])
+    production = sorted(
+        ({**r, "projection": projections.get(r["label"])} for r in by_group.get("production", [])),
+        key=lambda r: r["params"]["world_size"],
+    )
     baseline = (by_group.get("baseline") or [None])[0]
     ckpt = {r["label"]: r for r in by_group.get("checkpoint", [])}
     ckpt_on, ckpt_off = ckpt.get("checkpoint_on"), ckpt.get("checkpoint_off")
 
-    verdicts = production_verdicts(production, thresholds, scaling) + [checkpoint_verdict(ckpt_on, ckpt_off,
-                                                                                          thresholds)]
-    sweep_rows = [{**r, "speedup": speedup(r, baseline)}
-                  for group in SWEEP_GROUPS for r in sorted(by_group.get(group, []), key=lambda r: r["label"])]
+    verdicts = production_verdicts(production, thresholds, scaling) + [
+        checkpoint_verdict(ckpt_on, ckpt_off, thresholds)
+    ]
+    sweep_rows = [
+        {**r, "speedup": speedup(r, baseline)}
+        for group in SWEEP_GROUPS
+        for r in sorted(by_group.get(group, []), key=lambda r: r["label"])
+    ]
     optimal = (by_group.get("optimal") or [None])[0]
     weights = next((r.get("weights") for r in results if r.get("weights")), None) or {}
-    hardware = next((r.get("hardware") for r in production if r.get("hardware")), None) or \
-        next((r.get("hardware") for r in results if r.get("hardware")), None) or {}
-    telemetry_links = [{"label": r["label"], "rank": k["rank"], "href": _rel(k["telemetry"], out_dir)}
-                       for r in results for k in r.get("ranks", [])]
+    hardware = (
+        next((r.get("hardware") for r in production if r.get("hardware")), None)
+        or next((r.get("hardware") for r in results if r.get("hardware")), None)
+        or {}
+    )
+    telemetry_links = [
+        {"label": r["label"], "rank": k["rank"], "href": _rel(k["telemetry"], out_dir)}
+        for r in results
+        for k in r.get("ranks", [])
+    ]
     counts = {s: sum(v.status == s for v in verdicts) for s in ("PASS", "FAIL", "N/A")}
     return {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -150,8 +199,9 @@ def build_context(results: list[dict], input_info: dict, config: dict, best: dic
         "scaling_file": scaling,
         "figures": _figures(production, by_group, scaling, warmup_seconds, warmup_batches),
         "sweep_rows": sweep_rows,
-        "interaction": sorted(by_group.get("interaction", []), key=lambda r: (r["params"]["num_workers"],
-                                                                             r["params"]["token_budget"])),
+        "interaction": sorted(
+            by_group.get("interaction", []), key=lambda r: (r["params"]["num_workers"], r["params"]["token_budget"])
+        ),
         "baseline": baseline,
         **_best_section(best),
         "optimal": optimal,
@@ -176,8 +226,11 @@ def _fmt(value, spec=",.1f", na="N/A"):
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("virnucpro.report", "templates"),
-                      autoescape=lambda name: not (name or "").endswith(".txt.j2"), keep_trailing_newline=True)
+    env = Environment(
+        loader=PackageLoader("virnucpro.report", "templates"),
+        autoescape=lambda name: not (name or "").endswith(".txt.j2"),
+        keep_trailing_newline=True,
+    )
     env.filters["fmt"] = _fmt
     return env
 
@@ -196,31 +249,84 @@ def _result_fields(r: dict, keys: tuple[str, ...]) -> dict:
 
 
 def summary_json(context: dict) -> dict:
-    keep = ("generated", "git_commit", "input", "model", "weights", "precision", "hardware", "versions",
-            "slurm_job_ids", "thresholds", "verdicts", "verdict_counts", "scaling", "peers", "comparison")
+    keep = (
+        "generated",
+        "git_commit",
+        "input",
+        "model",
+        "weights",
+        "precision",
+        "hardware",
+        "versions",
+        "slurm_job_ids",
+        "thresholds",
+        "verdicts",
+        "verdict_counts",
+        "scaling",
+        "peers",
+        "comparison",
+    )
     out = {k: context[k] for k in keep}
     out["scaling_model"] = {k: context["scaling_file"].get(k) for k in ("at_target", "model", "note")}
-    out["production"] = [_result_fields(r, ("label", "params", "status", "reason", "steady", "projection", "phases",
-                                            "job_wall_seconds", "repeats", "ci95", "ci95_tokens_per_sec"))
-                         for r in context["production"]]
+    out["production"] = [
+        _result_fields(
+            r,
+            (
+                "label",
+                "params",
+                "status",
+                "reason",
+                "steady",
+                "projection",
+                "phases",
+                "job_wall_seconds",
+                "repeats",
+                "ci95",
+                "ci95_tokens_per_sec",
+            ),
+        )
+        for r in context["production"]
+    ]
     best = context["best"]
-    out["best"] = ({**_result_fields(best, ("label", "params", "steady", "speedup_over_baseline", "note")),
-                    "significant": best.get("significant"), "speedup_ci95": best.get("speedup_ci95")}
-                   if best else None)
+    out["best"] = (
+        {
+            **_result_fields(best, ("label", "params", "steady", "speedup_over_baseline", "note")),
+            "significant": best.get("significant"),
+            "speedup_ci95": best.get("speedup_ci95"),
+        }
+        if best
+        else None
+    )
     out["best_speedup_over_baseline"] = best.get("speedup_over_baseline") if best else None
-    out["flagged_runs"] = [{k: r.get(k) for k in ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")}
-                           for r in context["flagged"]]
-    out["sweep_points"] = [{**_result_fields(r, ("label", "group", "params", "status", "reason", "repeats", "ci95")),
-                            "sequences_per_sec": (r.get("steady") or {}).get("avg_sequences_per_sec"),
-                            "speedup": r.get("speedup")}
-                           for r in context["sweep_rows"]]
+    out["flagged_runs"] = [
+        {k: r.get(k) for k in ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")}
+        for r in context["flagged"]
+    ]
+    out["sweep_points"] = [
+        {
+            **_result_fields(r, ("label", "group", "params", "status", "reason", "repeats", "ci95")),
+            "sequences_per_sec": (r.get("steady") or {}).get("avg_sequences_per_sec"),
+            "speedup": r.get("speedup"),
+        }
+        for r in context["sweep_rows"]
+    ]
     return out
 
 
-def write_report(results: list[dict], input_info: dict, config: dict, best: dict | None, html_path: Path,
-                 text_path: Path | None = None, json_path: Path | None = None, merged_telemetry: list[Path] = (),
-                 workflow_dir: Path | None = None, scaling: dict | None = None, peers: dict | None = None,
-                 previous: tuple[str, dict] | None = None) -> dict:
+def write_report(
+    results: list[dict],
+    input_info: dict,
+    config: dict,
+    best: dict | None,
+    html_path: Path,
+    text_path: Path | None = None,
+    json_path: Path | None = None,
+    merged_telemetry: list[Path] = (),
+    workflow_dir: Path | None = None,
+    scaling: dict | None = None,
+    peers: dict | None = None,
+    previous: tuple[str, dict] | None = None,
+) -> dict:
     """Render report.html, report.txt and summary.json from one context; `previous` = (path, summary.json)."""
     html_path.parent.mkdir(parents=True, exist_ok=True)
     context = build_context(results, input_info, config, best, html_path.parent, workflow_dir, scaling, peers)

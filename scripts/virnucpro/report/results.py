@@ -28,14 +28,18 @@ KNOBS = ("num_workers", "prefetch_factor", "token_budget", "buffer_size", "check
 
 def rank_steady(telemetry: dict, warmup_seconds: float, warmup_batches: int) -> dict:
     s = telemetry["summary"]
-    return steady_state(telemetry["per_batch_metrics"], warmup_seconds, warmup_batches,
-                          target_sequences=s.get("projection_target_sequences", 6_000_000),
-                          target_tokens_per_sequence=s.get("projection_tokens_per_sequence",
-                                                           DEFAULT_TARGET_TOKENS_PER_SEQUENCE))
+    return steady_state(
+        telemetry["per_batch_metrics"],
+        warmup_seconds,
+        warmup_batches,
+        target_sequences=s.get("projection_target_sequences", 6_000_000),
+        target_tokens_per_sequence=s.get("projection_tokens_per_sequence", DEFAULT_TARGET_TOKENS_PER_SEQUENCE),
+    )
 
 
-def job_steady(ranks: list[dict], target_sequences: int,
-               tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE) -> dict | None:
+def job_steady(
+    ranks: list[dict], target_sequences: int, tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE
+) -> dict | None:
     """The job's steady-state rate: ranks run at once, so their rates add up; elapsed is the slowest rank's."""
     steadies = [r["steady"] for r in ranks if r.get("steady") and r["steady"].get("avg_tokens_per_sec")]
     if not steadies:
@@ -68,8 +72,11 @@ def with_flop_utilisation(steady: dict | None, ranks: list[dict]) -> dict | None
     rates = [r.get("matmul_tflops") for r in ranks]
     spec = next((r["model_spec"] for r in ranks if r.get("model_spec")), None)
     if not rates or None in rates or spec is None:
-        return {**steady, "pct_of_matmul_ceiling": None,
-                "ceiling_na_reason": "no matmul rate in the telemetry (run made before it was measured)"}
+        return {
+            **steady,
+            "pct_of_matmul_ceiling": None,
+            "ceiling_na_reason": "no matmul rate in the telemetry (run made before it was measured)",
+        }
     mean_tokens = steady["avg_tokens_per_sec"] / steady["avg_sequences_per_sec"]
     flops = steady["avg_tokens_per_sec"] * ModelSpec(**spec).flops_per_token(mean_tokens)
     return {**steady, "pct_of_matmul_ceiling": 100 * flops / (sum(rates) * 1e12), "matmul_tflops": sum(rates)}
@@ -79,12 +86,17 @@ def _ran_differently(params: dict, status: dict, metas: list[dict]) -> list[str]
     """Where what ran (status.json's config, each rank's telemetry) differs from the job's `params`."""
     sources = [("status.json", status.get("config") or {})] if status else []
     sources += [(f"rank {m.get('rank')}'s telemetry", m.get("engine") or {}) for m in metas]
-    return [f"{knob}={value!r} asked but {where} says {ran[knob]!r}" for where, ran in sources
-            for knob, value in params.items() if knob in ran and ran[knob] != value]
+    return [
+        f"{knob}={value!r} asked but {where} says {ran[knob]!r}"
+        for where, ran in sources
+        for knob, value in params.items()
+        if knob in ran and ran[knob] != value
+    ]
 
 
-def collect_run(outdir: Path, label: str, group: str, params: dict, exit_code: int,
-                reason: str | None) -> dict[str, Any]:
+def collect_run(
+    outdir: Path, label: str, group: str, params: dict, exit_code: int, reason: str | None
+) -> dict[str, Any]:
     """The raw record of the GPU job whose `virnucpro embed` output is in `outdir` (no analysis settings: warm-up,
     projections and validity are `analyse_run`'s, in a cheap local job). A run whose telemetry or status says
     it ran other settings than `params` is recorded as failed, with the difference as the reason."""
@@ -94,21 +106,31 @@ def collect_run(outdir: Path, label: str, group: str, params: dict, exit_code: i
     for path in sorted((outdir / "telemetry").glob("telemetry_rank*.json")) if exit_code == 0 else []:
         meta = json.loads(path.read_text())["run_metadata"]
         metas.append(meta)
-        ranks.append({
-            "rank": meta.get("rank"), "device": meta.get("device"), "telemetry": str(path),
-            "startup_seconds": meta.get("startup_seconds"), "model_load_seconds": meta.get("model_load_seconds"),
-            "warmup_seconds": meta.get("warmup_seconds"), "gpu_monitor": meta.get("gpu_monitor"),
-            "shard_sequences": meta.get("shard_sequences"), "shard_tokens": meta.get("shard_tokens"),
-            "matmul_tflops": meta.get("matmul_tflops"), "model_spec": meta.get("model_spec"),
-            "phases": meta.get("phases"),
-        })
+        ranks.append(
+            {
+                "rank": meta.get("rank"),
+                "device": meta.get("device"),
+                "telemetry": str(path),
+                "startup_seconds": meta.get("startup_seconds"),
+                "model_load_seconds": meta.get("model_load_seconds"),
+                "warmup_seconds": meta.get("warmup_seconds"),
+                "gpu_monitor": meta.get("gpu_monitor"),
+                "shard_sequences": meta.get("shard_sequences"),
+                "shard_tokens": meta.get("shard_tokens"),
+                "matmul_tflops": meta.get("matmul_tflops"),
+                "model_spec": meta.get("model_spec"),
+                "phases": meta.get("phases"),
+            }
+        )
     ok = exit_code == 0 and status.get("status") == "ok"
     mismatch = _ran_differently(params, status, metas) if ok else []
     if mismatch:
         ok, reason = False, "not a measurement of these params: " + "; ".join(mismatch)
     resumed = max((m.get("resumed_sequences") or 0 for m in metas), default=0)
     return {
-        "label": label, "group": group, "params": params,
+        "label": label,
+        "group": group,
+        "params": params,
         "status": "ok" if ok else "failed",
         "reason": None if ok else (reason or status.get("reason") or f"exit code {exit_code}"),
         "exit_code": exit_code,
@@ -128,20 +150,46 @@ def collect_run(outdir: Path, label: str, group: str, params: dict, exit_code: i
     }
 
 
-def measured_result(label: str, group: str, params: dict, measurement: dict | None, exit_code: int,
-                    reason: str | None, target_sequences: int) -> dict[str, Any]:
+def measured_result(
+    label: str,
+    group: str,
+    params: dict,
+    measurement: dict | None,
+    exit_code: int,
+    reason: str | None,
+    target_sequences: int,
+) -> dict[str, Any]:
     """The result of a `virnucpro measure` job: an embedding job's keys (`steady` = the median measured window)
     plus `repeats` (per-window sequences/s), `median`, `ci95`, `tokens_per_sec` and the whole `measurement`."""
     ok = exit_code == 0 and measurement is not None
     m = measurement or {}
-    base = {"label": label, "group": group, "params": params, "kind": "measurement",
-            "status": "ok" if ok else "failed", "reason": None if ok else (reason or f"exit code {exit_code}"),
-            "exit_code": exit_code, "ranks": [], "outdir": None, "peak_memory_gb": m.get("peak_memory_gb"),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "hostname": platform.node(),
-            "hardware": m.get("hardware"), "weights": m.get("weights")}
+    base = {
+        "label": label,
+        "group": group,
+        "params": params,
+        "kind": "measurement",
+        "status": "ok" if ok else "failed",
+        "reason": None if ok else (reason or f"exit code {exit_code}"),
+        "exit_code": exit_code,
+        "ranks": [],
+        "outdir": None,
+        "peak_memory_gb": m.get("peak_memory_gb"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "hostname": platform.node(),
+        "hardware": m.get("hardware"),
+        "weights": m.get("weights"),
+    }
     if not ok:
-        return {**base, "summary": None, "steady": None, "repeats": [], "median": None, "ci95": None,
-                "tokens_per_sec": None, "measurement": measurement}
+        return {
+            **base,
+            "summary": None,
+            "steady": None,
+            "repeats": [],
+            "median": None,
+            "ci95": None,
+            "tokens_per_sec": None,
+            "measurement": measurement,
+        }
     windows = m["windows"]
     seq = describe([w["sequences_per_sec"] for w in windows])
     tok = describe([w["tokens_per_sec"] for w in windows])
@@ -149,21 +197,40 @@ def measured_result(label: str, group: str, params: dict, measurement: dict | No
     batches, seconds = sum(w["batches"] for w in windows), sum(w["seconds"] for w in windows)
     utils = [w["gpu_util"] for w in windows if w.get("gpu_util") is not None]
     steady = {
-        "avg_tokens_per_sec": tok["median"], "avg_sequences_per_sec": seq["median"],
+        "avg_tokens_per_sec": tok["median"],
+        "avg_sequences_per_sec": seq["median"],
         "projected_hours": target_sequences / seq["median"] / 3600,
         "projected_hours_tokens": target_sequences * DEFAULT_TARGET_TOKENS_PER_SEQUENCE / tok["median"] / 3600,
         "p95_wait_time_ms": max(w["p95_wait_ms"] for w in windows),
-        "avg_gpu_util": sum(utils) / len(utils) if utils else None, "min_gpu_util": min(utils, default=None),
+        "avg_gpu_util": sum(utils) / len(utils) if utils else None,
+        "min_gpu_util": min(utils, default=None),
         "min_packing_efficiency": m["workload"]["packing_efficiency"],  # the plan's: windows see parts of it
         "window_packing_efficiency": tokens / (batches * params["token_budget"]),
-        "warmup_excluded": True, "warmup_stabilised": m["warmup"]["stabilised"],
-        "excluded_batches": None, "steady_batches": batches,
+        "warmup_excluded": True,
+        "warmup_stabilised": m["warmup"]["stabilised"],
+        "excluded_batches": None,
+        "steady_batches": batches,
     }
-    summary = {"total_sequences": seqs, "total_tokens": tokens, "total_batches": batches, "elapsed_seconds": seconds,
-               "avg_tokens_per_sec": tokens / seconds, "avg_sequences_per_sec": seqs / seconds,
-               "peak_memory_gb": m.get("peak_memory_gb"), "projected_hours": steady["projected_hours"]}
-    return {**base, "summary": summary, "steady": steady, "repeats": seq["repeats"], "median": seq["median"],
-            "ci95": seq["ci95"], "tokens_per_sec": tok, "measurement": measurement}
+    summary = {
+        "total_sequences": seqs,
+        "total_tokens": tokens,
+        "total_batches": batches,
+        "elapsed_seconds": seconds,
+        "avg_tokens_per_sec": tokens / seconds,
+        "avg_sequences_per_sec": seqs / seconds,
+        "peak_memory_gb": m.get("peak_memory_gb"),
+        "projected_hours": steady["projected_hours"],
+    }
+    return {
+        **base,
+        "summary": summary,
+        "steady": steady,
+        "repeats": seq["repeats"],
+        "median": seq["median"],
+        "ci95": seq["ci95"],
+        "tokens_per_sec": tok,
+        "measurement": measurement,
+    }
 
 
 def run_validity(ranks: list[dict], min_steady_batches: int) -> list[str]:
@@ -175,17 +242,25 @@ def run_validity(ranks: list[dict], min_steady_batches: int) -> list[str]:
         if not steady.get("warmup_excluded"):
             reasons.append(f"rank {rank['rank']}: the run was shorter than its warm-up window, nothing was excluded")
         elif kept < min_steady_batches:
-            reasons.append(f"rank {rank['rank']}: the warm-up rule left {kept} steady batches, fewer than "
-                           f"{min_steady_batches} (warmup.min_steady_batches)")
+            reasons.append(
+                f"rank {rank['rank']}: the warm-up rule left {kept} steady batches, fewer than "
+                f"{min_steady_batches} (warmup.min_steady_batches)"
+            )
     return reasons
 
 
-def analyse_run(run: dict, warmup_seconds: float, warmup_batches: int, min_steady_batches: int,
-                target_sequences: int) -> dict[str, Any]:
+def analyse_run(
+    run: dict, warmup_seconds: float, warmup_batches: int, min_steady_batches: int, target_sequences: int
+) -> dict[str, Any]:
     """The job's result: its raw record plus, from each rank's raw telemetry, the steady state (warm-up
     excluded), the job's summed rate and projections for `target_sequences`, and whether the run is valid."""
-    result = {**run, "ranks": [dict(r) for r in run.get("ranks", [])], "steady": None, "valid": False,
-              "invalid_reasons": [] if run["status"] == "ok" else [f"the run failed: {run['reason']}"]}
+    result = {
+        **run,
+        "ranks": [dict(r) for r in run.get("ranks", [])],
+        "steady": None,
+        "valid": False,
+        "invalid_reasons": [] if run["status"] == "ok" else [f"the run failed: {run['reason']}"],
+    }
     if run["status"] != "ok":
         return result
     for rank in result["ranks"]:
@@ -193,21 +268,30 @@ def analyse_run(run: dict, warmup_seconds: float, warmup_batches: int, min_stead
         tel["summary"] = {**tel["summary"], "projection_target_sequences": target_sequences}
         rank["summary"] = tel["summary"]
         rank["steady"] = rank_steady(tel, warmup_seconds, warmup_batches)
-        rank["series"] = [{"t": b["timestamp"], "tokens_per_sec": b.get("tokens_per_sec"),
-                           "batch_seconds": b.get("batch_seconds")} for b in tel["per_batch_metrics"]]
+        rank["series"] = [
+            {"t": b["timestamp"], "tokens_per_sec": b.get("tokens_per_sec"), "batch_seconds": b.get("batch_seconds")}
+            for b in tel["per_batch_metrics"]
+        ]
     result["steady"] = with_flop_utilisation(job_steady(result["ranks"], target_sequences), result["ranks"])
     result["invalid_reasons"] = run_validity(result["ranks"], min_steady_batches)
     result["valid"] = not result["invalid_reasons"]
-    result["analysis"] = {"warmup_seconds": warmup_seconds, "warmup_batches": warmup_batches,
-                          "min_steady_batches": min_steady_batches, "target_sequences": target_sequences}
+    result["analysis"] = {
+        "warmup_seconds": warmup_seconds,
+        "warmup_batches": warmup_batches,
+        "min_steady_batches": min_steady_batches,
+        "target_sequences": target_sequences,
+    }
     return result
 
 
 def resumed_na_reason(*results: dict | None) -> str | None:
     """Why a verdict comparing whole-run times must not use these results: a resumed attempt timed only the
     sequences its interrupted predecessor left, so its loop time is not the whole run's."""
-    names = [f"{r['label']} ({r.get('resumed_sequences', 0):,} sequences came from an interrupted attempt)"
-             for r in results if r and r.get("resumed")]
+    names = [
+        f"{r['label']} ({r.get('resumed_sequences', 0):,} sequences came from an interrupted attempt)"
+        for r in results
+        if r and r.get("resumed")
+    ]
     return f"resumed run: {', '.join(names)}; rerun it without interruption to compare times" if names else None
 
 
@@ -219,8 +303,9 @@ def load_results(paths: list[str | Path]) -> list[dict]:
     return [read_json(p, "run-point/measure result", RESULT_KEYS) for p in paths]
 
 
-def best_point(results: list[dict], min_packing: float, min_gain: float = 0.02,
-               between_job_cv: float = 0.0) -> dict | None:
+def best_point(
+    results: list[dict], min_packing: float, min_gain: float = 0.02, between_job_cv: float = 0.0
+) -> dict | None:
     """The result whose settings to recommend: the significant winner of `sweep_decision`, else the baseline
     (no point beats it beyond noise); None without a baseline."""
     decision = sweep_decision(results, min_packing, min_gain, between_job_cv=between_job_cv)
@@ -251,6 +336,13 @@ def scaling_table(production: list[dict], min_efficiency: float) -> list[dict]:
     rows = []
     for n in sorted(ok):
         sc = calculate_scaling_efficiency(base, ok[n]["summary"]["elapsed_seconds"], n, min_efficiency)
-        rows.append({"world_size": n, "label": ok[n]["label"], "elapsed": ok[n]["summary"]["elapsed_seconds"], **sc,
-                     "not_comparable": resumed_na_reason(ok[1], ok[n])})
+        rows.append(
+            {
+                "world_size": n,
+                "label": ok[n]["label"],
+                "elapsed": ok[n]["summary"]["elapsed_seconds"],
+                **sc,
+                "not_comparable": resumed_na_reason(ok[1], ok[n]),
+            }
+        )
     return rows

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from virnucpro.report.projection import (MODEL_GPUS_PER_JOB, MODEL_JOBS, jobs_needed, model_job_hours,
-                                         projection)
+from virnucpro.report.projection import MODEL_GPUS_PER_JOB, MODEL_JOBS, jobs_needed, model_job_hours, projection
 from virnucpro.report.results import scaling_table
 from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE
 
-MODEL_ASSUMPTIONS = ("model, not a measurement: the loop is ideally data-parallel at the measured per-GPU steady "
-                     "rate; read_input and finalize are serial within a job and scale with its sequences; "
-                     "load_weights, compile and warmup are paid once per job (ranks load in parallel); "
-                     "several jobs run independently on shards of the input (no merge)")
+MODEL_ASSUMPTIONS = (
+    "model, not a measurement: the loop is ideally data-parallel at the measured per-GPU steady "
+    "rate; read_input and finalize are serial within a job and scale with its sequences; "
+    "load_weights, compile and warmup are paid once per job (ranks load in parallel); "
+    "several jobs run independently on shards of the input (no merge)"
+)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -25,9 +26,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _tokens_per_sequence(production: list[dict]) -> float:
-    return next(((r.get("summary") or {}).get("projection_tokens_per_sequence") for r in production
-                 if (r.get("summary") or {}).get("projection_tokens_per_sequence")),
-                DEFAULT_TARGET_TOKENS_PER_SEQUENCE)
+    return next(
+        (
+            (r.get("summary") or {}).get("projection_tokens_per_sequence")
+            for r in production
+            if (r.get("summary") or {}).get("projection_tokens_per_sequence")
+        ),
+        DEFAULT_TARGET_TOKENS_PER_SEQUENCE,
+    )
 
 
 def gpus_model(runs: list[tuple[dict, dict]], target: int, max_hours: float) -> dict[str, Any]:
@@ -39,38 +45,67 @@ def gpus_model(runs: list[tuple[dict, dict]], target: int, max_hours: float) -> 
     k0 = result["params"]["world_size"]
     rate = result["steady"]["avg_sequences_per_sec"] / k0
     c = proj["components"]
-    grid = [{"gpus_per_job": k, "jobs": m, "gpus": k * m, "job_hours": model_job_hours(c, rate, target, k, m)}
-            for k in MODEL_GPUS_PER_JOB for m in MODEL_JOBS]
+    grid = [
+        {"gpus_per_job": k, "jobs": m, "gpus": k * m, "job_hours": model_job_hours(c, rate, target, k, m)}
+        for k in MODEL_GPUS_PER_JOB
+        for m in MODEL_JOBS
+    ]
     needed = []
     for k in MODEL_GPUS_PER_JOB:
         m = jobs_needed(c, rate, target, k, max_hours)
         if m is not None:
-            needed.append({"gpus_per_job": k, "jobs": m, "gpus": k * m,
-                           "job_hours": model_job_hours(c, rate, target, k, m)})
+            needed.append(
+                {"gpus_per_job": k, "jobs": m, "gpus": k * m, "job_hours": model_job_hours(c, rate, target, k, m)}
+            )
     one_job = next((n for n in needed if n["jobs"] == 1), None)
     best = min(needed, key=lambda n: (n["gpus"], n["jobs"])) if needed else None
-    return {"basis": result["label"], "per_gpu_sequences_per_sec": rate, "assumptions": MODEL_ASSUMPTIONS,
-            "grid": grid, "gpus_needed": {"max_hours": max_hours, "fewest_gpus": best, "as_one_job": one_job,
-                                          "per_gpus_per_job": needed,
-                                          "na_reason": None if needed else
-                                          f"the fixed costs alone exceed {max_hours:g} h"},
-            "na_reason": None}
+    return {
+        "basis": result["label"],
+        "per_gpu_sequences_per_sec": rate,
+        "assumptions": MODEL_ASSUMPTIONS,
+        "grid": grid,
+        "gpus_needed": {
+            "max_hours": max_hours,
+            "fewest_gpus": best,
+            "as_one_job": one_job,
+            "per_gpus_per_job": needed,
+            "na_reason": None if needed else f"the fixed costs alone exceed {max_hours:g} h",
+        },
+        "na_reason": None,
+    }
 
 
 def scaling_report(production: list[dict], target: int, max_hours: float, min_efficiency: float) -> dict:
     """Everything scaling.json holds (see the module docstring)."""
     tps = _tokens_per_sequence(production)
-    runs = sorted(((r, projection(r, target, tps)) for r in production if r.get("group", "production") ==
-                   "production"), key=lambda rp: rp[0]["params"]["world_size"])
+    runs = sorted(
+        ((r, projection(r, target, tps)) for r in production if r.get("group", "production") == "production"),
+        key=lambda rp: rp[0]["params"]["world_size"],
+    )
     projections = [{"label": r["label"], "world_size": r["params"]["world_size"], "projection": p} for r, p in runs]
     ok = {r["params"]["world_size"]: p for r, p in runs if r["status"] == "ok"}
     base = ok.get(1)
-    at_target = [{"world_size": k, "loop_speedup": _ratio(base["loop_hours"], p["loop_hours"]),
-                  "job_speedup": _ratio(base["job_hours"], p["job_hours"]),
-                  "loop_hours": p["loop_hours"], "job_hours": p["job_hours"]}
-                 for k, p in sorted(ok.items())] if base else []
+    at_target = (
+        [
+            {
+                "world_size": k,
+                "loop_speedup": _ratio(base["loop_hours"], p["loop_hours"]),
+                "job_speedup": _ratio(base["job_hours"], p["job_hours"]),
+                "loop_hours": p["loop_hours"],
+                "job_hours": p["job_hours"],
+            }
+            for k, p in sorted(ok.items())
+        ]
+        if base
+        else []
+    )
     rows = scaling_table(production, min_efficiency)
-    return {"target_sequences": target, "max_hours": max_hours, "rows": rows, "projections": projections,
-            "at_target": at_target, "model": gpus_model([rp for rp in runs if rp[0]["status"] == "ok"], target,
-                                                        max_hours),
-            "note": None if rows else "no finished 1-rank run"}
+    return {
+        "target_sequences": target,
+        "max_hours": max_hours,
+        "rows": rows,
+        "projections": projections,
+        "at_target": at_target,
+        "model": gpus_model([rp for rp in runs if rp[0]["status"] == "ok"], target, max_hours),
+        "note": None if rows else "no finished 1-rank run",
+    }

@@ -21,8 +21,10 @@ from pathlib import Path
 from virnucpro.report.stats import describe, ratio_ci
 
 ALPHA = 0.05
-METHOD = ("Welch t on log sequences/s per window, plus the between-job variance 2 log(1 + between_job_cv)^2; "
-          "simultaneous 95 % over the points compared (Bonferroni: each interval at 1 - 0.05/m, two-sided)")
+METHOD = (
+    "Welch t on log sequences/s per window, plus the between-job variance 2 log(1 + between_job_cv)^2; "
+    "simultaneous 95 % over the points compared (Bonferroni: each interval at 1 - 0.05/m, two-sided)"
+)
 
 
 def job_variance(between_job_cv: float) -> float:
@@ -47,31 +49,42 @@ def _why_not_compared(result: dict, min_packing: float) -> str | None:
     return None
 
 
-def point_row(result: dict, baseline: dict | None, level: float, why_not: str | None, min_gain: float,
-              known_var: float = 0.0) -> dict:
+def point_row(
+    result: dict, baseline: dict | None, level: float, why_not: str | None, min_gain: float, known_var: float = 0.0
+) -> dict:
     """One sweep point's figures: per-repeat rates, medians and intervals, speedup and its interval."""
     seq, tok = describe(_rates(result)), describe(_rates(result, "tokens_per_sec"))
     ratio = None
     if why_not is None and baseline is not None:
         ratio = ratio_ci(_rates(result), _rates(baseline), level, known_var)
     return {
-        "label": result["label"], "group": result["group"], "params": result["params"], "status": result["status"],
-        "reason": result.get("reason"), "repeats": seq["repeats"], "median": seq["median"], "ci95": seq["ci95"],
-        "tokens_per_sec": tok, "speedup": ratio["ratio"] if ratio else None,
+        "label": result["label"],
+        "group": result["group"],
+        "params": result["params"],
+        "status": result["status"],
+        "reason": result.get("reason"),
+        "repeats": seq["repeats"],
+        "median": seq["median"],
+        "ci95": seq["ci95"],
+        "tokens_per_sec": tok,
+        "speedup": ratio["ratio"] if ratio else None,
         "speedup_ci95": [ratio["low"], ratio["high"]] if ratio else None,
-        "compared": ratio is not None, "not_compared_because": why_not,
+        "compared": ratio is not None,
+        "not_compared_because": why_not,
         "significant": bool(ratio and ratio["low"] > 1.0 + min_gain),
     }
 
 
-def sweep_decision(results: list[dict], min_packing: float, min_gain: float = 0.02, alpha: float = ALPHA,
-                   between_job_cv: float = 0.0) -> dict:
+def sweep_decision(
+    results: list[dict], min_packing: float, min_gain: float = 0.02, alpha: float = ALPHA, between_job_cv: float = 0.0
+) -> dict:
     """The best-configuration record (best.json): the winner, or the baseline when no point is significant."""
     baseline = next((r for r in results if r["group"] == "baseline"), None)
     base_usable = baseline is not None and _why_not_compared(baseline, 0.0) is None
     others = [r for r in results if r is not baseline]
-    why = {id(r): (_why_not_compared(r, min_packing) if base_usable else "the baseline has no interval")
-           for r in others}
+    why = {
+        id(r): (_why_not_compared(r, min_packing) if base_usable else "the baseline has no interval") for r in others
+    }
     m = sum(why[id(r)] is None for r in others)
     level = 1.0 - alpha / max(1, m)
     rows = [point_row(baseline, None, level, None, min_gain)] if baseline else []
@@ -80,23 +93,36 @@ def sweep_decision(results: list[dict], min_packing: float, min_gain: float = 0.
     best = max(winners, key=lambda row: row["speedup_ci95"][0]) if winners else None
     chosen = best or (rows[0] if baseline else None)
     if best:
-        note = (f"{best['label']} beats the baseline: speedup {best['speedup']:.3f}x, simultaneous 95 % interval "
-                f"[{best['speedup_ci95'][0]:.3f}, {best['speedup_ci95'][1]:.3f}] above {1 + min_gain:.2f}x")
+        note = (
+            f"{best['label']} beats the baseline: speedup {best['speedup']:.3f}x, simultaneous 95 % interval "
+            f"[{best['speedup_ci95'][0]:.3f}, {best['speedup_ci95'][1]:.3f}] above {1 + min_gain:.2f}x"
+        )
     elif base_usable:
-        note = (f"no point beats the baseline beyond noise (none of the {m} compared has its simultaneous 95 % "
-                f"interval above {1 + min_gain:.2f}x): the recommended settings are the baseline's")
+        note = (
+            f"no point beats the baseline beyond noise (none of the {m} compared has its simultaneous 95 % "
+            f"interval above {1 + min_gain:.2f}x): the recommended settings are the baseline's"
+        )
     else:
         note = "the baseline has no usable measurement: no speedup can be established; the settings are the baseline's"
     return {
-        "label": chosen["label"] if chosen else None, "params": chosen["params"] if chosen else None,
+        "label": chosen["label"] if chosen else None,
+        "params": chosen["params"] if chosen else None,
         "steady": next((r.get("steady") for r in results if chosen and r["label"] == chosen["label"]), None),
-        "significant": best is not None, "speedup": best["speedup"] if best else None,
+        "significant": best is not None,
+        "speedup": best["speedup"] if best else None,
         "speedup_ci95": best["speedup_ci95"] if best else None,
         "speedup_over_baseline": best["speedup"] if best else None,
-        "baseline_label": baseline["label"] if baseline else None, "min_gain": min_gain, "min_packing": min_packing,
-        "alpha": alpha, "between_job_cv": between_job_cv, "comparisons": m, "interval_level_each": level,
-        "method": METHOD, "note": note,
-        "candidates": len(results), "sweep_points": rows,
+        "baseline_label": baseline["label"] if baseline else None,
+        "min_gain": min_gain,
+        "min_packing": min_packing,
+        "alpha": alpha,
+        "between_job_cv": between_job_cv,
+        "comparisons": m,
+        "interval_level_each": level,
+        "method": METHOD,
+        "note": note,
+        "candidates": len(results),
+        "sweep_points": rows,
     }
 
 
@@ -113,6 +139,7 @@ def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
     own sweep measurement (`rate_vs_sweep`): an interval excluding 1 shows drift between jobs that the repeats
     inside one job cannot see, i.e. the sweep's intervals were too narrow.
     """
+
     def ratio(a: dict | None, b: dict | None, known_var: float) -> dict | None:
         if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
             return None
@@ -122,12 +149,15 @@ def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
     vs_base = ratio(result, baseline, job_variance(best.get("between_job_cv", 0.0)))
     vs_sweep = ratio(result, same, 0.0)  # no allowance: this is where drift between jobs shows
     claimed = best.get("speedup_ci95") if best.get("significant") else [1.0, 1.0]
-    out = {"claimed_speedup_ci95": claimed, "significant_claim": bool(best.get("significant")),
-           "speedup": vs_base["ratio"] if vs_base else None,
-           "speedup_ci95": [vs_base["low"], vs_base["high"]] if vs_base else None,
-           "rate_vs_sweep": vs_sweep["ratio"] if vs_sweep else None,
-           "rate_vs_sweep_ci95": [vs_sweep["low"], vs_sweep["high"]] if vs_sweep else None,
-           "drift_between_jobs": bool(vs_sweep and not vs_sweep["low"] <= 1.0 <= vs_sweep["high"])}
+    out = {
+        "claimed_speedup_ci95": claimed,
+        "significant_claim": bool(best.get("significant")),
+        "speedup": vs_base["ratio"] if vs_base else None,
+        "speedup_ci95": [vs_base["low"], vs_base["high"]] if vs_base else None,
+        "rate_vs_sweep": vs_sweep["ratio"] if vs_sweep else None,
+        "rate_vs_sweep_ci95": [vs_sweep["low"], vs_sweep["high"]] if vs_sweep else None,
+        "drift_between_jobs": bool(vs_sweep and not vs_sweep["low"] <= 1.0 <= vs_sweep["high"]),
+    }
     if vs_base is None:
         return {**out, "confirmed": None, "contradicted": None, "note": "no interval: a run failed or had < 2 repeats"}
     contradicted = not _overlap(claimed, out["speedup_ci95"])
@@ -136,14 +166,20 @@ def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
     if not contradicted:
         notes = ["the validation agrees with the sweep"]
     elif best.get("significant"):
-        notes = [f"the validation contradicts the sweep: its speedup interval {interval} excludes the claimed "
-                 f"[{claimed[0]:.3f}, {claimed[1]:.3f}]"]
+        notes = [
+            f"the validation contradicts the sweep: its speedup interval {interval} excludes the claimed "
+            f"[{claimed[0]:.3f}, {claimed[1]:.3f}]"
+        ]
     else:
-        notes = [f"the baseline's settings, measured again, ran {vs_base['ratio']:.3f}x the baseline {interval}: jobs "
-                 "drift more than between_job_cv allows, so the sweep's intervals are too narrow"]
+        notes = [
+            f"the baseline's settings, measured again, ran {vs_base['ratio']:.3f}x the baseline {interval}: jobs "
+            "drift more than between_job_cv allows, so the sweep's intervals are too narrow"
+        ]
     if out["drift_between_jobs"]:
-        notes.append(f"the same settings ran {vs_sweep['ratio']:.3f}x their sweep rate: jobs drift more than the "
-                     "repeats inside one job show")
+        notes.append(
+            f"the same settings ran {vs_sweep['ratio']:.3f}x their sweep rate: jobs drift more than the "
+            "repeats inside one job show"
+        )
     return {**out, "confirmed": confirmed, "contradicted": contradicted, "note": "; ".join(notes)}
 
 
@@ -155,9 +191,23 @@ def _fmt(value) -> str:
     return str(value)
 
 
-TSV_COLUMNS = ("group", "label", "params", "status", "seq_per_sec_median", "seq_per_sec_ci95_low",
-               "seq_per_sec_ci95_high", "tok_per_sec_median", "tok_per_sec_ci95_low", "tok_per_sec_ci95_high",
-               "speedup", "speedup_ci95_low", "speedup_ci95_high", "significant", "note")
+TSV_COLUMNS = (
+    "group",
+    "label",
+    "params",
+    "status",
+    "seq_per_sec_median",
+    "seq_per_sec_ci95_low",
+    "seq_per_sec_ci95_high",
+    "tok_per_sec_median",
+    "tok_per_sec_ci95_low",
+    "tok_per_sec_ci95_high",
+    "speedup",
+    "speedup_ci95_low",
+    "speedup_ci95_high",
+    "significant",
+    "note",
+)
 
 
 def write_sweeps_tsv(decision: dict, path: Path) -> None:
@@ -169,7 +219,25 @@ def write_sweeps_tsv(decision: dict, path: Path) -> None:
         for row in decision["sweep_points"]:
             ci, tok, sp = row["ci95"] or [None] * 2, row["tokens_per_sec"], row["speedup_ci95"] or [None] * 2
             tci = tok["ci95"] or [None] * 2
-            w.writerow([_fmt(v) for v in (
-                row["group"], row["label"], json.dumps(row["params"], sort_keys=True), row["status"], row["median"],
-                ci[0], ci[1], tok["median"], tci[0], tci[1], row["speedup"], sp[0], sp[1],
-                "yes" if row["significant"] else "no", row["not_compared_because"] or row["reason"])])
+            w.writerow(
+                [
+                    _fmt(v)
+                    for v in (
+                        row["group"],
+                        row["label"],
+                        json.dumps(row["params"], sort_keys=True),
+                        row["status"],
+                        row["median"],
+                        ci[0],
+                        ci[1],
+                        tok["median"],
+                        tci[0],
+                        tci[1],
+                        row["speedup"],
+                        sp[0],
+                        sp[1],
+                        "yes" if row["significant"] else "no",
+                        row["not_compared_because"] or row["reason"],
+                    )
+                ]
+            )

@@ -21,8 +21,10 @@ def _beta_continued_fraction(x: float, a: float, b: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 500):
-        for num in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
-                    -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
+        for num in (
+            m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+            -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c
@@ -108,16 +110,23 @@ def ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, known_
         df = float(len(la) + len(lb) - 2)
     else:
         df = (va + vb + known_var) ** 2 / denominator if denominator > 0 else math.inf
-    quantile = (statistics.NormalDist().inv_cdf(0.5 + level / 2) if df > 1e6
-                else t_quantile(0.5 + level / 2, df))
+    quantile = statistics.NormalDist().inv_cdf(0.5 + level / 2) if df > 1e6 else t_quantile(0.5 + level / 2, df)
     half = quantile * se
-    return {"ratio": math.exp(diff), "low": math.exp(diff - half), "high": math.exp(diff + half), "df": df,
-            "level": level}
+    return {
+        "ratio": math.exp(diff),
+        "low": math.exp(diff - half),
+        "high": math.exp(diff + half),
+        "df": df,
+        "level": level,
+    }
 
 
 def describe(values: Sequence[float], level: float = 0.95) -> dict:
     """Per-repeat values with their median and the `level` interval of their geometric mean."""
     values = [float(v) for v in values]
     ci = geometric_ci(values, level) if values else None
-    return {"repeats": values, "median": statistics.median(values) if values else None,
-            "ci95": list(ci) if ci else None}
+    return {
+        "repeats": values,
+        "median": statistics.median(values) if values else None,
+        "ci95": list(ci) if ci else None,
+    }

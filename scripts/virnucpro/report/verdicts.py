@@ -53,8 +53,10 @@ def perf01_verdicts(widest: dict | None, proj: dict | None, th: dict) -> list[Ve
     out = []
     target = int(th["target_sequences"])
     scope = f"{widest['label']} ({widest['params']['world_size']} rank(s))" if widest else "-"
-    for basis, key, loop_key in (("sequence-based", "job_hours", "loop_hours"),
-                                 ("token-based", "job_hours_tokens", "loop_hours_tokens")):
+    for basis, key, loop_key in (
+        ("sequence-based", "job_hours", "loop_hours"),
+        ("token-based", "job_hours_tokens", "loop_hours_tokens"),
+    ):
         value = proj.get(key) if proj else None
         if widest is None:
             reason = "no production run finished"
@@ -65,8 +67,18 @@ def perf01_verdicts(widest: dict | None, proj: dict | None, th: dict) -> list[Ve
         else:
             reason = f"loop {proj[loop_key]:.3g} h + fixed and growing costs {value - proj[loop_key]:.3g} h"
         status = "N/A" if value is None else ("PASS" if value < th["max_hours"] else "FAIL")
-        out.append(Verdict("PERF-01", f"projected job time for {target:,} sequences ({basis})", scope, value, "h",
-                           f"< {th['max_hours']:g} h", status, reason))
+        out.append(
+            Verdict(
+                "PERF-01",
+                f"projected job time for {target:,} sequences ({basis})",
+                scope,
+                value,
+                "h",
+                f"< {th['max_hours']:g} h",
+                status,
+                reason,
+            )
+        )
     return out
 
 
@@ -90,21 +102,44 @@ def perf03_verdicts(ok: list[dict], scaling: dict, th: dict) -> list[Verdict]:
             min_speedup = th["min_speedup_2gpu"] * n / 2  # 1.9x for 2 GPUs, scaled for N
             passed = sc["speedup"] >= min_speedup and sc["efficiency"] >= th["min_scaling_efficiency"]
             if not _on_gpu(result):
-                status, reason = "N/A", (f"ranks were CPU processes sharing the host's cores: measured {value:.2f}x, "
-                                         f"{sc['efficiency']:.0f} % efficiency, not a GPU scaling figure")
+                status, reason = (
+                    "N/A",
+                    (
+                        f"ranks were CPU processes sharing the host's cores: measured {value:.2f}x, "
+                        f"{sc['efficiency']:.0f} % efficiency, not a GPU scaling figure"
+                    ),
+                )
             else:
                 status = "PASS" if passed else "FAIL"
                 reason = f"{sc['efficiency']:.1f} % efficiency, ideal {sc['ideal_runtime']:.1f} s"
             job = (at_target.get(n) or {}).get("job_speedup")
             if job is not None:
                 reason += f"; whole job at the target: {job:.2f}x"
-        out.append(Verdict("PERF-03", f"scaling 1 -> {n} ranks (speedup)", result["label"], value, "x",
-                           f">= {th['min_speedup_2gpu'] * n / 2:.2f}x and >= {th['min_scaling_efficiency']:g} %",
-                           status, reason))
+        out.append(
+            Verdict(
+                "PERF-03",
+                f"scaling 1 -> {n} ranks (speedup)",
+                result["label"],
+                value,
+                "x",
+                f">= {th['min_speedup_2gpu'] * n / 2:.2f}x and >= {th['min_scaling_efficiency']:g} %",
+                status,
+                reason,
+            )
+        )
     if not any(r["params"]["world_size"] > 1 for r in ok):
-        out.append(Verdict("PERF-03", "scaling 1 -> N ranks (speedup)", "-", None, "x",
-                           f">= {th['min_speedup_2gpu']:.2f}x (2 GPUs) and >= {th['min_scaling_efficiency']:g} %",
-                           "N/A", "no finished run with more than one rank (production.world_sizes)"))
+        out.append(
+            Verdict(
+                "PERF-03",
+                "scaling 1 -> N ranks (speedup)",
+                "-",
+                None,
+                "x",
+                f">= {th['min_speedup_2gpu']:.2f}x (2 GPUs) and >= {th['min_scaling_efficiency']:g} %",
+                "N/A",
+                "no finished run with more than one rank (production.world_sizes)",
+            )
+        )
     return out
 
 
@@ -120,27 +155,61 @@ def production_verdicts(production: list[dict], thresholds: dict, scaling: dict 
     for result in ok:
         for rank in result["ranks"]:
             util = (rank.get("steady") or {}).get("avg_gpu_util")
-            na = ("no GPU: the run was on CPU" if not str(rank.get("device", "")).startswith("cuda")
-                  else "NVML could not be read (no nvitop/driver access)")
+            na = (
+                "no GPU: the run was on CPU"
+                if not str(rank.get("device", "")).startswith("cuda")
+                else "NVML could not be read (no nvitop/driver access)"
+            )
             status, reason = _check(util, util is not None and util >= th["min_gpu_util"], na)
-            out.append(Verdict("PERF-02", "GPU utilisation (steady state)", f"{result['label']} rank {rank['rank']} "
-                               f"({rank.get('device')})", util, "%", f">= {th['min_gpu_util']:g} %", status, reason))
+            out.append(
+                Verdict(
+                    "PERF-02",
+                    "GPU utilisation (steady state)",
+                    f"{result['label']} rank {rank['rank']} ({rank.get('device')})",
+                    util,
+                    "%",
+                    f">= {th['min_gpu_util']:g} %",
+                    status,
+                    reason,
+                )
+            )
     out += perf03_verdicts(ok, scaling, th)
     for result in ok:
         for rank in result["ranks"]:
             pack = (rank.get("steady") or {}).get("avg_packing_efficiency")
             status, reason = _check(pack, pack is not None and pack >= th["min_packing"], "no batches")
-            out.append(Verdict("PERF-05", "packing efficiency", f"{result['label']} rank {rank['rank']}", pack, "",
-                               f">= {th['min_packing']:.2f}", status, reason))
+            out.append(
+                Verdict(
+                    "PERF-05",
+                    "packing efficiency",
+                    f"{result['label']} rank {rank['rank']}",
+                    pack,
+                    "",
+                    f">= {th['min_packing']:.2f}",
+                    status,
+                    reason,
+                )
+            )
     for result in ok:
         p95 = (result.get("steady") or {}).get("p95_wait_time_ms")
         status, reason = _check(p95, p95 is not None and p95 < th["max_p95_wait_ms"], "no batches")
-        out.append(Verdict("LOADER", "DataLoader wait p95 (worst rank)", result["label"], p95, "ms",
-                           f"< {th['max_p95_wait_ms']:g} ms", status, reason))
+        out.append(
+            Verdict(
+                "LOADER",
+                "DataLoader wait p95 (worst rank)",
+                result["label"],
+                p95,
+                "ms",
+                f"< {th['max_p95_wait_ms']:g} ms",
+                status,
+                reason,
+            )
+        )
     for result in production:
         if result["status"] != "ok":
-            out.append(Verdict("RUN", "production run", result["label"], None, "", "finishes", "FAIL",
-                               result.get("reason")))
+            out.append(
+                Verdict("RUN", "production run", result["label"], None, "", "finishes", "FAIL", result.get("reason"))
+            )
     return out
 
 
@@ -150,5 +219,13 @@ def checkpoint_verdict(on: dict | None, off: dict | None, thresholds: dict) -> V
     value = None if resumed_na_reason(on, off) else checkpoint_overhead(on, off)
     status, reason = _check(value, value is not None and value < th["max_checkpoint_overhead_pct"], na)
     every = on["params"]["checkpoint_every"] if on else "?"
-    return Verdict("CKPT", f"checkpoint overhead (every {every} sequences vs none)", "checkpoint runs", value, "%",
-                   f"< {th['max_checkpoint_overhead_pct']:g} %", status, reason)
+    return Verdict(
+        "CKPT",
+        f"checkpoint overhead (every {every} sequences vs none)",
+        "checkpoint runs",
+        value,
+        "%",
+        f"< {th['max_checkpoint_overhead_pct']:g} %",
+        status,
+        reason,
+    )

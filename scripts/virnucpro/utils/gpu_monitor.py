@@ -68,8 +68,14 @@ class NvitopMonitor:
         """Which physical GPUs are sampled (UUID, NVML index, name), for the telemetry's provenance."""
         out = []
         for cuda_index, dev in zip(self.cuda_indices, self.devices):
-            out.append({"cuda_index": cuda_index, "nvml_index": _number(dev.physical_index),
-                        "uuid": dev.uuid(), "name": dev.name()})
+            out.append(
+                {
+                    "cuda_index": cuda_index,
+                    "nvml_index": _number(dev.physical_index),
+                    "uuid": dev.uuid(),
+                    "name": dev.name(),
+                }
+            )
         return out
 
     def sample(self) -> dict | None:
@@ -80,12 +86,14 @@ class NvitopMonitor:
         for dev in self.devices:
             used = _number(dev.memory_used())
             power = _number(dev.power_usage())  # milliwatts
-            per_device.append({
-                "gpu_util": _number(dev.gpu_utilization()),
-                "memory_used_gb": used / 1024**3 if used is not None else None,
-                "temperature_c": _number(dev.temperature()),
-                "power_w": power / 1000 if power is not None else None,
-            })
+            per_device.append(
+                {
+                    "gpu_util": _number(dev.gpu_utilization()),
+                    "memory_used_gb": used / 1024**3 if used is not None else None,
+                    "temperature_c": _number(dev.temperature()),
+                    "power_w": power / 1000 if power is not None else None,
+                }
+            )
         now = time.perf_counter()
         reading: dict[str, Any] = {"t": now - self._t0, "at": now}
         for key in FIELDS:
@@ -146,7 +154,8 @@ class NvitopMonitor:
         for key in FIELDS:
             values = [s[key] for s in samples if s.get(key) is not None]
             stats[f"avg_{key}"] = statistics.fmean(values) if values else None
-        stats["max_memory_used_gb"] = max((s["memory_used_gb"] for s in samples
-                                           if s.get("memory_used_gb") is not None), default=None)
+        stats["max_memory_used_gb"] = max(
+            (s["memory_used_gb"] for s in samples if s.get("memory_used_gb") is not None), default=None
+        )
         stats["num_samples"] = len(samples)
         return stats

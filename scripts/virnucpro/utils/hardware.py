@@ -22,8 +22,12 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
 
 def _driver_version() -> str | None:
     try:
-        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        res = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     lines = res.stdout.strip().splitlines()

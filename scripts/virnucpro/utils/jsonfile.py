@@ -27,8 +27,9 @@ def read_json(path: str | Path, what: str = "JSON file", keys: Iterable[str] = (
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-                        f"expected a {what}") from None
+        raise UserError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); expected a {what}"
+        ) from None
     keys = list(keys)
     if keys:
         missing = [k for k in keys if not isinstance(data, dict) or k not in data]

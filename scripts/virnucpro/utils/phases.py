@@ -18,8 +18,16 @@ import time
 from contextlib import contextmanager
 
 #: Paid once per job whatever its size (the projection's fixed cost).
-FIXED_PHASES = ("python_startup", "resolve_weights", "rank_startup", "load_weights", "compile", "warmup",
-                "matmul_probe", "rank_teardown")
+FIXED_PHASES = (
+    "python_startup",
+    "resolve_weights",
+    "rank_startup",
+    "load_weights",
+    "compile",
+    "warmup",
+    "matmul_probe",
+    "rank_teardown",
+)
 #: Grow with the number of sequences (the projection scales them by N / n).
 PER_SEQUENCE_PHASES = ("read_input", "prepare_output", "loop", "finalize")
 

@@ -56,8 +56,12 @@ def percentile(values: list[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def summarize(batches: list[dict], elapsed_seconds: float, target_sequences: int = DEFAULT_TARGET_SEQUENCES,
-              target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE) -> dict[str, Any]:
+def summarize(
+    batches: list[dict],
+    elapsed_seconds: float,
+    target_sequences: int = DEFAULT_TARGET_SEQUENCES,
+    target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE,
+) -> dict[str, Any]:
     """The plan's summary fields from per-batch records and the wall time they took."""
     total_sequences = sum(b.get("num_sequences", 0) for b in batches)
     total_tokens = sum(b.get("num_tokens", 0) for b in batches)
@@ -77,15 +81,17 @@ def summarize(batches: list[dict], elapsed_seconds: float, target_sequences: int
         "min_packing_efficiency": min(_values(batches, "packing_efficiency"), default=None),
         "avg_wait_time_ms": _mean(waits),
         "p95_wait_time_ms": percentile(waits, 95),
-        "pct_starved": (100.0 * sum(b.get("queue_state") == "starved" for b in batches) / len(batches)
-                        if batches else None),
+        "pct_starved": (
+            100.0 * sum(b.get("queue_state") == "starved" for b in batches) / len(batches) if batches else None
+        ),
         "sequences_per_hour": seq_per_hour,
         "avg_tokens_per_seq": total_tokens / total_sequences if total_sequences else None,
         "projection_target_sequences": target_sequences,
         "projection_tokens_per_sequence": target_tokens_per_sequence,
         "projected_hours": target_sequences / seq_per_hour if seq_per_hour else None,
-        "projected_hours_tokens": (target_sequences * target_tokens_per_sequence / tokens_per_sec / 3600
-                                   if tokens_per_sec else None),
+        "projected_hours_tokens": (
+            target_sequences * target_tokens_per_sequence / tokens_per_sec / 3600 if tokens_per_sec else None
+        ),
     }
     ckpt_ms = _values(batches, "checkpoint_write_ms")
     if ckpt_ms:
@@ -98,9 +104,13 @@ def summarize(batches: list[dict], elapsed_seconds: float, target_sequences: int
 class TelemetryLogger:
     """Collects per-batch metrics of one process and writes them as JSON on `finalize()`."""
 
-    def __init__(self, output_dir: str | Path, run_id: str | None = None,
-                 target_sequences: int = DEFAULT_TARGET_SEQUENCES,
-                 target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        run_id: str | None = None,
+        target_sequences: int = DEFAULT_TARGET_SEQUENCES,
+        target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE,
+    ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id or datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -125,8 +135,10 @@ class TelemetryLogger:
     def finalize(self, summary: dict[str, Any] | None = None, elapsed_seconds: float | None = None) -> Path:
         """Write `{run_metadata, summary, per_batch_metrics}` (atomically) and return the path."""
         payload = {
-            "run_metadata": {"start_time": datetime.fromtimestamp(self.start_time, timezone.utc).isoformat(),
-                             **self.run_metadata},
+            "run_metadata": {
+                "start_time": datetime.fromtimestamp(self.start_time, timezone.utc).isoformat(),
+                **self.run_metadata,
+            },
             "summary": summary if summary is not None else self.get_summary(elapsed_seconds),
             "per_batch_metrics": self.batch_metrics,
         }
@@ -146,9 +158,14 @@ def _fmt(value: Any, spec: str = ",.1f", unit: str = "") -> str:
     return "N/A" if value is None else f"{value:{spec}}{unit}"
 
 
-def generate_performance_report(telemetry_path: str | Path, output_path: str | Path | None = None,
-                                max_hours: float = 10.0, min_gpu_util: float = 70.0,
-                                min_packing: float = 0.90, max_p95_wait_ms: float = 100.0) -> str:
+def generate_performance_report(
+    telemetry_path: str | Path,
+    output_path: str | Path | None = None,
+    max_hours: float = 10.0,
+    min_gpu_util: float = 70.0,
+    min_packing: float = 0.90,
+    max_p95_wait_ms: float = 100.0,
+) -> str:
     """Human-readable report of one telemetry JSON with PASS/FAIL/N-A per requirement."""
     data = json.loads(Path(telemetry_path).read_text())
     s, meta = data["summary"], data.get("run_metadata", {})
@@ -180,14 +197,18 @@ def generate_performance_report(telemetry_path: str | Path, output_path: str | P
         f"  average: {_fmt(s['avg_gpu_util'], '.1f', ' %')}",
     ]
     if "avg_checkpoint_write_ms" in s:
-        lines += ["Checkpoint overhead",
-                  f"  mean write: {s['avg_checkpoint_write_ms']:.1f} ms   "
-                  f"max queue depth: {s['max_checkpoint_queue_depth']}"]
+        lines += [
+            "Checkpoint overhead",
+            f"  mean write: {s['avg_checkpoint_write_ms']:.1f} ms   max queue depth: {s['max_checkpoint_queue_depth']}",
+        ]
     hw = meta.get("hardware")
     if hw:
         gpus = ", ".join(hw.get("gpu_models") or []) or "none"
-        lines += ["Hardware", f"  GPUs: {gpus}   CUDA: {hw.get('cuda_version')}   torch: {hw.get('pytorch_version')}   "
-                              f"CPU: {hw.get('cpu_model')} x{hw.get('cpu_count')}"]
+        lines += [
+            "Hardware",
+            f"  GPUs: {gpus}   CUDA: {hw.get('cuda_version')}   torch: {hw.get('pytorch_version')}   "
+            f"CPU: {hw.get('cpu_model')} x{hw.get('cpu_count')}",
+        ]
     no_gpu = "no GPU utilisation was measured (no NVML device)"
     lines += [
         "Requirements",
@@ -220,8 +241,12 @@ def aggregate_telemetry_shards(shard_paths: list[str | Path]) -> dict[str, Any]:
     summaries = [s["summary"] for s in shards]
     elapsed = max(s["elapsed_seconds"] for s in summaries)
     first = summaries[0]
-    glob = summarize(batches, elapsed, first.get("projection_target_sequences", DEFAULT_TARGET_SEQUENCES),
-                     first.get("projection_tokens_per_sequence", DEFAULT_TARGET_TOKENS_PER_SEQUENCE))
+    glob = summarize(
+        batches,
+        elapsed,
+        first.get("projection_target_sequences", DEFAULT_TARGET_SEQUENCES),
+        first.get("projection_tokens_per_sequence", DEFAULT_TARGET_TOKENS_PER_SEQUENCE),
+    )
     per_shard = lambda key: [s[key] for s in summaries if s.get(key) is not None]  # noqa: E731
     glob.update(  # each shard weighted equally, as the plan asks; null when no shard measured it
         avg_gpu_util=_mean(per_shard("avg_gpu_util")),
@@ -232,8 +257,9 @@ def aggregate_telemetry_shards(shard_paths: list[str | Path]) -> dict[str, Any]:
     return {"global_summary": glob, "per_shard_summary": summaries, "per_batch_metrics": batches}
 
 
-def calculate_scaling_efficiency(baseline_runtime: float, multi_gpu_runtime: float, num_gpus: int,
-                                 min_efficiency: float = 95.0) -> dict[str, Any]:
+def calculate_scaling_efficiency(
+    baseline_runtime: float, multi_gpu_runtime: float, num_gpus: int, min_efficiency: float = 95.0
+) -> dict[str, Any]:
     """Speedup of an N-GPU run over the 1-GPU baseline on the same work (PERF-03: >= 95 % for 2 GPUs)."""
     if baseline_runtime <= 0 or multi_gpu_runtime <= 0:
         raise ValueError("runtimes must be positive")
@@ -242,13 +268,19 @@ def calculate_scaling_efficiency(baseline_runtime: float, multi_gpu_runtime: flo
     speedup = baseline_runtime / multi_gpu_runtime
     efficiency = speedup / num_gpus * 100.0
     ideal = baseline_runtime / num_gpus
-    return {"speedup": speedup, "efficiency": efficiency, "ideal_runtime": ideal,
-            "overhead_seconds": multi_gpu_runtime - ideal, "num_gpus": num_gpus,
-            "meets_perf03": efficiency >= min_efficiency}
+    return {
+        "speedup": speedup,
+        "efficiency": efficiency,
+        "ideal_runtime": ideal,
+        "overhead_seconds": multi_gpu_runtime - ideal,
+        "num_gpus": num_gpus,
+        "meets_perf03": efficiency >= min_efficiency,
+    }
 
 
-def steady_state(batches: list[dict], warmup_seconds: float = 60.0, warmup_batches: int = 20,
-                 **summary_kwargs: Any) -> dict[str, Any]:
+def steady_state(
+    batches: list[dict], warmup_seconds: float = 60.0, warmup_batches: int = 20, **summary_kwargs: Any
+) -> dict[str, Any]:
     """Summary without the warm-up: the larger of the first `warmup_seconds` or `warmup_batches` batches.
 
     Never discards everything: a run shorter than its warm-up keeps all batches and says so
@@ -261,8 +293,12 @@ def steady_state(batches: list[dict], warmup_seconds: float = 60.0, warmup_batch
     excluded = max(by_time, warmup_batches)
     if excluded >= len(batches):
         elapsed = batches[-1]["timestamp"] - start
-        return {**summarize(batches, elapsed, **summary_kwargs), "warmup_excluded": False, "excluded_batches": 0,
-                "note": "run shorter than the warm-up window: nothing excluded"}
+        return {
+            **summarize(batches, elapsed, **summary_kwargs),
+            "warmup_excluded": False,
+            "excluded_batches": 0,
+            "note": "run shorter than the warm-up window: nothing excluded",
+        }
     kept = batches[excluded:]
     elapsed = kept[-1]["timestamp"] - batches[excluded - 1]["timestamp"]
     return {**summarize(kept, elapsed, **summary_kwargs), "warmup_excluded": True, "excluded_batches": excluded}
