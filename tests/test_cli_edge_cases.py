@@ -455,9 +455,13 @@ def test_sigkill_of_the_launcher_stops_its_ranks(tmp_path, tiny_checkpoint):
 def test_closed_terminal_or_slurm_warning_signal_flushes_like_sigterm(sig):
     from virnucpro.pipeline.preemption import StopFlag
 
-    with StopFlag() as stop:
-        signal.raise_signal(sig)  # default action: the process would die here
-        assert stop.is_set() and stop.signal_name == sig.name
+    inherited = signal.signal(sig, signal.SIG_DFL)  # under nohup SIGHUP arrives ignored; start from the default
+    try:
+        with StopFlag() as stop:
+            signal.raise_signal(sig)  # default action: the process would die here
+            assert stop.is_set() and stop.signal_name == sig.name
+    finally:
+        signal.signal(sig, inherited)
     previous = signal.signal(sig, signal.SIG_IGN)  # as under nohup: the user's choice stands
     try:
         with StopFlag():
