@@ -11,7 +11,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from virnucpro.errors import EXIT_FAILURE, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, UserError
+from virnucpro.errors import EXIT_FAILURE, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, UserError, out_of_memory
 from virnucpro.pipeline.output import write_json_atomic
 from virnucpro.settings import KNOBS
 from virnucpro.utils.jsonfile import read_object
@@ -20,20 +20,6 @@ from virnucpro.utils.jsonfile import read_object
 def config_dict(cfg) -> dict:
     """`cfg` as JSON-ready values (paths as strings): what status.json records as the run's config."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-
-
-def out_of_memory(exc: BaseException) -> tuple[str, float | None] | None:
-    """(one-line description, peak GPU memory in GB or None) when `exc` is an out-of-memory error, else None.
-
-    One definition for the launcher's ranks and the job around them: a rank's error carries its own peak."""
-    import torch
-
-    if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return None
-    peak = getattr(exc, "peak_memory_gb", None)
-    if peak is None and torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 1024**3
-    return f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", peak
 
 
 def _failed(cfg, reason: str, **extra) -> dict:

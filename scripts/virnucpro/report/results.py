@@ -22,6 +22,7 @@ from virnucpro.report.stats import describe
 from virnucpro.utils.jsonfile import read_json
 from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, calculate_scaling_efficiency, steady_state
 
+
 def rank_steady(telemetry: dict, warmup_seconds: float, warmup_batches: int) -> dict:
     s = telemetry["summary"]
     return steady_state(
