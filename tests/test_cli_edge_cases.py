@@ -318,6 +318,24 @@ def test_host_memory_limit_is_exit_3_not_a_traceback(tmp_path, small_fasta, tiny
     assert "Traceback" not in res.stderr and any("out of memory" in line for line in lines), res.stderr
 
 
+def test_a_rank_out_of_memory_is_exit_3_with_its_peak_in_status_json(capsys, tmp_path, small_fasta, monkeypatch):
+    """The job around the ranks and the ranks share one out-of-memory test (errors.out_of_memory)."""
+    from virnucpro.errors import out_of_memory
+    from virnucpro.pipeline import runner
+    from virnucpro.pipeline.launcher import RankOutOfMemory
+
+    def run_embed(cfg, progress_stream=None, stop=None):
+        raise RankOutOfMemory("rank 1: OutOfMemoryError: CUDA out of memory\ndetails", 71.5)
+
+    monkeypatch.setattr(runner, "run_embed", run_embed)
+    code, lines = run_main(capsys, "embed", small_fasta, "-o", tmp_path / "o", "--random-weights", "--device", "cpu")
+    assert_one_line(code, lines, 3, "out of memory (RankOutOfMemory)")
+    status = json.loads((tmp_path / "o" / "status.json").read_text())
+    assert (status["status"], status["reason"], status["peak_memory_gb"]) == ("failed", "OOM", 71.5)
+    assert status["error"] == "rank 1: OutOfMemoryError: CUDA out of memory" and status["config"]["device"] == "cpu"
+    assert out_of_memory(MemoryError("a\nb")) == ("MemoryError: a", None) and out_of_memory(ValueError()) is None
+
+
 # --- checkpoints -----------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ import argparse
 import math
 import re
 import sys
-from typing import Callable, NoReturn
+from pathlib import Path
+from typing import Any, Callable, NoReturn
 
 from virnucpro.errors import EXIT_USAGE
 
@@ -44,11 +45,19 @@ fraction = _number(float, "a number between 0 and 1", lambda v: 0 <= v <= 1)
 percentage = _number(float, "a percentage between 0 and 100", lambda v: 0 < v <= 100)
 
 
-def nonempty(text: str) -> str:
-    """A name or path that must not be empty: `--checkpoint "$CKPT"` with CKPT unset would else pick defaults."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
+def _nonempty(message: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str):
+        if not text.strip():
+            raise argparse.ArgumentTypeError(message)
+        return convert(text)
+
+    return parse
+
+
+#: A name or path that must not be empty: `--checkpoint "$CKPT"` with CKPT unset would else pick defaults.
+nonempty = _nonempty("must not be empty", str)
+#: An output directory (`-o ""` would else write into the working directory).
+nonempty_dir = _nonempty("must name a directory, not an empty string", Path)
 
 
 def device_name(text: str) -> str:

@@ -537,3 +537,22 @@ def print_table(result: dict) -> None:
         )
     for peer, why in (result.get("na") or {}).items():
         print(f"{peer}: N/A ({why})")
+
+
+def peer_workloads(
+    fasta: Path | None, num_sequences: int, seed: int, seed_mix: int, short_reads: int
+) -> dict[str, list[str]]:
+    """peers: a seeded sample of `fasta` (the workflow's input), else the two synthetic workloads."""
+    from virnucpro.data.fasta import read_fasta
+    from virnucpro.errors import UserError
+
+    if fasta is None:
+        return {
+            p: make_sequences(n, 1, p)[1] for p, n in (("seed-mix", seed_mix), ("short-reads", short_reads)) if n > 0
+        }
+    records = read_fasta(fasta)
+    if num_sequences < 1:
+        raise UserError("bench peers: --num-sequences must be a positive count")
+    k = min(num_sequences, len(records))
+    rng = np.random.default_rng(seed)
+    return {"input": [records.seqs[i].decode() for i in rng.permutation(len(records))[:k]]}

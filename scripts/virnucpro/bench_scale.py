@@ -167,3 +167,17 @@ def finalize_only(
     result.update(final_bytes=final, peak_bytes=disk.peak, peak_over_final=disk.peak / final)
     (outdir / output.FINAL_FILE).unlink()
     return result
+
+
+def run(workdir: Path, jobs: list[str], finalize: list[str], embed_args: list[str]) -> dict:
+    """`bench scale`: each `MODEL:N:PROFILE` job, then each `N:DIM:DTYPE` output-only run, printed as they end."""
+    result = {"jobs": [], "finalize": []}
+    for spec in jobs:
+        model, n, profile = spec.split(":")
+        result["jobs"].append(job(workdir, model, int(n), profile, embed_args))
+        print(json.dumps(result["jobs"][-1], indent=2), flush=True)
+    for spec in finalize:
+        n, dim, dtype = spec.split(":")
+        result["finalize"].append(finalize_only(workdir, int(n), int(dim), dtype))
+        print(json.dumps(result["finalize"][-1], indent=2), flush=True)
+    return result

@@ -19,3 +19,17 @@ class OutputError(UserError):
     """The output could not be written (disk full, quota, a deleted directory): one line, rerun to resume."""
 
     exit_code = EXIT_IO
+
+
+def out_of_memory(exc: BaseException) -> tuple[str, float | None] | None:
+    """(one-line description, peak GPU memory in GB or None) when `exc` is an out-of-memory error (CUDA or
+    host), else None: the one test for it, used by each rank and by the job around them (a rank's error
+    carries the rank's own peak as `peak_memory_gb`)."""
+    import torch  # here, not at the top: this module stays importable without torch
+
+    if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return None
+    peak = getattr(exc, "peak_memory_gb", None)
+    if peak is None and torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 1024**3
+    return f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", peak

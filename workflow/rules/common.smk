@@ -8,6 +8,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 SCRIPTS = os.path.abspath(os.path.join(workflow.basedir, "..", "scripts"))
+# The engine settings' one definition (stdlib only: Snakemake's environment may lack torch).
+sys.path.insert(0, SCRIPTS)
+from virnucpro.settings import job_options
+
 # Jobs run the package from this checkout; under --sdm conda with the env's python, else with Snakemake's own.
 PYTHON = (
     "python"
@@ -95,7 +99,8 @@ MEASURED = "|".join(
 
 
 def engine_args(overrides=None, world_size=1):
-    """The model and engine options of a GPU job: config model and engine, then the point overrides.
+    """The model and engine options of a GPU job: config model and engine (the settings that
+    virnucpro.settings marks as job options), then the point overrides.
 
     Only what the job computes with: analysis settings (warm-up, projections, thresholds) are applied by local
     jobs, so changing them reruns no GPU job; the progress interval reaches jobs through the shell prefix. Every
@@ -113,17 +118,7 @@ def engine_args(overrides=None, world_size=1):
         args.append(("--checkpoint", m["checkpoint"]))
     elif m["random_weights"]:
         args.append(("--random-weights", None))
-    args += [
-        ("--device", e["device"]),
-        ("--token-budget", e["token_budget"]),
-        ("--buffer-size", e["buffer_size"]),
-        ("--num-workers", e["num_workers"]),
-        ("--prefetch-factor", e["prefetch_factor"]),
-        ("--checkpoint-every", e["checkpoint_every"]),
-        ("--compile", e["compile"]),
-        *([("--exact-gelu", None)] if e["exact_gelu"] else []),
-        ("--world-size", world_size),
-    ]
+    args += [*job_options(e), ("--world-size", world_size)]
     return " ".join(
         flag if value is None else f"{flag} {shlex.quote(str(value))}"
         for flag, value in args

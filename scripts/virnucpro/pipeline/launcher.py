@@ -23,7 +23,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Callable
 
-from virnucpro.errors import EXIT_OOM, EXIT_PREEMPTED, EXIT_USAGE, UserError
+from virnucpro.errors import EXIT_OOM, EXIT_PREEMPTED, EXIT_USAGE, UserError, out_of_memory
 from virnucpro.pipeline.preemption import Preempted, StopFlag
 
 if TYPE_CHECKING:
@@ -114,10 +114,7 @@ def _rank_main(job: "RankJob", events, log_level: int, parent_pid: int) -> None:
             events.put(("user_error", job.rank, str(exc), exc.exit_code))
             code = exc.exit_code
         except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
-            events.put(
-                ("oom", job.rank, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", peak)
-            )
+            events.put(("oom", job.rank, *out_of_memory(exc)))
             code = EXIT_OOM
         except BaseException as exc:  # a bug: send the traceback, the parent prints it
             events.put(("error", job.rank, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))

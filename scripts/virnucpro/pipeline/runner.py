@@ -27,6 +27,7 @@ from virnucpro.models.weights import Weights, resolve_weights
 from virnucpro.pipeline.launcher import launch_ranks
 from virnucpro.pipeline import output
 from virnucpro.pipeline.preemption import Preempted, StopFlag
+from virnucpro.settings import with_settings
 from virnucpro.pipeline.progress_reporter import InferenceProgressReporter, create_progress_callback
 from virnucpro.utils.hardware import capture_hardware_info, matmul_tflops, package_versions
 from virnucpro.utils.gpu_monitor import NvitopMonitor
@@ -39,30 +40,12 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 @dataclass
+@with_settings  # the engine settings (virnucpro.settings) as fields with their defaults
 class EmbedConfig:
+    """One embedding job: its input, OUTDIR and every engine setting."""
+
     fasta: Path
     outdir: Path
-    model: str | None = None  # None: the checkpoint's own architecture, else esm2_t36_3B_UR50D
-    checkpoint: str | None = None
-    random_weights: bool = False
-    seed: int = 0
-    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
-    device: str = "auto"
-    token_budget: int = 16384
-    buffer_size: int = 5000
-    num_workers: int = 2
-    prefetch_factor: int = 4
-    checkpoint_every: int = 10000
-    long_sequences: str = "truncate"
-    compile: str = "auto"  # torch.compile the dense layer kernels: auto = on CUDA only
-    exact_gelu: bool = False  # on CUDA fp16/bf16, keep ESM's erf gelu instead of cuBLASLt's fused tanh form
-    repr_layer: int = -1
-    output_dtype: str = "float32"  # float16 halves the output (relative L2 error ~2e-4: README)
-    overwrite: bool = False  # discard an existing result or partial state of another configuration
-    compile_cache: str | None = None  # a persistent torch.compile/Triton cache directory shared by jobs
-    target_sequences: int = 6_000_000
-    world_size: int | None = None  # None: every visible CUDA device, 1 on CPU
-    progress_interval: float = 10.0  # seconds between progress lines in a non-interactive log
     monitor_interval: float = 1.0  # seconds between GPU samples
     extra_metadata: dict = field(default_factory=dict)
 

@@ -22,9 +22,6 @@ from virnucpro.report.stats import describe
 from virnucpro.utils.jsonfile import read_json
 from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, calculate_scaling_efficiency, steady_state
 
-#: The engine settings a sweep varies and the report shows.
-KNOBS = ("num_workers", "prefetch_factor", "token_budget", "buffer_size", "checkpoint_every", "world_size")
-
 
 def rank_steady(telemetry: dict, warmup_seconds: float, warmup_batches: int) -> dict:
     s = telemetry["summary"]

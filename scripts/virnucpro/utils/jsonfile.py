@@ -36,3 +36,13 @@ def read_json(path: str | Path, what: str = "JSON file", keys: Iterable[str] = (
         if missing:
             raise UserError(f"{path}: not a {what} (no {', '.join(repr(k) for k in missing)})")
     return data
+
+
+def read_object(path: str | Path | None, what: str) -> dict | None:
+    """A JSON object from `path` (None for no path) given as option `what`; anything else is the user's error."""
+    if path is None:
+        return None
+    data = read_json(path, f"{what} JSON")
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path}: not a JSON object")
+    return data

@@ -1,0 +1,52 @@
+"""`virnucpro best-config`: the sweep point that beats the baseline beyond noise, else the baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from virnucpro.argtypes import fraction, nonnegative_float
+from virnucpro.commands import help_style
+from virnucpro.errors import EXIT_OK, UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "best-config",
+        help="the sweep point that beats the baseline beyond noise, else the baseline",
+        **help_style("virnucpro best-config results/sweeps/*/*.json -o best.json --tsv sweeps.tsv"),
+    )
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--min-packing", type=fraction, default=0.90)
+    p.add_argument(
+        "--min-gain",
+        type=nonnegative_float,
+        default=0.02,
+        help="a winner's simultaneous 95 %% speedup interval must lie above 1 + this (default %(default)s)",
+    )
+    p.add_argument(
+        "--between-job-cv",
+        type=nonnegative_float,
+        default=0.01,
+        help="relative spread of one configuration's rate between jobs, which the repeats inside a job "
+        "cannot show; added to every speedup interval (default %(default)s)",
+    )
+    p.add_argument("--tsv", type=Path, help="also write one row per point here (results/sweeps.tsv)")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.report.results import load_results
+    from virnucpro.report.significance import sweep_decision, write_sweeps_tsv
+
+    if args.min_gain < 0 or args.between_job_cv < 0:
+        raise UserError("--min-gain and --between-job-cv must be >= 0")
+    decision = sweep_decision(
+        load_results(args.results), args.min_packing, args.min_gain, between_job_cv=args.between_job_cv
+    )
+    write_json_atomic(args.output, decision)
+    if args.tsv:
+        write_sweeps_tsv(decision, args.tsv)
+    print(f"best configuration: {decision['label']} ({decision['note']})")
+    return EXIT_OK
