@@ -139,8 +139,15 @@ def _embed_arguments(p, outdir: bool = True) -> None:
     p.add_argument(
         "--long-sequences",
         default=d.long_sequences,
-        choices=["truncate", "error"],
-        help="sequences over 1022 residues: truncate (counted, warned) or refuse",
+        choices=["truncate", "error", "chunk"],
+        help="sequences over 1022 residues: truncate (counted, warned), refuse, or embed in overlapping "
+        "1022-residue windows (per-residue mean over windows, then mean over residues)",
+    )
+    p.add_argument(
+        "--window-overlap",
+        type=nonnegative_int,
+        default=d.window_overlap,
+        help="residues shared by consecutive windows with --long-sequences chunk, 0..1021 (default %(default)s)",
     )
     p.add_argument(
         "--compile",
@@ -421,6 +428,7 @@ def _embed_config(args):
         prefetch_factor=args.prefetch_factor,
         checkpoint_every=args.checkpoint_every,
         long_sequences=args.long_sequences,
+        window_overlap=args.window_overlap,
         repr_layer=args.repr_layer,
         compile=args.compile,
         exact_gelu=args.exact_gelu,
