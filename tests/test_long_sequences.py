@@ -171,3 +171,69 @@ def test_bad_overlap_is_one_line_exit_2(tmp_path, tiny_checkpoint, capsys, overl
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "--window-overlap" in lines[0] and "Traceback" not in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+# --- kill and resume: a sequence is written whole or not at all ------------------------------------------------
+
+
+def chunk_cmd(fasta, outdir, ckpt, overlap=100):
+    from test_preemption import cmd  # the kill test's command line, with chunking added
+
+    args = cmd(fasta, outdir, ckpt)
+    args[args.index("--token-budget") + 1] = "1100"  # one window per batch: a sequence spans several batches
+    return [*args, "--long-sequences", "chunk", "--window-overlap", str(overlap)]
+
+
+@pytest.fixture(scope="module")
+def mixed_fasta(tmp_path_factory):
+    from virnucpro.data.fasta import write_fasta
+    from virnucpro.data.synthetic import make_sequences
+
+    ids, seqs = make_sequences(300, 5, "short-reads")
+    rng = np.random.default_rng(9)
+    for k in range(12):  # long sequences spread through the input
+        at = 25 * k + 3
+        ids.insert(at, f"long_{k}")
+        seqs.insert(at, "".join(rng.choice(ALPHABET, int(rng.integers(W + 1, 3 * W)))))
+    path = tmp_path_factory.mktemp("chunkkill") / "mixed.fa"
+    write_fasta(path, ids, seqs)
+    return path
+
+
+def test_kills_never_leave_a_partial_sequence_and_resume_equals_uninterrupted(tmp_path, mixed_fasta, tiny_checkpoint):
+    import random
+    import signal
+    import subprocess
+
+    from test_preemption import start_and_kill
+
+    from virnucpro.pipeline.output import DATA_FILE, PARTIAL_DIR, read_layout, read_rows, scan_partial
+
+    ref = subprocess.run(chunk_cmd(mixed_fasta, tmp_path / "ref", tiny_checkpoint), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    with h5py.File(tmp_path / "ref" / "embeddings.h5") as f:
+        ref_rows, n, ref_ids = f["embeddings"][()], len(f["ids"]), list(f["ids"][()])
+        assert f.attrs["chunked_count"] == 12
+
+    out, partial = tmp_path / "killed", tmp_path / "killed" / PARTIAL_DIR
+    rng, progress = random.Random(7), []
+    for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL):
+        code, err = start_and_kill(chunk_cmd(mixed_fasta, out, tiny_checkpoint), out, sig, rng.uniform(0, 0.3))
+        if code == 0:
+            break
+        done = scan_partial(partial, n, read_layout(partial / DATA_FILE)).done
+        progress.append(int(done.sum()))
+        # every checkpointed row is a whole sequence's final row: no long sequence was written from some windows
+        np.testing.assert_allclose(
+            read_rows(read_layout(partial / DATA_FILE), np.flatnonzero(done)), ref_rows[done], atol=1e-5
+        )
+    assert progress and 0 < progress[0] < n, "the first kill must land mid-run for this test to mean anything"
+
+    other = subprocess.run(chunk_cmd(mixed_fasta, out, tiny_checkpoint, overlap=200), capture_output=True, text=True)
+    assert other.returncode == 2 and "window_overlap" in other.stderr  # another overlap never mixes in
+
+    final = subprocess.run(chunk_cmd(mixed_fasta, out, tiny_checkpoint), capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    with h5py.File(out / "embeddings.h5") as f:
+        assert list(f["ids"][()]) == ref_ids
+        np.testing.assert_allclose(f["embeddings"][()], ref_rows, rtol=0, atol=1e-5)
