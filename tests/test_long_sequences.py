@@ -237,3 +237,24 @@ def test_kills_never_leave_a_partial_sequence_and_resume_equals_uninterrupted(tm
     with h5py.File(out / "embeddings.h5") as f:
         assert list(f["ids"][()]) == ref_ids
         np.testing.assert_allclose(f["embeddings"][()], ref_rows, rtol=0, atol=1e-5)
+
+
+def test_two_ranks_equal_one_with_chunked_sequences(tmp_path, tiny_checkpoint):
+    """Every window of a sequence is summed on the rank that owns the sequence: two processes give one's result."""
+    import subprocess
+
+    rng = np.random.default_rng(3)
+    lengths = [int(n) for n in rng.integers(20, 200, 40)]
+    lengths[5:5] = [W + 1, 3 * W + 5, 2 * W, W + 700]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">s{i}\n{''.join(rng.choice(ALPHABET, n))}\n" for i, n in enumerate(lengths)))
+    rows = []
+    for world_size in (1, 2):
+        out = tmp_path / f"ws{world_size}"
+        args = [*chunk_cmd(fasta, out, tiny_checkpoint), "--world-size", str(world_size)]
+        run = subprocess.run(args, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        with h5py.File(out / "embeddings.h5") as f:
+            rows.append(f["embeddings"][()])
+            assert f.attrs["chunked_count"] == 4 and f.attrs["world_size"] == world_size
+    np.testing.assert_allclose(rows[1], rows[0], rtol=0, atol=1e-5)
