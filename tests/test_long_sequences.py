@@ -181,7 +181,9 @@ def chunk_cmd(fasta, outdir, ckpt, overlap=100):
 
     args = cmd(fasta, outdir, ckpt)
     args[args.index("--token-budget") + 1] = "1100"  # one window per batch: a sequence spans several batches
-    return [*args, "--long-sequences", "chunk", "--window-overlap", str(overlap)]
+    args[args.index("--checkpoint-every") + 1] = "20"
+    extra = ["--buffer-size", "40", "--long-sequences", "chunk", "--window-overlap", str(overlap)]  # windows spread
+    return [*args, *extra]
 
 
 @pytest.fixture(scope="module")
