@@ -53,3 +53,15 @@ def test_every_sequence_exactly_once_for_any_worker_count(num_workers):
     seen = [i for b in loader for i in b.indices.tolist()]
     assert sorted(seen) == list(range(len(data)))
     assert seen == [i for b in batches for i in b]  # plan order kept
+
+
+def test_pooling_weights_only_in_batches_with_a_window():
+    seqs = [b"MKV", b"A" * 5, b"W" * 4]
+    window = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
+    vocab = Vocabulary.esm2()
+    assert collate(seqs, [0, 1], vocab, weights=[None, None, window]).weights is None  # plain: segment mean
+    batch = collate(seqs, [2, 0], vocab, pad_to=20, weights=[None, None, window])
+    expected = [0.0, *window.tolist(), 0.0, 0.0, *[1 / 3] * 3, 0.0] + [0.0] * 9  # BOS/EOS/padding weigh nothing
+    assert batch.weights.shape == batch.tokens.shape
+    np.testing.assert_allclose(batch.weights.numpy(), expected, rtol=1e-7)
+    assert torch.equal(batch.to(torch.device("cpu")).weights, batch.weights)  # moved with the batch

@@ -107,8 +107,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "long_sequences",
         "truncate",
-        "sequences over 1022 residues: truncate (counted, warned) or refuse",
-        choices=("truncate", "error"),
+        "sequences over 1022 residues: truncate (counted, warned), refuse, or embed in overlapping 1022-residue "
+        "windows (per-residue mean over windows, then mean over residues)",
+        choices=("truncate", "error", "chunk"),
+        workflow=OPTION,
+    ),
+    Setting(
+        "window_overlap",
+        256,
+        "residues shared by consecutive windows with --long-sequences chunk, 0..1021",
+        kind=int,
+        parse=nonnegative_int,
+        workflow=OPTION,
     ),
     Setting(
         "compile",

@@ -40,6 +40,7 @@ class Records:
     seqs: list[bytes]
     sha256: str
     truncated: int = 0
+    chunked: int = 0  # sequences over MAX_RESIDUES kept whole, to be embedded in windows
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,73 +87,93 @@ def _record_id(path: Path, lineno: int, header: bytes) -> str:
     return rid
 
 
+#: What `--long-sequences` may ask for sequences over `max_residues`.
+LONG_SEQUENCE_MODES = ("truncate", "error", "chunk")
+
+
+@dataclass
+class _Reader:
+    """The state of one pass over a FASTA file: records so far and the one being read."""
+
+    path: Path
+    long_sequences: str
+    max_residues: int
+    records: Records
+    first_line: dict[str, int]
+    current_id: str | None = None
+    current_line: int = 0
+    parts: list[bytes] | None = None
+
+    def header(self, lineno: int, line: bytes) -> None:
+        """Close the record being read and open the one this '>' line starts; duplicate ids are refused."""
+        self.finish()
+        rid = _record_id(self.path, lineno, line[1:].strip())
+        if rid in self.first_line:
+            raise UserError(f"{self.path}: duplicate record id '{rid}' (lines {self.first_line[rid]} and {lineno})")
+        self.first_line[rid] = lineno
+        self.current_id, self.current_line, self.parts = rid, lineno, []
+
+    def finish(self) -> None:
+        """Validate the record being read and append it (truncated, counted as chunked, or refused if long)."""
+        if self.current_id is None:
+            return
+        where = f"{self.path}: record '{self.current_id}' (line {self.current_line})"
+        seq = b"".join(self.parts).upper().rstrip(b"*")
+        if not seq:
+            raise UserError(f"{where} has no sequence")
+        bad = _INVALID.search(seq)
+        if bad:
+            raise UserError(f"{where} has {_describe(seq[bad.start()])} at residue {bad.start() + 1}")
+        limit = self.max_residues
+        if len(seq) > limit:
+            if self.long_sequences == "error":
+                raise UserError(
+                    f"{where} has {len(seq)} residues, over ESM-2's {limit}-residue window (use --long-sequences "
+                    f"truncate to keep its first {limit}, or chunk to embed it in windows)"
+                )
+            if self.long_sequences == "chunk":
+                self.records.chunked += 1
+            else:
+                seq = seq[:limit]
+                self.records.truncated += 1
+        self.records.ids.append(self.current_id)
+        self.records.seqs.append(seq)
+        self.current_id = None
+
+
 def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues: int = MAX_RESIDUES) -> Records:
     """Read and validate a FASTA file: plain, gzip, bzip2 or xz; `-` (stdin) and pipes too (see `fasta_stream`).
 
+    A record's id is its header's first word (as Biopython's `record.id`; fair-esm keeps the whole line), kept
+    byte for byte: '/', non-ASCII and any length are fine; a repeated id is an error naming both lines.
     Sequences are upper-cased, CR/whitespace removed and one trailing '*' run stripped. Sequences over
-    `max_residues` are truncated (counted in `Records.truncated`) or refused when `long_sequences == "error"`.
+    `max_residues` are truncated (counted in `Records.truncated`), kept whole for windowing (`chunk`, counted
+    in `Records.chunked`) or refused (`error`).
     """
     path = Path(path)
-    if long_sequences not in ("truncate", "error"):
-        raise UserError(f"--long-sequences must be 'truncate' or 'error', not {long_sequences!r}")
+    if long_sequences not in LONG_SEQUENCE_MODES:
+        raise UserError(f"--long-sequences must be one of {', '.join(LONG_SEQUENCE_MODES)}, not {long_sequences!r}")
     digest = hashlib.sha256()
-    ids: list[str] = []
-    seqs: list[bytes] = []
-    first_line: dict[str, int] = {}
-    truncated = 0
-    current_id: str | None = None
-    current_line = 0
-    parts: list[bytes] = []
-
-    def finish() -> None:
-        nonlocal truncated
-        if current_id is None:
-            return
-        seq = b"".join(parts).upper().rstrip(b"*")
-        if not seq:
-            raise UserError(f"{path}: record '{current_id}' (line {current_line}) has no sequence")
-        bad = _INVALID.search(seq)
-        if bad:
-            what = _describe(seq[bad.start()])
-            raise UserError(
-                f"{path}: record '{current_id}' (line {current_line}) has {what} at residue {bad.start() + 1}"
-            )
-        if len(seq) > max_residues:
-            if long_sequences == "error":
-                raise UserError(
-                    f"{path}: record '{current_id}' (line {current_line}) has {len(seq)} residues, over ESM-2's "
-                    f"{max_residues}-residue window (use --long-sequences truncate to keep its first {max_residues})"
-                )
-            seq = seq[:max_residues]
-            truncated += 1
-        ids.append(current_id)
-        seqs.append(seq)
-
+    reader = _Reader(path, long_sequences, max_residues, Records([], [], ""), {})
     try:
         with open_fasta_bytes(path) as fh:
             for lineno, line in enumerate(iter_lines(fh, digest, path), start=1):
                 if line.startswith(b">"):
-                    finish()
-                    current_id = _record_id(path, lineno, line[1:].strip())
-                    if current_id in first_line:
-                        raise UserError(
-                            f"{path}: duplicate record id '{current_id}' (lines {first_line[current_id]} and {lineno})"
-                        )
-                    first_line[current_id] = lineno
-                    current_line = lineno
-                    parts = []
-                elif current_id is None:
+                    reader.header(lineno, line)
+                elif reader.parts is None:
                     if line.strip():
                         raise _before_first_header(path, lineno, line)
                 else:
-                    parts.append(_WHITESPACE.sub(b"", line))
-            finish()
+                    reader.parts.append(_WHITESPACE.sub(b"", line))
+            reader.finish()
     except READ_ERRORS as exc:  # truncated or corrupt compressed data, unreadable files
         raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
-    if not ids:
+    records = reader.records
+    if not records.ids:
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
-    _warn_if_nucleotides(path, seqs)
-    return Records(ids=ids, seqs=seqs, sha256=digest.hexdigest(), truncated=truncated)
+    _warn_if_nucleotides(path, records.seqs)
+    records.sha256 = digest.hexdigest()
+    return records
 
 
 def _warn_if_nucleotides(path: Path, seqs: list[bytes]) -> None:

@@ -53,20 +53,18 @@ class PackedBatch:
     indices: torch.Tensor  # (B,) int64, input order index of each sequence
     max_len: int
     num_tokens: int
+    #: (T,) fp32 pooling weight of each token (0 for BOS/EOS/padding), only in batches holding windows of long
+    #: sequences (`windows`); None: each segment's plain residue mean.
+    weights: torch.Tensor | None = None
 
     def pin_memory(self) -> "PackedBatch":
-        return PackedBatch(
-            self.tokens.pin_memory(),
-            self.positions.pin_memory(),
-            self.cu_seqlens.pin_memory(),
-            self.seq_ids.pin_memory(),
-            self.indices,
-            self.max_len,
-            self.num_tokens,
-        )
+        return self._map(lambda t: t.pin_memory())
 
     def to(self, device: torch.device, non_blocking: bool = True) -> "PackedBatch":
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, move) -> "PackedBatch":
+        """The same batch with every per-token tensor moved (`indices` stays on the host for the runner)."""
         return PackedBatch(
             move(self.tokens),
             move(self.positions),
@@ -75,6 +73,7 @@ class PackedBatch:
             self.indices,
             self.max_len,
             self.num_tokens,
+            None if self.weights is None else move(self.weights),
         )
 
     @property
@@ -86,12 +85,19 @@ class PackedBatch:
 PAD_SEGMENT = 64
 
 
-def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary, pad_to: int | None = None) -> PackedBatch:
+def collate(
+    seqs: Sequence[bytes],
+    indices: Sequence[int],
+    vocab: Vocabulary,
+    pad_to: int | None = None,
+    weights: Sequence[np.ndarray | None] | None = None,
+) -> PackedBatch:
     """Tokenize the given sequences as <cls> residues <eos>, concatenated.
 
     With `pad_to`, trailing padding fills the batch to exactly `pad_to` tokens (one shape for compiled kernels);
     it is cut into segments of at most PAD_SEGMENT tokens after the real ones (attention over a nearly empty
-    last batch's padding then costs nothing) and is not counted in `num_tokens`.
+    last batch's padding then costs nothing) and is not counted in `num_tokens`. `weights` (per item: residue
+    weights, or None for a plain mean) gives the batch pooling weights when one of its items has some.
     """
     lengths = np.fromiter((len(seqs[i]) + 2 for i in indices), dtype=np.int64, count=len(indices))
     real_tokens = int(lengths.sum())
@@ -120,7 +126,20 @@ def collate(seqs: Sequence[bytes], indices: Sequence[int], vocab: Vocabulary, pa
         indices=torch.as_tensor(np.asarray(indices, dtype=np.int64)),
         max_len=int(lengths.max()),
         num_tokens=real_tokens,
+        weights=_token_weights(seqs, indices, weights, cu, total),
     )
+
+
+def _token_weights(seqs, indices, weights, cu: np.ndarray, total: int) -> torch.Tensor | None:
+    """Per-token pooling weights when a window is in the batch: its residue weights, 1/n for a whole sequence
+    of n residues, 0 for BOS/EOS/padding. None otherwise, so plain batches keep the segment mean."""
+    if weights is None or all(weights[i] is None for i in indices):
+        return None
+    out = np.zeros(total, dtype=np.float32)
+    for start, i in zip(cu[:-1], indices):
+        n = len(seqs[i])
+        out[start + 1 : start + 1 + n] = np.float32(1.0 / n) if weights[i] is None else weights[i]
+    return torch.from_numpy(out)
 
 
 class PackedBatchDataset(Dataset):
@@ -132,17 +151,19 @@ class PackedBatchDataset(Dataset):
         batches: Sequence[Sequence[int]],
         vocab: Vocabulary | None = None,
         pad_to: int | None = None,
+        weights: Sequence[np.ndarray | None] | None = None,
     ):
         self.seqs = seqs
         self.batches = batches
         self.vocab = vocab or Vocabulary.esm2()
         self.pad_to = pad_to
+        self.weights = weights
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, k: int) -> PackedBatch:
-        return collate(self.seqs, self.batches[k], self.vocab, self.pad_to)
+        return collate(self.seqs, self.batches[k], self.vocab, self.pad_to, self.weights)
 
 
 def make_loader(dataset: PackedBatchDataset, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:

@@ -206,6 +206,7 @@ class PackedESM2(nn.Module):
             batch.max_len,
             batch.num_sequences,
             repr_layer,
+            batch.weights,
         )
 
     def forward(
@@ -217,12 +218,28 @@ class PackedESM2(nn.Module):
         max_len: int,
         num_seqs: int,
         repr_layer: int | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Packed tokens (T,) -> (num_seqs, D) fp32 mean over residues (BOS/EOS excluded) of `repr_layer`.
 
         cu_seqlens may describe more segments than `num_seqs`: trailing padding segments are computed (as
-        sequences of their own, so attention never mixes them with real tokens) and dropped.
+        sequences of their own, so attention never mixes them with real tokens) and dropped. With `weights`
+        (T,) each segment's row is the weighted sum of its tokens instead of the mean (windows of long
+        sequences, see `data.windows`).
         """
+        x = self.represent(tokens, positions, cu_seqlens, seq_ids, max_len, repr_layer)
+        return self.pool(x, tokens, cu_seqlens, seq_ids, num_seqs, weights)
+
+    def represent(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        seq_ids: torch.Tensor,
+        max_len: int,
+        repr_layer: int | None = None,
+    ) -> torch.Tensor:
+        """(T, D) fp32 per-token representations after `repr_layer` layers (the last: `emb_layer_norm_after`)."""
         n_layers = self.spec.num_layers
         repr_layer = n_layers if repr_layer is None else repr_layer
         rotate, rotate_keys, add_norm = self.kernels
@@ -264,9 +281,25 @@ class PackedESM2(nn.Module):
                 _, x = add_norm(x, y, final.weight, final.bias, torch.float32)
             else:
                 x = x + y.float()
-        residue = ((tokens != self.cls_idx) & (tokens != self.eos_idx)).unsqueeze(-1)
+        return x
+
+    def pool(
+        self,
+        x: torch.Tensor,
+        tokens: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        seq_ids: torch.Tensor,
+        num_seqs: int,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Segment sums on the device, no host synchronisation: the residue mean of each segment, or with
+        `weights` (zero on BOS/EOS/padding) the weighted sum. Rows of padding segments are dropped."""
         segments = cu_seqlens.numel() - 1
         sums = torch.zeros(segments, x.shape[-1], device=x.device, dtype=torch.float32)
+        if weights is not None:
+            sums.index_add_(0, seq_ids, x * weights[:, None])
+            return sums[:num_seqs]
+        residue = ((tokens != self.cls_idx) & (tokens != self.eos_idx)).unsqueeze(-1)
         sums.index_add_(0, seq_ids, torch.where(residue, x, 0.0))
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1] - 2).clamp_min(1).to(torch.float32)
         return (sums / lengths[:, None])[:num_seqs]

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from virnucpro.data.fasta import MAX_RESIDUES, Records, read_fasta
-from virnucpro.data.loader import PackedBatchDataset, Vocabulary, collate, make_loader
-from virnucpro.data.packing import check_budget, pack_batches, token_length
+from virnucpro.data.loader import PackedBatch, PackedBatchDataset, Vocabulary, collate, make_loader
+from virnucpro.data.packing import check_budget, pack_batches
+from virnucpro.data.windows import Items, WindowSums, check_overlap, embedded_tokens, split_into_windows
 from virnucpro.errors import UserError
 from virnucpro.models.packed_esm2 import PackedESM2, fused_gelu_applies
 from virnucpro.models.weights import Weights, resolve_weights
@@ -114,8 +115,10 @@ def gelu_form(cfg: EmbedConfig, device: torch.device, precision: str) -> str:
 
 
 def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision: str, layer: int, gelu: str) -> dict:
-    """What must match for checkpoint chunks to be reused (throughput knobs may change between reruns)."""
-    return {
+    """What must match for checkpoint chunks to be reused (throughput knobs may change between reruns).
+
+    The window overlap only when chunking: it changes no other mode's rows (and older results stay valid)."""
+    fp = {
         "input_sha256": records.sha256,
         "num_sequences": len(records),
         "weights": weights.provenance,
@@ -125,6 +128,9 @@ def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision:
         "gelu": gelu,
         "output_dtype": cfg.output_dtype,
     }
+    if chunk_overlap(cfg) is not None:
+        fp["window_overlap"] = cfg.window_overlap
+    return fp
 
 
 class ResultBuffer:
@@ -166,6 +172,127 @@ def warm_up(model: PackedESM2, device: torch.device, layer: int, pad_to: int | N
     return time.perf_counter() - t0
 
 
+@dataclass
+class InFlight:
+    """A batch launched on the device whose pooled rows are not read back yet (`event`: None when done)."""
+
+    k: int
+    batch: PackedBatch
+    rows: torch.Tensor
+    event: "torch.cuda.Event | None"
+    wait_ms: float
+
+
+def launch(model: PackedESM2, batch: PackedBatch, device: torch.device, layer: int, k: int, wait_ms: float) -> InFlight:
+    """Start batch `k` on the device; on CUDA its rows come back through a pinned buffer and an event."""
+    pooled = model.embed(batch.to(device), layer)
+    if device.type != "cuda":  # synchronous device: the batch is done
+        return InFlight(k, batch, pooled, None, wait_ms)
+    rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+    rows.copy_(pooled, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return InFlight(k, batch, rows, event, wait_ms)
+
+
+class BatchRecorder:
+    """Turns finished batches into output rows (windows summed per sequence) and per-batch telemetry."""
+
+    def __init__(
+        self,
+        cfg: EmbedConfig,
+        global_indices: np.ndarray,
+        items: Items,
+        writer: output.AsyncChunkWriter,
+        telemetry: TelemetryLogger,
+        rank: int,
+        on_batch: Callable[[dict], None] | None,
+        monitor: NvitopMonitor | None,
+    ):
+        self.cfg, self.global_indices, self.writer, self.telemetry = cfg, global_indices, writer, telemetry
+        self.rank, self.on_batch, self.monitor = rank, on_batch, monitor
+        self.windows = WindowSums(items) if items.chunked else None
+        self.results = ResultBuffer(writer, cfg.checkpoint_every)
+        self.last_done = time.perf_counter()
+
+    def finish(self, p: InFlight) -> None:
+        """Wait for the batch, hand its complete sequences' rows to the writer, record its metrics."""
+        if p.event is not None:
+            p.event.synchronize()
+        now = time.perf_counter()
+        dt = max(now - self.last_done, 1e-9)
+        started, self.last_done = self.last_done, now
+        positions, rows = p.batch.indices.numpy(), p.rows.numpy()
+        if self.windows is not None:
+            positions, rows = self.windows.add(positions, rows)
+        batch = p.batch
+        metrics = {
+            "num_sequences": len(positions),  # sequences completed (a batch of windows may complete none)
+            "num_tokens": batch.num_tokens,
+            "tokens_per_sec": batch.num_tokens / dt,
+            "sequences_per_sec": len(positions) / dt,
+            "batch_seconds": dt,
+            "gpu_util": self.monitor.gpu_util(since=started) if self.monitor is not None else None,
+            "packing_efficiency": batch.num_tokens / self.cfg.token_budget,
+            "wait_time_ms": p.wait_ms,
+            "queue_state": queue_state(p.wait_ms),
+        }
+        if self.windows is not None:
+            metrics["num_windows"] = batch.num_sequences
+        depth = self.results.add(self.global_indices[positions], rows)
+        if depth is not None:
+            metrics["checkpoint_queue_depth"] = depth
+        written = self.writer.completed_write_ms()
+        if written:
+            metrics["checkpoint_write_ms"] = sum(written)
+        self.telemetry.record_batch(p.k, metrics)
+        if self.on_batch is not None:
+            self.on_batch({**metrics, "rank": self.rank})
+
+    def check_complete(self) -> None:
+        if self.windows is not None:
+            self.windows.check_complete()
+
+
+def stream_batches(loader, num_batches: int, model, device, layer: int, recorder: BatchRecorder, stop) -> bool:
+    """Run the planned batches, the device one batch ahead on CUDA; True when `stop` ended the stream early
+    (the batch in flight is still finished)."""
+    it = iter(loader)
+    pending: InFlight | None = None
+    stopped = False
+    try:
+        with torch.inference_mode():
+            for k in range(num_batches):
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                t0 = time.perf_counter()
+                try:
+                    batch = next(it)
+                except Exception:
+                    if stop is not None and stop.is_set():  # the signal also reached the loader's workers
+                        stopped = True
+                        break
+                    raise
+                launched = launch(model, batch, device, layer, k, (time.perf_counter() - t0) * 1000)
+                if launched.event is None:  # timed now (a lag would shift every time by one)
+                    recorder.finish(launched)
+                    continue
+                if pending is not None:
+                    recorder.finish(pending)
+                pending = launched
+            if pending is not None:
+                recorder.finish(pending)
+    finally:
+        it = None  # shut the loader's workers down first: they ignore SIGTERM, so exit-time cleanup would hang
+    return stopped
+
+
+def chunk_overlap(cfg: EmbedConfig) -> int | None:
+    """The window overlap when long sequences are chunked, None when they are kept whole (already truncated)."""
+    return cfg.window_overlap if cfg.long_sequences == "chunk" else None
+
+
 def embed_indices(
     cfg: EmbedConfig,
     seqs: list[bytes],
@@ -185,81 +312,23 @@ def embed_indices(
 ) -> None:
     """Embed `seqs` (input positions `global_indices`) on `device`, flushing chunks and recording telemetry.
 
-    Between batches the loop checks `stop`: when set, it finishes the batch in flight, flushes every finished
-    row to a checkpoint chunk and raises `Preempted`.
+    Long sequences in chunk mode are packed as windows; a sequence's row is written only once all its windows
+    are summed. Between batches the loop checks `stop`: when set, it finishes the batch in flight, flushes every
+    finished row to a checkpoint chunk and raises `Preempted` (sequences missing a window are not written).
     """
-    batches = pack_batches([len(s) for s in seqs], cfg.token_budget, cfg.buffer_size)
-    dataset = PackedBatchDataset(seqs, batches, pad_to=pad_to)
+    items = split_into_windows(seqs, chunk_overlap(cfg))
+    batches = pack_batches([len(s) for s in items.seqs], cfg.token_budget, cfg.buffer_size)
+    weights = items.weights if items.chunked else None
+    dataset = PackedBatchDataset(items.seqs, batches, pad_to=pad_to, weights=weights)
     loader = make_loader(dataset, cfg.num_workers, cfg.prefetch_factor, pin_memory=device.type == "cuda")
     writer = output.AsyncChunkWriter(cfg.outdir / output.PARTIAL_DIR, rank, layout, key)
-    results = ResultBuffer(writer, cfg.checkpoint_every)
-    cuda = device.type == "cuda"
-    last_done = time.perf_counter()
-    pending = None
-    stopped = False
-
-    def finish(p) -> None:
-        nonlocal last_done
-        k, batch, rows, event, wait_ms = p
-        if event is not None:
-            event.synchronize()
-        now = time.perf_counter()
-        dt = max(now - last_done, 1e-9)
-        started, last_done = last_done, now
-        metrics = {
-            "num_sequences": batch.num_sequences,
-            "num_tokens": batch.num_tokens,
-            "tokens_per_sec": batch.num_tokens / dt,
-            "sequences_per_sec": batch.num_sequences / dt,
-            "batch_seconds": dt,
-            "gpu_util": monitor.gpu_util(since=started) if monitor is not None else None,
-            "packing_efficiency": batch.num_tokens / cfg.token_budget,
-            "wait_time_ms": wait_ms,
-            "queue_state": queue_state(wait_ms),
-        }
-        depth = results.add(global_indices[batch.indices.numpy()], rows.numpy())
-        if depth is not None:
-            metrics["checkpoint_queue_depth"] = depth
-        written = writer.completed_write_ms()
-        if written:
-            metrics["checkpoint_write_ms"] = sum(written)
-        telemetry.record_batch(k, metrics)
-        if on_batch is not None:
-            on_batch({**metrics, "rank": rank})
-
-    it = None
+    recorder = BatchRecorder(cfg, global_indices, items, writer, telemetry, rank, on_batch, monitor)
     try:
-        it = iter(loader)
-        with torch.inference_mode():
-            for k in range(len(batches)):
-                if stop is not None and stop.is_set():
-                    stopped = True
-                    break
-                t0 = time.perf_counter()
-                try:
-                    batch = next(it)
-                except Exception:
-                    if stop is not None and stop.is_set():  # the signal also reached the loader's workers
-                        stopped = True
-                        break
-                    raise
-                wait_ms = (time.perf_counter() - t0) * 1000
-                pooled = model.embed(batch.to(device), layer)
-                if cuda:
-                    rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
-                    rows.copy_(pooled, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record()
-                    if pending is not None:
-                        finish(pending)
-                    pending = (k, batch, rows, event, wait_ms)
-                else:  # synchronous device: the batch is done, time it now (a lag would shift every time by one)
-                    finish((k, batch, pooled, None, wait_ms))
-            if pending is not None:
-                finish(pending)
-        results.flush()
+        stopped = stream_batches(loader, len(batches), model, device, layer, recorder, stop)
+        if not stopped:
+            recorder.check_complete()
+        recorder.results.flush()
     finally:
-        it = None  # shut the loader's workers down first: they ignore SIGTERM, so exit-time cleanup would hang
         del loader
         writer.close()  # even on an error: what was computed and queued reaches the disk (its error is raised)
     written = writer.completed_write_ms()
@@ -316,6 +385,69 @@ def load_rank_model(job: RankJob, device: torch.device, weights: Weights | None,
     return model, weights
 
 
+def prepare_rank(job: RankJob, device: torch.device, weights: Weights | None, clock: PhaseClock):
+    """Model built, warmed up and the FLOP ceiling probed; returns (model, weights, what the telemetry records)."""
+    startup_seconds = clock.phases["rank_startup"]
+    model, weights = load_rank_model(job, device, weights, clock)
+    pad_to = job.cfg.token_budget if job.compiled else None
+    with clock.phase("warmup"):
+        warmup_seconds = warm_up(model, device, job.layer, pad_to)
+    with clock.phase("matmul_probe"):
+        ceiling = matmul_tflops(device, PRECISIONS[job.precision])  # what this rank's FLOP rate is compared with
+    load_peak_gb = None
+    if device.type == "cuda":  # from here on, the peak is what the token budget costs, not weight loading
+        load_peak_gb = torch.cuda.max_memory_allocated(device) / 1024**3
+        torch.cuda.reset_peak_memory_stats(device)
+    facts = {
+        "startup_seconds": startup_seconds,
+        "model_load_seconds": clock.phases["load_weights"] + clock.phases["compile"],
+        "warmup_seconds": warmup_seconds,
+        "load_peak_memory_gb": load_peak_gb,
+        "matmul_tflops": ceiling,
+        "model_spec": asdict(weights.spec),
+    }
+    return model, weights, facts
+
+
+def rank_telemetry(job: RankJob, device: torch.device, monitor: NvitopMonitor, facts: dict) -> TelemetryLogger:
+    """The rank's telemetry logger with its run metadata set."""
+    cfg = job.cfg
+    telemetry = TelemetryLogger(
+        cfg.outdir / "telemetry", run_id=f"rank{job.rank}", target_sequences=cfg.target_sequences
+    )
+    lengths = np.fromiter((len(x) for x in job.seqs), dtype=np.int64, count=len(job.seqs))
+    telemetry.set_run_metadata(
+        **job.run_meta,
+        rank=job.rank,
+        world_size=job.world_size,
+        device=str(device),
+        shard_sequences=len(job.seqs),
+        shard_tokens=int(embedded_tokens(lengths, chunk_overlap(cfg)).sum()),
+        compiled=job.compiled,
+        gpu_monitor=monitor.identity(),
+        hardware=capture_hardware_info(),
+        **facts,
+    )
+    return telemetry
+
+
+def close_rank_telemetry(
+    telemetry: TelemetryLogger, device: torch.device, monitor: NvitopMonitor, clock: PhaseClock, elapsed, preempted
+) -> dict:
+    """Write `telemetry_rank{r}.json`; returns the rank's summary."""
+    with clock.phase("rank_teardown"):
+        summary = telemetry.get_summary(elapsed)
+        summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
+        summary["gpu_monitor"] = monitor.get_statistics() if monitor.available else None
+        telemetry.set_run_metadata(preempted=preempted, gpu_samples=monitor.samples)
+        telemetry.set_run_metadata(phases={**clock.phases})  # the rank's own phases, for the report
+        summary["phases"] = {**clock.phases}
+        telemetry.finalize(summary=summary)
+    summary["phases"] = {**clock.phases}  # teardown included, for the job's phase accounting
+    summary["finished_at"] = time.time()
+    return summary
+
+
 def run_rank(
     job: RankJob, stop: StopFlag, on_batch: Callable[[dict], None] | None = None, weights: Weights | None = None
 ) -> dict:
@@ -327,40 +459,10 @@ def run_rank(
     clock = PhaseClock(start_epoch=job.started_at, first_phase="rank_startup")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    startup_seconds = clock.phases["rank_startup"]
-    model, weights = load_rank_model(job, device, weights, clock)
-    pad_to = cfg.token_budget if job.compiled else None
-    with clock.phase("warmup"):
-        warmup_seconds = warm_up(model, device, job.layer, pad_to)
-    with clock.phase("matmul_probe"):
-        ceiling = matmul_tflops(device, PRECISIONS[job.precision])  # what this rank's FLOP rate is compared with
-    if device.type == "cuda":  # from here on, the peak is what the token budget costs, not weight loading
-        load_peak_gb = torch.cuda.max_memory_allocated(device) / 1024**3
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        load_peak_gb = None
-
-    telemetry = TelemetryLogger(
-        cfg.outdir / "telemetry", run_id=f"rank{job.rank}", target_sequences=cfg.target_sequences
-    )
+    model, weights, facts = prepare_rank(job, device, weights, clock)
     monitor = NvitopMonitor([device.index] if device.type == "cuda" else [], interval=cfg.monitor_interval)
-    telemetry.set_run_metadata(
-        **job.run_meta,
-        rank=job.rank,
-        world_size=job.world_size,
-        device=str(device),
-        shard_sequences=len(job.seqs),
-        shard_tokens=int(sum(token_length(len(x)) for x in job.seqs)),
-        startup_seconds=startup_seconds,
-        model_load_seconds=clock.phases["load_weights"] + clock.phases["compile"],
-        warmup_seconds=warmup_seconds,
-        load_peak_memory_gb=load_peak_gb,
-        compiled=job.compiled,
-        gpu_monitor=monitor.identity(),
-        matmul_tflops=ceiling,
-        model_spec=asdict(weights.spec),
-        hardware=capture_hardware_info(),
-    )
+    telemetry = rank_telemetry(job, device, monitor, facts)
+    pad_to = cfg.token_budget if job.compiled else None
     preempted: Preempted | None = None
     t_start = time.perf_counter()
     with monitor.start():
@@ -385,16 +487,7 @@ def run_rank(
             preempted = exc
     elapsed = time.perf_counter() - t_start
     clock.add("loop", elapsed)
-    with clock.phase("rank_teardown"):
-        summary = telemetry.get_summary(elapsed)
-        summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
-        summary["gpu_monitor"] = monitor.get_statistics() if monitor.available else None
-        telemetry.set_run_metadata(preempted=preempted is not None, gpu_samples=monitor.samples)
-        telemetry.set_run_metadata(phases={**clock.phases})  # the rank's own phases, for the report
-        summary["phases"] = {**clock.phases}
-        telemetry.finalize(summary=summary)
-    summary["phases"] = {**clock.phases}  # teardown included, for the job's phase accounting
-    summary["finished_at"] = time.time()
+    summary = close_rank_telemetry(telemetry, device, monitor, clock, elapsed, preempted is not None)
     if preempted is not None:
         raise preempted
     return summary
@@ -405,8 +498,9 @@ def shard_by_tokens(indices: np.ndarray, lengths: np.ndarray, world_size: int) -
 
     Deal the sequences round-robin in decreasing length: within each round rank r gets no less than rank r+1,
     and no more than rank r+1 got the round before, so any two shards differ by at most the longest
-    sequence's tokens (<= 1024, less than one batch) and by at most one sequence in count. Vectorised:
-    6M sequences take well under a second.
+    sequence's tokens (<= 1024, less than one batch, unless chunked) and by at most one sequence in count.
+    A sequence goes whole to one rank: all windows of a chunked one (its `lengths` entry: its windows' tokens
+    minus 2) are embedded and summed there. Vectorised: 6M sequences take well under a second.
     """
     tokens = lengths[indices].astype(np.int64) + 2
     order = np.argsort(-tokens, kind="stable")
@@ -443,23 +537,38 @@ def set_compile_cache(directory: str | None) -> None:
         os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
 
 
+def read_input(cfg: EmbedConfig) -> Records:
+    """The validated FASTA, long sequences handled as asked, and a budget that fits its longest packed item."""
+    records = read_fasta(cfg.fasta, cfg.long_sequences)
+    if records.truncated:
+        logger.warning(
+            "%d sequence(s) longer than %d residues were truncated to %d (--long-sequences truncate)",
+            records.truncated,
+            MAX_RESIDUES,
+            MAX_RESIDUES,
+        )
+    if records.chunked:
+        logger.warning(
+            "%d sequence(s) longer than %d residues are embedded in windows overlapping by %d residues "
+            "(--long-sequences chunk)",
+            records.chunked,
+            MAX_RESIDUES,
+            cfg.window_overlap,
+        )
+    check_budget([min(n, MAX_RESIDUES) for n in records.lengths()], cfg.token_budget)  # a window is <= 1022
+    return records
+
+
 def prepare(cfg: EmbedConfig, clock: PhaseClock, stop: StopFlag) -> Prepared:
     """Validate everything and read the input and the weights' identity, before any output is touched."""
     cfg.validate()
+    check_overlap(cfg.window_overlap)
     device = cfg.resolved_device()
     world_size = cfg.resolved_world_size(device)
     precision = cfg.resolved_precision(device)
     output.check_outdir(cfg.outdir)
     with clock.phase("read_input"):
-        records = read_fasta(cfg.fasta, cfg.long_sequences)
-        if records.truncated:
-            logger.warning(
-                "%d sequence(s) longer than %d residues were truncated to %d (--long-sequences truncate)",
-                records.truncated,
-                MAX_RESIDUES,
-                MAX_RESIDUES,
-            )
-        check_budget(records.lengths(), cfg.token_budget)
+        records = read_input(cfg)
     with clock.phase("resolve_weights"):
         # one rank in this process: a checkpoint is loaded (memory-mapped) once, here; random weights and
         # several ranks: each rank materialises them on its own device
@@ -533,6 +642,7 @@ def run_meta(prep: Prepared) -> dict:
         "num_input_sequences": len(prep.records),
         "resumed_sequences": prep.resumed,
         "truncated_sequences": prep.records.truncated,
+        "chunked_sequences": prep.records.chunked,
         "output_dtype": cfg.output_dtype,
         "engine": {k: v for k, v in asdict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")},
         "versions": package_versions(),
@@ -547,7 +657,8 @@ def execute(prep: Prepared, stop: StopFlag, progress_stream=None) -> list[dict]:
         return []
     set_compile_cache(cfg.compile_cache)
     compiled = cfg.resolved_compile(prep.device)
-    shards = shard_by_tokens(todo, np.asarray(prep.records.lengths(), dtype=np.int64), world_size)
+    work = embedded_tokens(np.asarray(prep.records.lengths(), dtype=np.int64), chunk_overlap(cfg)) - 2
+    shards = shard_by_tokens(todo, work, world_size)  # a chunked sequence's windows stay on one rank
     meta, now = run_meta(prep), time.time()
     jobs = [
         RankJob(
@@ -610,6 +721,9 @@ def finish_output(prep: Prepared) -> None:
         "repr_layer": prep.layer,
         "output_dtype": cfg.output_dtype,
         "truncated_count": records.truncated,
+        "chunked_count": records.chunked,
+        "long_sequences": cfg.long_sequences,
+        "window_overlap": chunk_overlap(cfg),
         "input_sha256": records.sha256,
         "input_path": str(cfg.fasta),
         "num_sequences": len(records),
