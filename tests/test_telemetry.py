@@ -133,3 +133,15 @@ def test_steady_state_excludes_larger_warmup_and_never_everything():
     assert s["excluded_batches"] == 10 and s["elapsed_seconds"] == pytest.approx(20.0)
     assert s["p95_wait_time_ms"] == pytest.approx(10 + 0.95 * 19)
     assert steady_state([])["total_batches"] == 0
+
+
+def test_write_json_atomic_replaces_whole_files_only(tmp_path):
+    from virnucpro.utils.jsonfile import read_json, write_json_atomic
+
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):  # fails half-way through serialising: the old file must survive intact
+        write_json_atomic(path, {"a": 2, "b": object()})
+    assert read_json(path) == {"a": 1}
+    write_json_atomic(path, {"b": tmp_path}, default=str)
+    assert read_json(path) == {"b": str(tmp_path)}

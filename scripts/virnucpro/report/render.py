@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from virnucpro.report.peers import peer_comparison
 from virnucpro.report.results import speedup
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
+from virnucpro.utils.jsonfile import write_json_atomic
 
 SWEEP_GROUPS = ("baseline", "dataloader", "packing", "interaction")
 ENGINE_KNOBS = ("token_budget", "buffer_size", "num_workers", "prefetch_factor")
@@ -355,5 +355,5 @@ def write_report(
     if text_path is not None:
         text_path.write_text(render_text(context))
     if json_path is not None:
-        json_path.write_text(json.dumps(summary_json(context), indent=2, default=str))
+        write_json_atomic(json_path, summary_json(context), default=str)
     return context

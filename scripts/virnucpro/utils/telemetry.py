@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro.defaults import TARGET_SEQUENCES, TARGET_TOKENS_PER_SEQUENCE, WARMUP_BATCHES, WARMUP_SECONDS
-from virnucpro.pipeline.output import write_json_atomic
 from virnucpro.utils.hardware import capture_hardware_info  # noqa: F401  (re-exported: plan 10-01's home for it)
-from virnucpro.utils.jsonfile import read_json
+from virnucpro.utils.jsonfile import read_json, write_json_atomic
 
 logger = logging.getLogger("virnucpro.utils.telemetry")
 
