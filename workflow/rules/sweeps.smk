@@ -50,7 +50,7 @@ rule best_config:
 rule optimal_validation:
     input:
         fasta="results/data/sweep.fasta",
-        best="results/sweeps/best.json",
+        best=rules.best_config.output.best,
         baseline="results/sweeps/baseline/baseline.json",
     output:
         "results/sweeps/optimal.json",
