@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from virnucpro.data.fasta import write_fasta
+from virnucpro.data.fasta import MAX_RESIDUES, write_fasta
 from virnucpro.data.loader import Vocabulary, collate
+from virnucpro.data.packing import token_length
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.models.packed_esm2 import PackedESM2
 from virnucpro.models.weights import ARCHITECTURES, random_state_dict
@@ -87,20 +88,20 @@ def sorted_batches_embed(
 
     ds = FastaBatchedDataset([str(i) for i in range(len(seqs))], seqs)
     batches = ds.get_batch_indices(toks_per_batch, extra_toks_per_seq=1)
-    convert = alphabet.get_batch_converter(truncation_seq_length=1022)
+    convert = alphabet.get_batch_converter(truncation_seq_length=MAX_RESIDUES)
     out = np.zeros((len(seqs), dim), dtype=np.float32)
     tokens_run = 0
     with torch.inference_mode():
         for b in batches:
             _, strs, toks = convert([(str(i), seqs[i]) for i in b])
             toks = toks.to(device, non_blocking=True)
-            tokens_run += sum(min(len(s), 1022) + 2 for s in strs)
+            tokens_run += sum(token_length(min(len(s), MAX_RESIDUES)) for s in strs)
             rep = forward(toks)
             if pool_on_device:
                 out[b] = residue_mean(rep, toks, alphabet).cpu().numpy()
                 continue
             for j, i in enumerate(b):
-                n = min(len(seqs[i]), 1022)
+                n = min(len(seqs[i]), MAX_RESIDUES)
                 out[i] = rep[j, 1 : n + 1].float().mean(0).cpu().numpy()
     return out, tokens_run
 
@@ -205,7 +206,7 @@ def _probe_subset(seqs: list[str], budgets, batches_each: int) -> list[str]:
     """The first sequences holding `batches_each` batches of the largest budget: what each budget is tried on."""
     need, total, k = batches_each * max(budgets), 0, 0
     while k < len(seqs) and total < need:
-        total += min(len(seqs[k]), 1022) + 2
+        total += token_length(min(len(seqs[k]), MAX_RESIDUES))
         k += 1
     return seqs[:k]
 
@@ -485,7 +486,7 @@ def engines(
         ids, seqs = make_sequences(n, 1, profile)
         write_fasta(workdir / f"{profile}.fa", ids, seqs)
         workloads[profile] = seqs
-        mean_tokens = statistics.fmean(min(len(s), 1022) + 2 for s in seqs)
+        mean_tokens = statistics.fmean(token_length(min(len(s), MAX_RESIDUES)) for s in seqs)
         result[f"ceiling_tokens_per_sec_{profile}"] = ceiling * 1e12 / spec.flops_per_token(mean_tokens)
     rows, result["na"] = peer_runs(
         spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device, budgets

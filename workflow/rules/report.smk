@@ -14,15 +14,15 @@ rule report:
             "results/telemetry/production_ws{n}.json",
             n=config["production"]["world_sizes"],
         ),
-        scaling="results/production/scaling.json",
+        scaling=rules.scaling.output[0],
         sweeps=SWEEP_RESULTS,
-        optimal="results/sweeps/optimal.json",
-        best="results/sweeps/best.json",
+        optimal=rules.optimal_validation.output[0],
+        best=rules.best_config.output.best,
         subset="results/profiling/subset.json",
         checkpoint=expand(
             "results/checkpoint/checkpoint_{mode}.json", mode=["on", "off"]
         ),
-        info="results/data/input.json",
+        info=rules.input_info.output[0],
         peers=PEERS_RESULT,
         compare_to=COMPARE_TO,
     output:

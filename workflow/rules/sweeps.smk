@@ -1,6 +1,7 @@
 # Stage 3: parameter sweeps, one time-boxed throughput measurement per point (a failed or OOM point is
 # recorded, the workflow goes on), then the best configuration (significant winners only) and its validation:
 # the recommended settings measured again, in a job of their own, on the same workload as the baseline.
+import shlex
 
 
 rule sweep_point:
@@ -22,9 +23,12 @@ rule sweep_point:
         **gpu_resources("gpu_job"),
     params:
         args=lambda wc: measure_args(SWEEPS[wc.group][wc.point]),
+        label="{group}:{point}",
+        group="{group}",
+        compare="",  # the optimal validation's --params-from and --baseline, each after a space
     shell:
-        "virnucpro measure {input.fasta:q} {params.args} --label {wildcards.group}:{wildcards.point} "
-        "--group {wildcards.group} --result {output:q} > {log:q} 2>&1"
+        "virnucpro measure {input.fasta:q} {params.args}{params.compare} --label {params.label:q} "
+        "--group {params.group:q} --result {output:q} > {log:q} 2>&1"
 
 
 rule best_config:
@@ -47,10 +51,10 @@ rule best_config:
         "--between-job-cv {params.job_cv} > {log:q} 2>&1"
 
 
-rule optimal_validation:
+use rule sweep_point as optimal_validation with:
     input:
         fasta="results/data/sweep.fasta",
-        best="results/sweeps/best.json",
+        best=rules.best_config.output.best,
         baseline="results/sweeps/baseline/baseline.json",
     output:
         "results/sweeps/optimal.json",
@@ -58,13 +62,10 @@ rule optimal_validation:
         "results/logs/sweeps/optimal.log",
     benchmark:
         "results/benchmarks/sweeps/optimal.tsv"
-    conda:
-        ENV
-    threads: 2
-    resources:
-        **gpu_resources("gpu_job"),
     params:
         args=measure_args(),
-    shell:
-        "virnucpro measure {input.fasta:q} {params.args} --params-from {input.best:q} "
-        "--baseline {input.baseline:q} --label optimal_validation --group optimal --result {output:q} > {log:q} 2>&1"
+        compare=lambda wc, input: (
+            f" --params-from {shlex.quote(input.best)} --baseline {shlex.quote(input.baseline)}"
+        ),
+        label="optimal_validation",
+        group="optimal",

@@ -39,7 +39,7 @@ rule analyse_run:
 rule merge_telemetry:
     input:
         # the raw record lists its ranks' telemetry files (written by the same job): they are read through it
-        "results/production/ws{n}.run.json",
+        rules.production.output[0],
     output:
         "results/telemetry/production_ws{n}.json",
     log:

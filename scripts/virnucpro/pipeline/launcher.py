@@ -1,4 +1,5 @@
-"""One spawned process per device, watched by the parent.
+"""One spawned process per device, watched by the parent; each runs the worker it is handed (the launcher
+knows nothing of embedding: the runner hands it `run_rank`).
 
 Ranks report over one queue: every finished batch (for the job's single progress display), then `done` with
 their summary or `error` with what went wrong. If a rank fails, or dies without a word (SIGKILL, segfault),
@@ -21,13 +22,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
-from virnucpro.errors import EXIT_OOM, EXIT_PREEMPTED, EXIT_USAGE, UserError, out_of_memory
+from virnucpro.errors import EXIT_FAILURE, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, EXIT_USAGE, UserError, out_of_memory
 from virnucpro.pipeline.preemption import Preempted, StopFlag
-
-if TYPE_CHECKING:
-    from virnucpro.pipeline.runner import RankJob
 
 logger = logging.getLogger("virnucpro.pipeline.launcher")
 
@@ -84,19 +82,19 @@ def _injected_fault(rank: int) -> tuple[str, int] | None:
     return (kind, int(batches)) if int(r) == rank else None
 
 
-def _rank_main(job: "RankJob", events, log_level: int, parent_pid: int) -> None:
-    """Entry point of a spawned rank: run it, report how it ended, exit with the matching code."""
-    logging.basicConfig(level=log_level, format=f"%(levelname)s rank{job.rank} %(name)s: %(message)s")
-    import torch
+#: What a rank runs: `worker(job, stop, on_batch) -> summary`; a top-level function (it is pickled for spawn).
+Worker = Callable[[Any, StopFlag, Callable[[dict], None]], dict]
 
-    from virnucpro.pipeline.runner import run_rank
 
-    fault = _injected_fault(job.rank)
+def _rank_main(worker: Worker, rank: int, job: Any, events, log_level: int, parent_pid: int) -> None:
+    """Entry point of a spawned rank: run the worker, report how it ended, exit with the matching code."""
+    logging.basicConfig(level=log_level, format=f"%(levelname)s rank{rank} %(name)s: %(message)s")
+    fault = _injected_fault(rank)
     sent = 0
 
     def send_batch(metrics: dict) -> None:
         nonlocal sent
-        events.put(("batch", job.rank, metrics))
+        events.put(("batch", rank, metrics))
         sent += 1
         if fault and sent >= fault[1]:
             if fault[0] == "kill":
@@ -105,23 +103,7 @@ def _rank_main(job: "RankJob", events, log_level: int, parent_pid: int) -> None:
 
     with StopFlag() as stop:
         die_with_parent(parent_pid, stop)
-        try:
-            summary = run_rank(job, stop, send_batch)
-        except Preempted as exc:
-            events.put(("preempted", job.rank, str(exc)))
-            code = EXIT_PREEMPTED
-        except UserError as exc:
-            events.put(("user_error", job.rank, str(exc), exc.exit_code))
-            code = exc.exit_code
-        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            events.put(("oom", job.rank, *out_of_memory(exc)))
-            code = EXIT_OOM
-        except BaseException as exc:  # a bug: send the traceback, the parent prints it
-            events.put(("error", job.rank, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
-            code = 1
-        else:
-            events.put(("done", job.rank, summary))
-            code = 0
+        code = _run_and_report(worker, rank, job, stop, send_batch, events)
     if os.getppid() != parent_pid:  # nobody reads the queue: waiting for its feeder could block forever
         os._exit(code)
     events.close()
@@ -129,84 +111,136 @@ def _rank_main(job: "RankJob", events, log_level: int, parent_pid: int) -> None:
     sys.exit(code)
 
 
+def _run_and_report(worker: Worker, rank: int, job: Any, stop: StopFlag, send_batch, events) -> int:
+    """Run the worker; put on the queue the message that says how it ended; return the rank's exit code."""
+    import torch
+
+    try:
+        summary = worker(job, stop, send_batch)
+    except Preempted as exc:
+        events.put(("preempted", rank, str(exc)))
+        return EXIT_PREEMPTED
+    except UserError as exc:
+        events.put(("user_error", rank, str(exc), exc.exit_code))
+        return exc.exit_code
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        events.put(("oom", rank, *out_of_memory(exc)))
+        return EXIT_OOM
+    except BaseException as exc:  # a bug: send the traceback, the parent prints it
+        events.put(("error", rank, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+        return EXIT_FAILURE
+    events.put(("done", rank, summary))
+    return EXIT_OK
+
+
+class _Watch:
+    """The parent's side: what each rank said, how it ended, the failures, and when stopping the others began."""
+
+    def __init__(self, procs: list, events, stop: StopFlag, on_batch: Callable[[dict], None] | None):
+        self.procs, self.events, self.stop, self.on_batch = procs, events, stop, on_batch
+        self.summaries: dict[int, dict] = {}
+        self.ended: dict[int, tuple] = {}  # rank -> the message it ended with
+        self.failures: list[BaseException] = []
+        self.stopping_since: float | None = None
+
+    def running(self) -> bool:
+        return len(self.ended) < len(self.procs)
+
+    def handle(self, msg: tuple) -> None:
+        kind, rank = msg[0], msg[1]
+        if kind == "batch":
+            if self.on_batch is not None:
+                self.on_batch(msg[2])
+            return
+        self.ended[rank] = msg
+        if kind == "done":
+            self.summaries[rank] = msg[2]
+        elif kind != "preempted":
+            self.failures.append(_as_exception(msg))
+
+    def receive(self, timeout: float) -> None:
+        try:
+            self.handle(self.events.get(timeout=timeout))
+        except queue.Empty:
+            pass
+
+    def reap_silent(self) -> None:
+        """Mark ranks that died without a word (SIGKILL, segfault, OOM killer) once their pipe is drained."""
+        for r, p in enumerate(self.procs):
+            if r in self.ended or p.exitcode is None:
+                continue
+            deadline = time.monotonic() + 1.0  # its last messages may still be in the pipe
+            while r not in self.ended and time.monotonic() < deadline:
+                self.receive(0.1)
+            if r not in self.ended:
+                self.ended[r] = ("died", r, p.exitcode)
+                if not self.stop.is_set():
+                    self.failures.append(
+                        RankFailed(f"rank {r} died with {_signal_name(p.exitcode)} and reported nothing")
+                    )
+
+    def stop_others(self) -> None:
+        """After a failure or a signal, SIGTERM the ranks still running (they flush checkpoints and exit 75)."""
+        if not (self.failures or self.stop.is_set()) or self.stopping_since is not None:
+            return
+        self.stopping_since = time.monotonic()
+        if self.failures:
+            logger.error("a rank failed, stopping the others: %s", str(self.failures[0]).splitlines()[0])
+        for r, p in enumerate(self.procs):
+            if r not in self.ended and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    def kill_after_grace(self) -> None:
+        if self.stopping_since is None or time.monotonic() - self.stopping_since <= STOP_GRACE_SECONDS:
+            return
+        for r, p in enumerate(self.procs):
+            if p.is_alive():
+                logger.error("rank %d did not stop within %.0f s: killing it", r, STOP_GRACE_SECONDS)
+                p.kill()
+            self.ended.setdefault(r, ("killed", r))
+
+    def result(self) -> list[dict]:
+        if self.failures:
+            raise self.failures[0]
+        if len(self.summaries) < len(self.procs):
+            raise Preempted(
+                f"stopped by {self.stop.signal_name or 'a signal to the ranks'}; finished rows are checkpointed"
+            )
+        return [self.summaries[r] for r in range(len(self.procs))]
+
+
 def launch_ranks(
-    jobs: list["RankJob"], stop: StopFlag, on_batch: Callable[[dict], None] | None = None, poll_seconds: float = 0.2
+    worker: Worker,
+    jobs: list,
+    stop: StopFlag,
+    on_batch: Callable[[dict], None] | None = None,
+    poll_seconds: float = 0.2,
 ) -> list[dict]:
-    """Run each job in its own spawned process; return their summaries in rank order or raise the first failure."""
+    """Run `worker(jobs[r], stop, on_batch)` in spawned process r; return the summaries in rank order or raise
+    the first failure (RankFailed, RankOutOfMemory, a rank's UserError with its exit code, or Preempted)."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     events = ctx.Queue()
     level = logging.getLogger().getEffectiveLevel()
     procs = [
-        ctx.Process(target=_rank_main, args=(job, events, level, os.getpid()), name=f"virnucpro-rank{job.rank}")
-        for job in jobs
+        ctx.Process(target=_rank_main, args=(worker, r, job, events, level, os.getpid()), name=f"virnucpro-rank{r}")
+        for r, job in enumerate(jobs)
     ]
     for p in procs:
         p.start()
-    summaries: dict[int, dict] = {}
-    ended: dict[int, tuple] = {}  # rank -> the message it ended with
-    failures: list[BaseException] = []
-    stopping_since: float | None = None
-
-    def handle(msg: tuple) -> None:
-        kind, rank = msg[0], msg[1]
-        if kind == "batch":
-            if on_batch is not None:
-                on_batch(msg[2])
-            return
-        ended[rank] = msg
-        if kind == "done":
-            summaries[rank] = msg[2]
-        elif kind != "preempted":
-            failures.append(_as_exception(msg))
-
-    def next_message(timeout: float) -> tuple | None:
-        try:
-            return events.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
+    watch = _Watch(procs, events, stop, on_batch)
     try:
-        while len(ended) < len(procs):
-            msg = next_message(poll_seconds)
-            if msg is not None:
-                handle(msg)
-            for r, p in enumerate(procs):  # a rank that died without a word (SIGKILL, segfault, OOM killer)
-                if r in ended or p.exitcode is None:
-                    continue
-                deadline = time.monotonic() + 1.0  # its last messages may still be in the pipe
-                while r not in ended and time.monotonic() < deadline:
-                    if (msg := next_message(0.1)) is not None:
-                        handle(msg)
-                if r not in ended:
-                    ended[r] = ("died", r, p.exitcode)
-                    if not stop.is_set():
-                        failures.append(
-                            RankFailed(f"rank {r} died with {_signal_name(p.exitcode)} and reported nothing")
-                        )
-            if (failures or stop.is_set()) and stopping_since is None:
-                stopping_since = time.monotonic()
-                if failures:
-                    logger.error("a rank failed, stopping the others: %s", str(failures[0]).splitlines()[0])
-                for r, p in enumerate(procs):
-                    if r not in ended and p.is_alive():
-                        os.kill(p.pid, signal.SIGTERM)  # they flush their checkpoints and exit 75
-            if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_SECONDS:
-                for r, p in enumerate(procs):
-                    if p.is_alive():
-                        logger.error("rank %d did not stop within %.0f s: killing it", r, STOP_GRACE_SECONDS)
-                        p.kill()
-                    ended.setdefault(r, ("killed", r))
+        while watch.running():
+            watch.receive(poll_seconds)
+            watch.reap_silent()
+            watch.stop_others()
+            watch.kill_after_grace()
     finally:
         for p in procs:
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
                 p.join()
-    if failures:
-        raise failures[0]
-    if len(summaries) < len(procs):
-        raise Preempted(f"stopped by {stop.signal_name or 'a signal to the ranks'}; finished rows are checkpointed")
-    return [summaries[r] for r in range(len(procs))]
+    return watch.result()
 
 
 def _signal_name(exitcode: int) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from virnucpro.data.fasta import read_fasta
 from virnucpro.data.loader import PackedBatch, PackedBatchDataset, make_loader
-from virnucpro.data.packing import check_budget, pack_batches
+from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
 from virnucpro.errors import UserError
 from virnucpro.models.weights import resolve_weights
 from virnucpro.pipeline.preemption import Preempted, StopFlag
@@ -161,18 +161,8 @@ def measure_windows(
     return {"warmup": warmup, "windows": windows}
 
 
-def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | None = None) -> dict:
-    """Measure `cfg`'s engine settings on `cfg.fasta` (one process, one device); returns the measurement."""
-    t_start = time.perf_counter()
-    protocol.validate()
-    cfg.validate()
-    if cfg.world_size not in (None, 1):
-        raise UserError("a throughput measurement is one process on one device: --world-size must be 1")
-    device = rank_device(cfg.resolved_device(), 0, 1)  # "cuda" -> the current CUDA device, with its index
-    precision = cfg.resolved_precision(device)
-    records = read_fasta(cfg.fasta, cfg.long_sequences)
-    lengths = records.lengths()
-    check_budget(lengths, cfg.token_budget)
+def _measured_model(cfg: EmbedConfig, device: torch.device, precision: str):
+    """The model on `device`, compiled if `cfg` says so, warmed up; (model, weights, layer, compiled, pad_to)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     weights = resolve_weights(cfg.model, cfg.checkpoint, cfg.random_weights, cfg.seed, device)
@@ -185,6 +175,34 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
         set_compile_cache(cfg.compile_cache)
         model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
     warm_up(model, device, layer, pad_to)
+    return model, weights, layer, compiled, pad_to
+
+
+def _workload(records, lengths, plan, token_budget: int) -> dict:
+    """What the measured batches hold: the input's sequences and tokens, its batches and their packing."""
+    plan_tokens = int(sum(lengths)) + SPECIAL_TOKENS * len(lengths)
+    return {
+        "sequences": len(records),
+        "tokens": plan_tokens,
+        "batches": len(plan),
+        "packing_efficiency": plan_tokens / (len(plan) * token_budget),
+        "input_sha256": records.sha256,
+    }
+
+
+def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | None = None) -> dict:
+    """Measure `cfg`'s engine settings on `cfg.fasta` (one process, one device); returns the measurement."""
+    t_start = time.perf_counter()
+    protocol.validate()
+    cfg.validate()
+    if cfg.world_size not in (None, 1):
+        raise UserError("a throughput measurement is one process on one device: --world-size must be 1")
+    device = rank_device(cfg.resolved_device(), 0, 1)  # "cuda" -> the current CUDA device, with its index
+    precision = cfg.resolved_precision(device)
+    records = read_fasta(cfg.fasta, cfg.long_sequences)
+    lengths = records.lengths()
+    check_budget(lengths, cfg.token_budget)
+    model, weights, layer, compiled, pad_to = _measured_model(cfg, device, precision)
     plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
     loader = make_loader(
         CycledBatches(records.seqs, plan, pad_to=pad_to),
@@ -201,7 +219,6 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
     finally:
         stream.close()  # drops the last reference to the loader's iterator: its workers (which ignore SIGTERM)
         del stream, loader  # are shut down now, not at exit
-    plan_tokens = int(sum(lengths)) + 2 * len(lengths)
     return {
         **result,
         "protocol": asdict(protocol),
@@ -213,13 +230,7 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
         "weights": weights.provenance,
         "model_spec": asdict(weights.spec),
         "gpu_monitor": monitor.identity(),
-        "workload": {
-            "sequences": len(records),
-            "tokens": plan_tokens,
-            "batches": len(plan),
-            "packing_efficiency": plan_tokens / (len(plan) * cfg.token_budget),
-            "input_sha256": records.sha256,
-        },
+        "workload": _workload(records, lengths, plan, cfg.token_budget),
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None,
         "hardware": capture_hardware_info(),
         "versions": package_versions(),

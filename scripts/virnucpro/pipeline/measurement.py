@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from virnucpro.errors import UserError
-from virnucpro.pipeline.output import PARTIAL_DIR, write_json_atomic
+from virnucpro.pipeline.output import PARTIAL_DIR
+from virnucpro.utils.jsonfile import write_json_atomic
 
 MARKER = "measurement.json"
 #: What `virnucpro embed` writes into OUTDIR (anything else there is left alone).

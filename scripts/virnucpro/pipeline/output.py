@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 
 from virnucpro.errors import OutputError, UserError
+from virnucpro.utils.jsonfile import write_json_atomic
 
 logger = logging.getLogger("virnucpro.pipeline.output")
 
@@ -74,15 +75,6 @@ def publish(tmp: Path, final: Path) -> None:
         os.fsync(fh.fileno())
     tmp.replace(final)
     fsync_dir(final.parent)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def io_error(action: str, path: Path, exc: OSError) -> OutputError:

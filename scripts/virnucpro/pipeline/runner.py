@@ -692,7 +692,7 @@ def execute(prep: Prepared, stop: StopFlag, progress_stream=None) -> list[dict]:
 
         if world_size == 1:
             return [run_rank(jobs[0], stop, on_batch, prep.weights)]
-        return launch_ranks(jobs, stop, on_batch)
+        return launch_ranks(run_rank, jobs, stop, on_batch)
 
 
 def job_summary(prep: Prepared, summaries: list[dict]) -> dict:

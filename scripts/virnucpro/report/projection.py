@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from virnucpro.utils.phases import PER_SEQUENCE_PHASES
-from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE
+from virnucpro.defaults import TARGET_TOKENS_PER_SEQUENCE
 
 LOOP_PHASE = "loop"
 #: Phases that grow linearly with the sequences (rows) of the job; the loop is projected from the steady rate.
@@ -54,7 +54,7 @@ def split_phases(phases: dict[str, float], n: int, target: int, steady_rate: flo
 
 
 def projection(
-    result: dict, target_sequences: int, tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE
+    result: dict, target_sequences: int, tokens_per_sequence: float = TARGET_TOKENS_PER_SEQUENCE
 ) -> dict[str, Any]:
     """`production[*].projection` of one run: loop_hours and job_hours at `target_sequences` (+ components).
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from datetime import datetime, timezone
@@ -12,12 +11,14 @@ from typing import Any
 import yaml
 from jinja2 import Environment, PackageLoader, Undefined
 
+from virnucpro.defaults import TARGET_TOKENS_PER_SEQUENCE, WARMUP_BATCHES, WARMUP_SECONDS
 from virnucpro.report import plots
 from virnucpro.report.compare import compare
 from virnucpro.report.peers import peer_comparison
 from virnucpro.report.results import speedup
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
+from virnucpro.utils.jsonfile import write_json_atomic
 
 SWEEP_GROUPS = ("baseline", "dataloader", "packing", "interaction")
 ENGINE_KNOBS = ("token_budget", "buffer_size", "num_workers", "prefetch_factor")
@@ -129,6 +130,59 @@ def verdict_rows(verdicts: list) -> list[dict]:
     return rows
 
 
+def _provenance(results: list[dict], production: list[dict], config: dict, workflow_dir: Path | None) -> dict:
+    """Where the numbers come from: date, commit, config, model and weights, hardware, versions, Slurm jobs."""
+    weights = next((r.get("weights") for r in results if r.get("weights")), None) or {}
+    hardware = (
+        next((r.get("hardware") for r in production if r.get("hardware")), None)
+        or next((r.get("hardware") for r in results if r.get("hardware")), None)
+        or {}
+    )
+    return {
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": git_commit(workflow_dir) if workflow_dir else None,
+        "config_yaml": yaml.safe_dump(config, sort_keys=False),
+        "model": (config.get("model") or {}).get("name") or weights.get("model"),
+        "weights": weights,
+        "random_weights": weights.get("weights") == "random",
+        "precision": (config.get("model") or {}).get("precision"),
+        "hardware": hardware,
+        "versions": package_versions(),
+        "slurm_job_ids": sorted({r["slurm_job_id"] for r in results if r.get("slurm_job_id")}),
+    }
+
+
+def _by_group(results: list[dict], scaling: dict) -> tuple[dict[str, list[dict]], list[dict]]:
+    """The results by group, and the production runs (each with its projection) in world-size order."""
+    by_group: dict[str, list[dict]] = {}
+    for r in results:
+        by_group.setdefault(r["group"], []).append(r)
+    projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
+    production = sorted(
+        ({**r, "projection": projections.get(r["label"])} for r in by_group.get("production", [])),
+        key=lambda r: r["params"]["world_size"],
+    )
+    return by_group, production
+
+
+def _sweeps(by_group: dict[str, list[dict]], baseline: dict | None) -> dict[str, Any]:
+    """The sweep table (each point's speedup over the baseline), the interaction table and the optimal run."""
+    optimal = (by_group.get("optimal") or [None])[0]
+    return {
+        "sweep_rows": [
+            {**r, "speedup": speedup(r, baseline)}
+            for group in SWEEP_GROUPS
+            for r in sorted(by_group.get(group, []), key=lambda r: r["label"])
+        ],
+        "interaction": sorted(
+            by_group.get("interaction", []), key=lambda r: (r["params"]["num_workers"], r["params"]["token_budget"])
+        ),
+        "baseline": baseline,
+        "optimal": optimal,
+        "optimal_speedup": speedup(optimal, baseline) if optimal else None,
+    }
+
+
 def build_context(
     results: list[dict],
     input_info: dict,
@@ -142,73 +196,37 @@ def build_context(
     """Everything the three renderings show; `best` and `scaling` are the workflow's best.json and scaling.json."""
     thresholds = {**DEFAULT_THRESHOLDS, **(config.get("targets") or {})}
     warm = config.get("warmup") or {}
-    warmup_seconds, warmup_batches = float(warm.get("seconds", 60)), int(warm.get("batches", 20))
+    warmup_seconds = float(warm.get("seconds", WARMUP_SECONDS))
+    warmup_batches = int(warm.get("batches", WARMUP_BATCHES))
     scaling = scaling or {"note": "scaling.json was not given"}
-    by_group: dict[str, list[dict]] = {}
-    for r in results:
-        by_group.setdefault(r["group"], []).append(r)
-    projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
-    production = sorted(
-        ({**r, "projection": projections.get(r["label"])} for r in by_group.get("production", [])),
-        key=lambda r: r["params"]["world_size"],
-    )
-    baseline = (by_group.get("baseline") or [None])[0]
+    by_group, production = _by_group(results, scaling)
     ckpt = {r["label"]: r for r in by_group.get("checkpoint", [])}
     ckpt_on, ckpt_off = ckpt.get("checkpoint_on"), ckpt.get("checkpoint_off")
-
     verdicts = production_verdicts(production, thresholds, scaling) + [
         checkpoint_verdict(ckpt_on, ckpt_off, thresholds)
     ]
-    sweep_rows = [
-        {**r, "speedup": speedup(r, baseline)}
-        for group in SWEEP_GROUPS
-        for r in sorted(by_group.get(group, []), key=lambda r: r["label"])
-    ]
-    optimal = (by_group.get("optimal") or [None])[0]
-    weights = next((r.get("weights") for r in results if r.get("weights")), None) or {}
-    hardware = (
-        next((r.get("hardware") for r in production if r.get("hardware")), None)
-        or next((r.get("hardware") for r in results if r.get("hardware")), None)
-        or {}
-    )
-    telemetry_links = [
-        {"label": r["label"], "rank": k["rank"], "href": _rel(k["telemetry"], out_dir)}
-        for r in results
-        for k in r.get("ranks", [])
-    ]
-    counts = {s: sum(v.status == s for v in verdicts) for s in ("PASS", "FAIL", "N/A")}
     return {
-        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git_commit": git_commit(workflow_dir) if workflow_dir else None,
-        "config_yaml": yaml.safe_dump(config, sort_keys=False),
+        **_provenance(results, production, config, workflow_dir),
         "input": input_info,
-        "model": (config.get("model") or {}).get("name") or weights.get("model"),
-        "weights": weights,
-        "random_weights": weights.get("weights") == "random",
-        "precision": (config.get("model") or {}).get("precision"),
-        "hardware": hardware,
-        "versions": package_versions(),
-        "slurm_job_ids": sorted({r["slurm_job_id"] for r in results if r.get("slurm_job_id")}),
         "thresholds": thresholds,
         "warmup_seconds": warmup_seconds,
         "warmup_batches": warmup_batches,
+        "target_tokens_per_sequence": TARGET_TOKENS_PER_SEQUENCE,
         "verdicts": verdict_rows(verdicts),
-        "verdict_counts": counts,
+        "verdict_counts": {s: sum(v.status == s for v in verdicts) for s in ("PASS", "FAIL", "N/A")},
         "production": production,
         "scaling": scaling.get("rows") or [],
         "scaling_file": scaling,
         "figures": _figures(production, by_group, scaling, warmup_seconds, warmup_batches),
-        "sweep_rows": sweep_rows,
-        "interaction": sorted(
-            by_group.get("interaction", []), key=lambda r: (r["params"]["num_workers"], r["params"]["token_budget"])
-        ),
-        "baseline": baseline,
+        **_sweeps(by_group, (by_group.get("baseline") or [None])[0]),
         **_best_section(best),
-        "optimal": optimal,
-        "optimal_speedup": speedup(optimal, baseline) if optimal else None,
         "subset": by_group.get("subset", []),
         "checkpoint_runs": [r for r in (ckpt_off, ckpt_on) if r],
-        "telemetry_links": telemetry_links,
+        "telemetry_links": [
+            {"label": r["label"], "rank": k["rank"], "href": _rel(k["telemetry"], out_dir)}
+            for r in results
+            for k in r.get("ranks", [])
+        ],
         "site": config.get("site"),
         "flagged": [r for r in results if r["status"] == "ok" and (r.get("resumed") or not r.get("valid", True))],
         "peers": peer_comparison(peers, production),
@@ -248,63 +266,63 @@ def _result_fields(r: dict, keys: tuple[str, ...]) -> dict:
     return {k: r.get(k) for k in keys}
 
 
+#: What summary.json keeps of the context as it is, and of each production run and sweep point.
+SUMMARY_KEYS = (
+    "generated",
+    "git_commit",
+    "input",
+    "model",
+    "weights",
+    "precision",
+    "hardware",
+    "versions",
+    "slurm_job_ids",
+    "thresholds",
+    "verdicts",
+    "verdict_counts",
+    "scaling",
+    "peers",
+    "comparison",
+)
+PRODUCTION_KEYS = (
+    "label",
+    "params",
+    "status",
+    "reason",
+    "steady",
+    "projection",
+    "phases",
+    "job_wall_seconds",
+    "repeats",
+    "ci95",
+    "ci95_tokens_per_sec",
+)
+SWEEP_POINT_KEYS = ("label", "group", "params", "status", "reason", "repeats", "ci95")
+FLAGGED_KEYS = ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")
+
+
+def _summary_best(best: dict | None) -> dict | None:
+    if not best:
+        return None
+    return {
+        **_result_fields(best, ("label", "params", "steady", "speedup_over_baseline", "note")),
+        "significant": best.get("significant"),
+        "speedup_ci95": best.get("speedup_ci95"),
+    }
+
+
 def summary_json(context: dict) -> dict:
-    keep = (
-        "generated",
-        "git_commit",
-        "input",
-        "model",
-        "weights",
-        "precision",
-        "hardware",
-        "versions",
-        "slurm_job_ids",
-        "thresholds",
-        "verdicts",
-        "verdict_counts",
-        "scaling",
-        "peers",
-        "comparison",
-    )
-    out = {k: context[k] for k in keep}
+    """results/summary.json: the context's machine-readable part (the same verdicts as the HTML and text)."""
+    out = {k: context[k] for k in SUMMARY_KEYS}
     out["scaling_model"] = {k: context["scaling_file"].get(k) for k in ("at_target", "model", "note")}
-    out["production"] = [
-        _result_fields(
-            r,
-            (
-                "label",
-                "params",
-                "status",
-                "reason",
-                "steady",
-                "projection",
-                "phases",
-                "job_wall_seconds",
-                "repeats",
-                "ci95",
-                "ci95_tokens_per_sec",
-            ),
-        )
-        for r in context["production"]
-    ]
+    out["production"] = [_result_fields(r, PRODUCTION_KEYS) for r in context["production"]]
     best = context["best"]
-    out["best"] = (
-        {
-            **_result_fields(best, ("label", "params", "steady", "speedup_over_baseline", "note")),
-            "significant": best.get("significant"),
-            "speedup_ci95": best.get("speedup_ci95"),
-        }
-        if best
-        else None
-    )
+    out["best"] = _summary_best(best)
     out["best_speedup_over_baseline"] = best.get("speedup_over_baseline") if best else None
-    out["flagged_runs"] = [
-        {k: r.get(k) for k in ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")}
-        for r in context["flagged"]
-    ]
+    out["flagged_runs"] = [_result_fields(r, FLAGGED_KEYS) for r in context["flagged"]]
     out["sweep_points"] = [
         {
-            **_result_fields(r, ("label", "group", "params", "status", "reason", "repeats", "ci95")),
+            **_result_fields(r, SWEEP_POINT_KEYS),
             "sequences_per_sec": (r.get("steady") or {}).get("avg_sequences_per_sec"),
             "speedup": r.get("speedup"),
         }
@@ -337,5 +355,5 @@ def write_report(
     if text_path is not None:
         text_path.write_text(render_text(context))
     if json_path is not None:
-        json_path.write_text(json.dumps(summary_json(context), indent=2, default=str))
+        write_json_atomic(json_path, summary_json(context), default=str)
     return context

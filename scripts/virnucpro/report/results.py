@@ -20,7 +20,8 @@ from virnucpro.models.weights import ModelSpec
 from virnucpro.report.significance import sweep_decision
 from virnucpro.report.stats import describe
 from virnucpro.utils.jsonfile import read_json
-from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE, calculate_scaling_efficiency, steady_state
+from virnucpro.defaults import TARGET_SEQUENCES, TARGET_TOKENS_PER_SEQUENCE
+from virnucpro.utils.telemetry import calculate_scaling_efficiency, steady_state
 
 
 def rank_steady(telemetry: dict, warmup_seconds: float, warmup_batches: int) -> dict:
@@ -29,13 +30,13 @@ def rank_steady(telemetry: dict, warmup_seconds: float, warmup_batches: int) -> 
         telemetry["per_batch_metrics"],
         warmup_seconds,
         warmup_batches,
-        target_sequences=s.get("projection_target_sequences", 6_000_000),
-        target_tokens_per_sequence=s.get("projection_tokens_per_sequence", DEFAULT_TARGET_TOKENS_PER_SEQUENCE),
+        target_sequences=s.get("projection_target_sequences", TARGET_SEQUENCES),
+        target_tokens_per_sequence=s.get("projection_tokens_per_sequence", TARGET_TOKENS_PER_SEQUENCE),
     )
 
 
 def job_steady(
-    ranks: list[dict], target_sequences: int, tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE
+    ranks: list[dict], target_sequences: int, tokens_per_sequence: float = TARGET_TOKENS_PER_SEQUENCE
 ) -> dict | None:
     """The job's steady-state rate: ranks run at once, so their rates add up; elapsed is the slowest rank's."""
     steadies = [r["steady"] for r in ranks if r.get("steady") and r["steady"].get("avg_tokens_per_sec")]
@@ -147,6 +148,42 @@ def collect_run(
     }
 
 
+def _measured_steady(m: dict, params: dict, target_sequences: int) -> tuple[dict, dict, dict, dict]:
+    """A measurement's `steady` (the median window) and `summary` (all windows), and its per-window statistics."""
+    windows = m["windows"]
+    seq = describe([w["sequences_per_sec"] for w in windows])
+    tok = describe([w["tokens_per_sec"] for w in windows])
+    tokens, seqs = sum(w["tokens"] for w in windows), sum(w["sequences"] for w in windows)
+    batches, seconds = sum(w["batches"] for w in windows), sum(w["seconds"] for w in windows)
+    utils = [w["gpu_util"] for w in windows if w.get("gpu_util") is not None]
+    steady = {
+        "avg_tokens_per_sec": tok["median"],
+        "avg_sequences_per_sec": seq["median"],
+        "projected_hours": target_sequences / seq["median"] / 3600,
+        "projected_hours_tokens": target_sequences * TARGET_TOKENS_PER_SEQUENCE / tok["median"] / 3600,
+        "p95_wait_time_ms": max(w["p95_wait_ms"] for w in windows),
+        "avg_gpu_util": sum(utils) / len(utils) if utils else None,
+        "min_gpu_util": min(utils, default=None),
+        "min_packing_efficiency": m["workload"]["packing_efficiency"],  # the plan's: windows see parts of it
+        "window_packing_efficiency": tokens / (batches * params["token_budget"]),
+        "warmup_excluded": True,
+        "warmup_stabilised": m["warmup"]["stabilised"],
+        "excluded_batches": None,
+        "steady_batches": batches,
+    }
+    summary = {
+        "total_sequences": seqs,
+        "total_tokens": tokens,
+        "total_batches": batches,
+        "elapsed_seconds": seconds,
+        "avg_tokens_per_sec": tokens / seconds,
+        "avg_sequences_per_sec": seqs / seconds,
+        "peak_memory_gb": m.get("peak_memory_gb"),
+        "projected_hours": steady["projected_hours"],
+    }
+    return steady, summary, seq, tok
+
+
 def measured_result(
     label: str,
     group: str,
@@ -177,47 +214,9 @@ def measured_result(
         "weights": m.get("weights"),
     }
     if not ok:
-        return {
-            **base,
-            "summary": None,
-            "steady": None,
-            "repeats": [],
-            "median": None,
-            "ci95": None,
-            "tokens_per_sec": None,
-            "measurement": measurement,
-        }
-    windows = m["windows"]
-    seq = describe([w["sequences_per_sec"] for w in windows])
-    tok = describe([w["tokens_per_sec"] for w in windows])
-    tokens, seqs = sum(w["tokens"] for w in windows), sum(w["sequences"] for w in windows)
-    batches, seconds = sum(w["batches"] for w in windows), sum(w["seconds"] for w in windows)
-    utils = [w["gpu_util"] for w in windows if w.get("gpu_util") is not None]
-    steady = {
-        "avg_tokens_per_sec": tok["median"],
-        "avg_sequences_per_sec": seq["median"],
-        "projected_hours": target_sequences / seq["median"] / 3600,
-        "projected_hours_tokens": target_sequences * DEFAULT_TARGET_TOKENS_PER_SEQUENCE / tok["median"] / 3600,
-        "p95_wait_time_ms": max(w["p95_wait_ms"] for w in windows),
-        "avg_gpu_util": sum(utils) / len(utils) if utils else None,
-        "min_gpu_util": min(utils, default=None),
-        "min_packing_efficiency": m["workload"]["packing_efficiency"],  # the plan's: windows see parts of it
-        "window_packing_efficiency": tokens / (batches * params["token_budget"]),
-        "warmup_excluded": True,
-        "warmup_stabilised": m["warmup"]["stabilised"],
-        "excluded_batches": None,
-        "steady_batches": batches,
-    }
-    summary = {
-        "total_sequences": seqs,
-        "total_tokens": tokens,
-        "total_batches": batches,
-        "elapsed_seconds": seconds,
-        "avg_tokens_per_sec": tokens / seconds,
-        "avg_sequences_per_sec": seqs / seconds,
-        "peak_memory_gb": m.get("peak_memory_gb"),
-        "projected_hours": steady["projected_hours"],
-    }
+        empty = {"summary": None, "steady": None, "repeats": [], "median": None, "ci95": None, "tokens_per_sec": None}
+        return {**base, **empty, "measurement": measurement}
+    steady, summary, seq, tok = _measured_steady(m, params, target_sequences)
     return {
         **base,
         "summary": summary,

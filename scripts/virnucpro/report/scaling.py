@@ -11,7 +11,7 @@ from typing import Any
 
 from virnucpro.report.projection import MODEL_GPUS_PER_JOB, MODEL_JOBS, jobs_needed, model_job_hours, projection
 from virnucpro.report.results import scaling_table
-from virnucpro.utils.telemetry import DEFAULT_TARGET_TOKENS_PER_SEQUENCE
+from virnucpro.defaults import TARGET_TOKENS_PER_SEQUENCE
 
 MODEL_ASSUMPTIONS = (
     "model, not a measurement: the loop is ideally data-parallel at the measured per-GPU steady "
@@ -32,7 +32,7 @@ def _tokens_per_sequence(production: list[dict]) -> float:
             for r in production
             if (r.get("summary") or {}).get("projection_tokens_per_sequence")
         ),
-        DEFAULT_TARGET_TOKENS_PER_SEQUENCE,
+        TARGET_TOKENS_PER_SEQUENCE,
     )
 
 

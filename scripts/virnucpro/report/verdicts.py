@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from virnucpro.defaults import TARGET_SEQUENCES
 from virnucpro.report.results import checkpoint_overhead, resumed_na_reason
 
 DEFAULT_THRESHOLDS = {
-    "target_sequences": 6_000_000,
+    "target_sequences": TARGET_SEQUENCES,
     "max_hours": 10.0,
     "min_gpu_util": 70.0,
     "min_speedup_2gpu": 1.9,
@@ -143,15 +144,9 @@ def perf03_verdicts(ok: list[dict], scaling: dict, th: dict) -> list[Verdict]:
     return out
 
 
-def production_verdicts(production: list[dict], thresholds: dict, scaling: dict | None = None) -> list[Verdict]:
-    """The production runs' verdicts; projections and speedups come from `scaling` (scaling.json), not recomputed."""
-    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
-    scaling = scaling or {}
-    out: list[Verdict] = []
-    ok = sorted((r for r in production if r["status"] == "ok"), key=lambda r: r["params"]["world_size"])
-    widest = ok[-1] if ok else None
-    projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
-    out += perf01_verdicts(widest, projections.get(widest["label"]) if widest else None, th)
+def perf02_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
+    """PERF-02: each GPU's steady-state utilisation (N/A on CPU or without NVML)."""
+    out = []
     for result in ok:
         for rank in result["ranks"]:
             util = (rank.get("steady") or {}).get("avg_gpu_util")
@@ -161,50 +156,51 @@ def production_verdicts(production: list[dict], thresholds: dict, scaling: dict 
                 else "NVML could not be read (no nvitop/driver access)"
             )
             status, reason = _check(util, util is not None and util >= th["min_gpu_util"], na)
+            scope = f"{result['label']} rank {rank['rank']} ({rank.get('device')})"
+            threshold = f">= {th['min_gpu_util']:g} %"
             out.append(
-                Verdict(
-                    "PERF-02",
-                    "GPU utilisation (steady state)",
-                    f"{result['label']} rank {rank['rank']} ({rank.get('device')})",
-                    util,
-                    "%",
-                    f">= {th['min_gpu_util']:g} %",
-                    status,
-                    reason,
-                )
+                Verdict("PERF-02", "GPU utilisation (steady state)", scope, util, "%", threshold, status, reason)
             )
-    out += perf03_verdicts(ok, scaling, th)
+    return out
+
+
+def perf05_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
+    """PERF-05: each rank's packing efficiency."""
+    out = []
     for result in ok:
         for rank in result["ranks"]:
             pack = (rank.get("steady") or {}).get("avg_packing_efficiency")
             status, reason = _check(pack, pack is not None and pack >= th["min_packing"], "no batches")
-            out.append(
-                Verdict(
-                    "PERF-05",
-                    "packing efficiency",
-                    f"{result['label']} rank {rank['rank']}",
-                    pack,
-                    "",
-                    f">= {th['min_packing']:.2f}",
-                    status,
-                    reason,
-                )
-            )
+            scope, threshold = f"{result['label']} rank {rank['rank']}", f">= {th['min_packing']:.2f}"
+            out.append(Verdict("PERF-05", "packing efficiency", scope, pack, "", threshold, status, reason))
+    return out
+
+
+def loader_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
+    """The DataLoader's p95 wait of each run (its worst rank)."""
+    out = []
     for result in ok:
         p95 = (result.get("steady") or {}).get("p95_wait_time_ms")
         status, reason = _check(p95, p95 is not None and p95 < th["max_p95_wait_ms"], "no batches")
+        threshold = f"< {th['max_p95_wait_ms']:g} ms"
         out.append(
-            Verdict(
-                "LOADER",
-                "DataLoader wait p95 (worst rank)",
-                result["label"],
-                p95,
-                "ms",
-                f"< {th['max_p95_wait_ms']:g} ms",
-                status,
-                reason,
-            )
+            Verdict("LOADER", "DataLoader wait p95 (worst rank)", result["label"], p95, "ms", threshold, status, reason)
         )
+    return out
+
+
+def production_verdicts(production: list[dict], thresholds: dict, scaling: dict | None = None) -> list[Verdict]:
+    """The production runs' verdicts; projections and speedups come from `scaling` (scaling.json), not recomputed."""
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    scaling = scaling or {}
+    ok = sorted((r for r in production if r["status"] == "ok"), key=lambda r: r["params"]["world_size"])
+    widest = ok[-1] if ok else None
+    projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
+    out = perf01_verdicts(widest, projections.get(widest["label"]) if widest else None, th)
+    out += perf02_verdicts(ok, th)
+    out += perf03_verdicts(ok, scaling, th)
+    out += perf05_verdicts(ok, th)
+    out += loader_verdicts(ok, th)
     for result in production:
         if result["status"] != "ok":
             out.append(

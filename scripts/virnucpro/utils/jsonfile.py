@@ -1,4 +1,5 @@
-"""Reading the JSON files the workflow's small commands are given, refusing wrong ones in one line.
+"""Reading the JSON files the workflow's small commands are given, refusing wrong ones in one line; and the
+one atomic JSON writer every command, telemetry file and report uses.
 
 A missing, truncated or foreign file passed to `best-config`, `scaling`, `merge-telemetry` or `report` is the
 user's input, not a bug: say which file and what is wrong with it (exit 2), not a traceback.
@@ -7,8 +8,9 @@ user's input, not a bug: say which file and what is wrong with it (exit 2), not 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from virnucpro.errors import UserError
 
@@ -46,3 +48,15 @@ def read_object(path: str | Path | None, what: str) -> dict | None:
     if not isinstance(data, dict):
         raise UserError(f"{what} {path}: not a JSON object")
     return data
+
+
+def write_json_atomic(path: str | Path, payload: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """Write `payload` as indented JSON under a temporary name, fsync it, rename it over `path`: a reader (or a
+    rerun after a kill) sees the old file or the new one, never half of one. `default` as for json.dump."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, default=default)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)

@@ -18,15 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from virnucpro.pipeline.output import write_json_atomic
+from virnucpro.defaults import TARGET_SEQUENCES, TARGET_TOKENS_PER_SEQUENCE, WARMUP_BATCHES, WARMUP_SECONDS
 from virnucpro.utils.hardware import capture_hardware_info  # noqa: F401  (re-exported: plan 10-01's home for it)
-from virnucpro.utils.jsonfile import read_json
+from virnucpro.utils.jsonfile import read_json, write_json_atomic
 
 logger = logging.getLogger("virnucpro.utils.telemetry")
 
-DEFAULT_TARGET_SEQUENCES = 6_000_000
-#: Tokens per sequence of the production input: ~150-bp reads, six-frame translated (~49 aa) + BOS/EOS.
-DEFAULT_TARGET_TOKENS_PER_SEQUENCE = 51.0
 #: Queue states by DataLoader wait: data was ready, or the GPU side waited long enough to matter.
 FULL_WAIT_MS = 0.5
 STARVED_WAIT_MS = 5.0
@@ -59,8 +56,8 @@ def percentile(values: list[float], q: float) -> float | None:
 def summarize(
     batches: list[dict],
     elapsed_seconds: float,
-    target_sequences: int = DEFAULT_TARGET_SEQUENCES,
-    target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE,
+    target_sequences: int = TARGET_SEQUENCES,
+    target_tokens_per_sequence: float = TARGET_TOKENS_PER_SEQUENCE,
 ) -> dict[str, Any]:
     """The plan's summary fields from per-batch records and the wall time they took."""
     total_sequences = sum(b.get("num_sequences", 0) for b in batches)
@@ -108,8 +105,8 @@ class TelemetryLogger:
         self,
         output_dir: str | Path,
         run_id: str | None = None,
-        target_sequences: int = DEFAULT_TARGET_SEQUENCES,
-        target_tokens_per_sequence: float = DEFAULT_TARGET_TOKENS_PER_SEQUENCE,
+        target_sequences: int = TARGET_SEQUENCES,
+        target_tokens_per_sequence: float = TARGET_TOKENS_PER_SEQUENCE,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -147,85 +144,6 @@ class TelemetryLogger:
         return self.json_path
 
 
-def _verdict(value: float | None, threshold: float, higher_is_better: bool, na_reason: str) -> str:
-    if value is None:
-        return f"N/A ({na_reason})"
-    ok = value >= threshold if higher_is_better else value < threshold
-    return "PASS" if ok else "FAIL"
-
-
-def _fmt(value: Any, spec: str = ",.1f", unit: str = "") -> str:
-    return "N/A" if value is None else f"{value:{spec}}{unit}"
-
-
-def generate_performance_report(
-    telemetry_path: str | Path,
-    output_path: str | Path | None = None,
-    max_hours: float = 10.0,
-    min_gpu_util: float = 70.0,
-    min_packing: float = 0.90,
-    max_p95_wait_ms: float = 100.0,
-) -> str:
-    """Human-readable report of one telemetry JSON with PASS/FAIL/N-A per requirement."""
-    data = json.loads(Path(telemetry_path).read_text())
-    s, meta = data["summary"], data.get("run_metadata", {})
-    target = s.get("projection_target_sequences", DEFAULT_TARGET_SEQUENCES)
-    hours = s.get("projected_hours_tokens") if s.get("projected_hours_tokens") is not None else s.get("projected_hours")
-    lines = [
-        "VirNucPro embedding performance report",
-        f"telemetry: {telemetry_path}",
-        "",
-        "Workload",
-        f"  sequences: {s['total_sequences']:,}   tokens: {s['total_tokens']:,}   batches: {s['total_batches']:,}",
-        f"  runtime: {_fmt(s['elapsed_seconds'], ',.2f', ' s')}   "
-        f"sequences/hour: {_fmt(s['sequences_per_hour'], ',.0f')}",
-        f"  projected for {target:,} sequences: {_fmt(s.get('projected_hours'), '.2f', ' h')} (sequence-based), "
-        f"{_fmt(s.get('projected_hours_tokens'), '.2f', ' h')} (token-based, "
-        f"{s.get('projection_tokens_per_sequence')} tokens/sequence)",
-        "Throughput",
-        f"  tokens/s: {_fmt(s['avg_tokens_per_sec'], ',.0f')}   "
-        f"sequences/s: {_fmt(s['avg_sequences_per_sec'], ',.1f')}",
-        "Packing efficiency",
-        f"  average: {_fmt(s['avg_packing_efficiency'], '.3f')}   "
-        f"minimum: {_fmt(s['min_packing_efficiency'], '.3f')}   "
-        f"batches below 0.80: {sum(1 for b in data['per_batch_metrics'] if (b.get('packing_efficiency') or 1) < 0.8)}",
-        "DataLoader I/O",
-        f"  mean wait: {_fmt(s['avg_wait_time_ms'], '.2f', ' ms')}   "
-        f"p95 wait: {_fmt(s['p95_wait_time_ms'], '.2f', ' ms')}   "
-        f"starved: {_fmt(s['pct_starved'], '.1f', ' %')}",
-        "GPU utilisation",
-        f"  average: {_fmt(s['avg_gpu_util'], '.1f', ' %')}",
-    ]
-    if "avg_checkpoint_write_ms" in s:
-        lines += [
-            "Checkpoint overhead",
-            f"  mean write: {s['avg_checkpoint_write_ms']:.1f} ms   max queue depth: {s['max_checkpoint_queue_depth']}",
-        ]
-    hw = meta.get("hardware")
-    if hw:
-        gpus = ", ".join(hw.get("gpu_models") or []) or "none"
-        lines += [
-            "Hardware",
-            f"  GPUs: {gpus}   CUDA: {hw.get('cuda_version')}   torch: {hw.get('pytorch_version')}   "
-            f"CPU: {hw.get('cpu_model')} x{hw.get('cpu_count')}",
-        ]
-    no_gpu = "no GPU utilisation was measured (no NVML device)"
-    lines += [
-        "Requirements",
-        f"  PERF-01 projected < {max_hours:g} h: {_verdict(hours, max_hours, False, 'no throughput measured')}"
-        f" ({_fmt(hours, '.2f', ' h')})",
-        f"  PERF-02 GPU utilisation >= {min_gpu_util:g} %: {_verdict(s['avg_gpu_util'], min_gpu_util, True, no_gpu)}",
-        f"  PERF-05 packing >= {min_packing:.2f}: "
-        f"{_verdict(s['avg_packing_efficiency'], min_packing, True, 'no batches')}",
-        f"  DataLoader p95 wait < {max_p95_wait_ms:g} ms: "
-        f"{_verdict(s['p95_wait_time_ms'], max_p95_wait_ms, False, 'no batches')}",
-    ]
-    report = "\n".join(lines) + "\n"
-    if output_path is not None:
-        Path(output_path).write_text(report)
-    return report
-
-
 def aggregate_telemetry_shards(shard_paths: list[str | Path]) -> dict[str, Any]:
     """Merge per-rank telemetry (seed plan 10-01): totals summed, elapsed = slowest shard, batches tagged."""
     if not shard_paths:
@@ -244,8 +162,8 @@ def aggregate_telemetry_shards(shard_paths: list[str | Path]) -> dict[str, Any]:
     glob = summarize(
         batches,
         elapsed,
-        first.get("projection_target_sequences", DEFAULT_TARGET_SEQUENCES),
-        first.get("projection_tokens_per_sequence", DEFAULT_TARGET_TOKENS_PER_SEQUENCE),
+        first.get("projection_target_sequences", TARGET_SEQUENCES),
+        first.get("projection_tokens_per_sequence", TARGET_TOKENS_PER_SEQUENCE),
     )
     per_shard = lambda key: [s[key] for s in summaries if s.get(key) is not None]  # noqa: E731
     glob.update(  # each shard weighted equally, as the plan asks; null when no shard measured it
@@ -279,7 +197,10 @@ def calculate_scaling_efficiency(
 
 
 def steady_state(
-    batches: list[dict], warmup_seconds: float = 60.0, warmup_batches: int = 20, **summary_kwargs: Any
+    batches: list[dict],
+    warmup_seconds: float = WARMUP_SECONDS,
+    warmup_batches: int = WARMUP_BATCHES,
+    **summary_kwargs: Any,
 ) -> dict[str, Any]:
     """Summary without the warm-up: the larger of the first `warmup_seconds` or `warmup_batches` batches.
 
