@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from virnucpro.argtypes import device_name, nonempty, nonnegative_float, nonnegative_int, positive_int
+from virnucpro import defaults
 
 #: `Setting.workflow`: the key `engine.<name>` of the workflow's config, passed to every GPU job as its option.
 OPTION = "option"
@@ -155,7 +156,11 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="DIR",
     ),
     Setting(
-        "target_sequences", 6_000_000, "sequence count the runtime projection is for", kind=int, parse=positive_int
+        "target_sequences",
+        defaults.TARGET_SEQUENCES,
+        "sequence count the runtime projection is for",
+        kind=int,
+        parse=positive_int,
     ),
     Setting(
         "world_size",

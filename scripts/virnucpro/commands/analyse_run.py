@@ -6,6 +6,7 @@ from pathlib import Path
 
 from virnucpro.commands import help_style
 from virnucpro.errors import EXIT_OK, UserError
+from virnucpro import defaults
 
 
 def register(sub) -> None:
@@ -21,17 +22,24 @@ def register(sub) -> None:
     )
     p.add_argument("run", type=Path, help="the raw record written by run-point --result")
     p.add_argument("-o", "--output", type=Path, required=True, help="result JSON to write")
-    p.add_argument("--warmup-seconds", type=float, default=60.0, help="warm-up excluded from steady state")
+    p.add_argument(
+        "--warmup-seconds", type=float, default=defaults.WARMUP_SECONDS, help="warm-up excluded from steady state"
+    )
     p.add_argument(
         "--warmup-batches",
         type=int,
-        default=20,
+        default=defaults.WARMUP_BATCHES,
         help="warm-up excluded from steady state; the larger of the two applies",
     )
     p.add_argument(
-        "--min-steady-batches", type=int, default=20, help="fewer steady batches on any rank marks the run invalid"
+        "--min-steady-batches",
+        type=int,
+        default=defaults.MIN_STEADY_BATCHES,
+        help="fewer steady batches on any rank marks the run invalid",
     )
-    p.add_argument("--target-sequences", type=int, default=6_000_000, help="sequence count projections are for")
+    p.add_argument(
+        "--target-sequences", type=int, default=defaults.TARGET_SEQUENCES, help="sequence count projections are for"
+    )
     p.set_defaults(handler=run)
 
 

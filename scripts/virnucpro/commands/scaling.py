@@ -7,6 +7,7 @@ from pathlib import Path
 from virnucpro.argtypes import percentage, positive_int
 from virnucpro.commands import help_style
 from virnucpro.errors import EXIT_OK, UserError
+from virnucpro import defaults
 
 
 def register(sub) -> None:
@@ -18,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("results", nargs="+", type=Path, help="result JSONs of the production runs")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--min-efficiency", type=percentage, default=95.0)
-    p.add_argument("--target-sequences", type=positive_int, default=6_000_000)
+    p.add_argument("--target-sequences", type=positive_int, default=defaults.TARGET_SEQUENCES)
     p.add_argument("--max-hours", type=float, default=10.0, help="the time 'how many GPUs' answers for")
     p.set_defaults(handler=run)
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from virnucpro.data.packing import token_length
+
 
 def _alphabet():
     from esm.data import Alphabet  # fair-esm defines ESM-2's vocabulary: use it, don't copy it
@@ -99,7 +101,7 @@ def collate(
     last batch's padding then costs nothing) and is not counted in `num_tokens`. `weights` (per item: residue
     weights, or None for a plain mean) gives the batch pooling weights when one of its items has some.
     """
-    lengths = np.fromiter((len(seqs[i]) + 2 for i in indices), dtype=np.int64, count=len(indices))
+    lengths = np.fromiter((token_length(len(seqs[i])) for i in indices), dtype=np.int64, count=len(indices))
     real_tokens = int(lengths.sum())
     if pad_to is not None and pad_to > real_tokens:
         full, rest = divmod(pad_to - real_tokens, PAD_SEGMENT)

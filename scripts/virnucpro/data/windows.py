@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from virnucpro.data.fasta import MAX_RESIDUES
+from virnucpro.data.packing import SPECIAL_TOKENS
 from virnucpro.errors import UserError
 
 #: The window overlap used when none is given (residues shared by consecutive windows).
@@ -91,10 +92,10 @@ def embedded_tokens(lengths: np.ndarray, overlap: int | None, window: int = MAX_
     """Tokens embedded per sequence of `lengths` residues: BOS and EOS per window, overlaps counted twice (a
     sequence's share of the work, for balancing ranks). Vectorised but for the few long sequences."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    tokens = lengths + 2
+    tokens = lengths + SPECIAL_TOKENS
     if overlap is not None:
         for i in np.flatnonzero(lengths > window):
-            tokens[i] = (window + 2) * len(window_starts(int(lengths[i]), overlap, window))
+            tokens[i] = (window + SPECIAL_TOKENS) * len(window_starts(int(lengths[i]), overlap, window))
     return tokens
 
 

@@ -20,7 +20,7 @@ import torch
 
 from virnucpro.data.fasta import MAX_RESIDUES, Records, read_fasta
 from virnucpro.data.loader import PackedBatch, PackedBatchDataset, Vocabulary, collate, make_loader
-from virnucpro.data.packing import check_budget, pack_batches
+from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
 from virnucpro.data.windows import Items, WindowSums, check_overlap, embedded_tokens, split_into_windows
 from virnucpro.errors import UserError
 from virnucpro.models.packed_esm2 import PackedESM2, fused_gelu_applies
@@ -502,7 +502,7 @@ def shard_by_tokens(indices: np.ndarray, lengths: np.ndarray, world_size: int) -
     A sequence goes whole to one rank: all windows of a chunked one (its `lengths` entry: its windows' tokens
     minus 2) are embedded and summed there. Vectorised: 6M sequences take well under a second.
     """
-    tokens = lengths[indices].astype(np.int64) + 2
+    tokens = lengths[indices].astype(np.int64) + SPECIAL_TOKENS
     order = np.argsort(-tokens, kind="stable")
     return [np.sort(indices[order[r::world_size]]) for r in range(world_size)]
 
