@@ -311,3 +311,19 @@ def test_a_stop_request_ends_the_measurement_between_batches():
     with pytest.raises(Preempted, match="SIGTERM"):
         next(stream)
     assert Model.calls == 1  # nothing started after the request
+
+
+def test_chunk_mode_measures_the_windows_the_engine_embeds(tmp_path, tiny_checkpoint):
+    ids, seqs = make_sequences(4, 3, "short-reads")
+    ids.append("long")
+    seqs.append("M" + "ACDEFGHIKLMNPQRSTVWY" * 120)  # 2,401 residues: 3 windows with the default overlap
+    fasta = tmp_path / "w.fa"
+    write_fasta(fasta, ids, seqs)
+    out = tmp_path / "c.json"
+    args = ("--token-budget", "2048", "--long-sequences", "chunk")
+    assert measure(fasta, tiny_checkpoint, out, "chunk", "baseline", *args) == 0
+    r = json.loads(out.read_text())
+    workload = r["measurement"]["workload"]
+    assert r["status"] == "ok" and workload["sequences"] == 5 and workload["windows"] == 4 + 3
+    # no window is longer than the 1022-residue model window: truncated or whole, this budget would not hold it
+    assert measure(fasta, tiny_checkpoint, tmp_path / "t.json", "t", "baseline", "--token-budget", "1100") == 0

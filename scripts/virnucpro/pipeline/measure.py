@@ -22,6 +22,7 @@ import torch
 from virnucpro.data.fasta import read_fasta
 from virnucpro.data.loader import PackedBatch, PackedBatchDataset, make_loader
 from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
+from virnucpro.data.windows import split_into_windows
 from virnucpro.errors import UserError
 from virnucpro.models.weights import resolve_weights
 from virnucpro.pipeline.preemption import Preempted, StopFlag
@@ -183,6 +184,7 @@ def _workload(records, lengths, plan, token_budget: int) -> dict:
     plan_tokens = int(sum(lengths)) + SPECIAL_TOKENS * len(lengths)
     return {
         "sequences": len(records),
+        "windows": len(lengths),  # = sequences unless --long-sequences chunk split some into windows
         "tokens": plan_tokens,
         "batches": len(plan),
         "packing_efficiency": plan_tokens / (len(plan) * token_budget),
@@ -200,12 +202,14 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
     device = rank_device(cfg.resolved_device(), 0, 1)  # "cuda" -> the current CUDA device, with its index
     precision = cfg.resolved_precision(device)
     records = read_fasta(cfg.fasta, cfg.long_sequences)
-    lengths = records.lengths()
+    # With --long-sequences chunk the engine embeds windows: measure those (a window counts as a sequence here).
+    seqs = split_into_windows(records.seqs, cfg.window_overlap if cfg.long_sequences == "chunk" else None).seqs
+    lengths = [len(s) for s in seqs]
     check_budget(lengths, cfg.token_budget)
     model, weights, layer, compiled, pad_to = _measured_model(cfg, device, precision)
     plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
     loader = make_loader(
-        CycledBatches(records.seqs, plan, pad_to=pad_to),
+        CycledBatches(seqs, plan, pad_to=pad_to),
         cfg.num_workers,
         cfg.prefetch_factor,
         pin_memory=device.type == "cuda",
