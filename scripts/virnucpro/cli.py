@@ -389,6 +389,10 @@ def build_parser() -> OneLineParser:
     _add_report(sub)
     _add_merge(sub)
     _add_scaling(sub)
+    from virnucpro.commands import embed_report, embed_shard, gather, shard
+
+    for command in (shard, embed_shard, gather, embed_report):
+        command.register(sub)
     return parser
 
 
@@ -1038,6 +1042,8 @@ def _stop_during_startup(signum, frame) -> None:
 
 #: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
 FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "report", "merge-telemetry", "scaling"}
+FILE_COMMANDS |= {"shard", "gather", "embed-report"}
+RESUMABLE = ("embed", "run-point", "embed-shard")
 
 
 def _host_out_of_memory(exc: BaseException) -> bool:
@@ -1059,6 +1065,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
+        if getattr(args, "handler", None):
+            return args.handler(args)
         handlers = {
             "make-fasta": cmd_make_fasta,
             "embed": cmd_embed,
@@ -1077,7 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virnucpro: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        resumable = "; checkpointed rows are kept, rerun to resume" if command in ("embed", "run-point") else ""
+        resumable = "; checkpointed rows are kept, rerun to resume" if command in RESUMABLE else ""
         print(f"virnucpro: interrupted{resumable}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (MemoryError, ImportError, OSError) as exc:

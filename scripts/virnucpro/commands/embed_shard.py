@@ -1,0 +1,39 @@
+"""`virnucpro embed-shard`: one shard job of the embed target: `embed` + the best configuration + a job record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXAMPLE = (
+    "virnucpro embed-shard results/embed/input/0.fasta -o results/embed/shards/0 --random-weights "
+    "--params-from results/sweeps/best.json --record results/embed/shards/0/job.json"
+)
+
+
+def register(sub) -> None:
+    from virnucpro.cli import _embed_arguments, _help_style
+
+    p = sub.add_parser(
+        "embed-shard",
+        help="a workflow job: embed one shard (resuming its checkpoints), then write its job record",
+        description="`virnucpro embed` of one shard; every attempt (a cancelled one too) is logged in "
+        "OUTDIR/attempts.jsonl, and the job record (written last) lists them with the shard's status.",
+        **_help_style(EXAMPLE),
+    )
+    _embed_arguments(p)
+    p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
+    p.add_argument("--record", type=Path, required=True, help="the job record (JSON) to write once embedded")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from virnucpro.cli import _apply_params_from, _config_dict, _embed_config, execute_embed
+    from virnucpro.pipeline.shards import attempt, write_job_record
+
+    cfg = _apply_params_from(_embed_config(args), args.params_from)
+    with attempt(cfg.outdir, cfg.world_size or 1) as state:
+        state["exit_code"] = code = execute_embed(cfg)
+    if code == 0:
+        settings = {k: v for k, v in _config_dict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")}
+        write_job_record(args.record, cfg.outdir, cfg.fasta, settings)
+    return code
