@@ -206,8 +206,8 @@ def slurm_embed_run(cluster, tmp_path_factory):
     (root / "embed.yaml").write_text(
         f"input:\n  fasta: {json.dumps(str(root / 'input.fa'))}\nengine:\n  checkpoint_every: 5\nembed:\n  shards: 4\n"
     )
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "ci.yaml"]
-    cmd += ["slurm_ci.yaml", "embed.yaml", "embed", "--slurm-status-command", "squeue"]
+    cmd = [sys.executable, "-m", "snakemake", "embed", "--profile", "profiles/slurm", "--configfile", "ci.yaml"]
+    cmd += ["slurm_ci.yaml", "embed.yaml", "--slurm-status-command", "squeue"]
     cmd += ["--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"]
     returncode, output, cancelled = run_cancelling_once(
         cmd, root, "rule_embed_shard_wildcards_1", root / "results/embed/shards/1/.partial"
