@@ -106,10 +106,7 @@ def check_agreement(shards: list[dict]) -> None:
                     f"{other['path']}: {key} is {other['attrs'].get(key)!r} but {first['path']} has "
                     f"{first['attrs'].get(key)!r}; shards of one output must agree (rerun the embed target)"
                 )
-        for what, index in (("dtype", "dtype"), ("width", "shape")):
-            a, b = first[index], other[index]
-            if what == "width":
-                a, b = a[1], b[1]
+        for what, a, b in (("dtype", first["dtype"], other["dtype"]), ("width", first["shape"][1], other["shape"][1])):
             if a != b:
                 raise UserError(f"{other['path']}: embedding {what} {b} but {first['path']} has {a}")
 
