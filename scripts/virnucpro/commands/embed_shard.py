@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 EXAMPLE = (
@@ -28,9 +29,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from virnucpro.cli import _apply_params_from, _config_dict, _embed_config, execute_embed
-    from virnucpro.pipeline.shards import attempt, write_job_record
+    from virnucpro.pipeline.shards import attempt, discard_stale_partial, write_job_record
 
     cfg = _apply_params_from(_embed_config(args), args.params_from)
+    if note := discard_stale_partial(cfg.outdir, cfg.fasta):
+        print(note, file=sys.stderr)
     with attempt(cfg.outdir, cfg.world_size or 1) as state:
         state["exit_code"] = code = execute_embed(cfg)
     if code == 0:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from array import array
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import numpy as np
 from virnucpro.data.fasta import _INVALID, _WHITESPACE, MAX_RESIDUES, _before_first_header, _describe, _record_id
 from virnucpro.data.fasta_stream import READ_ERRORS, iter_lines, open_fasta_bytes
 from virnucpro.errors import UserError
-from virnucpro.pipeline.output import write_json_atomic
+from virnucpro.pipeline.output import MANIFEST, PARTIAL_DIR, OutdirLock, write_json_atomic
 from virnucpro.utils.phases import process_start_epoch
 
 MANIFEST_FORMAT = "virnucpro-embed-shards/1"
@@ -167,6 +168,24 @@ def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path) -> d
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def discard_stale_partial(outdir: Path, fasta: Path) -> str | None:
+    """Remove a shard's checkpoints of another input (left before the split was redone over a changed input):
+    they can never be resumed and `embed` would refuse to start. Those of the same input stay: the job resumes."""
+    try:
+        recorded = json.loads((outdir / PARTIAL_DIR / MANIFEST).read_text()).get("input_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    digest = hashlib.sha256()
+    with open(fasta, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    if recorded == digest.hexdigest():
+        return None
+    with OutdirLock(outdir):  # refused, naming it, while another run writes there
+        shutil.rmtree(outdir / PARTIAL_DIR)
+    return f"removed {outdir / PARTIAL_DIR}: checkpoints of another input than {fasta} (an earlier split)"
 
 
 # --- a shard job's attempts: every try (a cancelled or preempted one too) counts in the GPU-hours -------------
