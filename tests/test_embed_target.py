@@ -22,7 +22,7 @@ from virnucpro.data.fasta import write_fasta
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.errors import UserError
 from virnucpro.pipeline.gather import gather
-from virnucpro.pipeline.shards import cut_points, discard_stale_partial, split_fasta
+from virnucpro.pipeline.shards import cut_points, prepare_shard_outdir, split_fasta
 from virnucpro.report import embed_report
 
 ODD_IDS = ["sp/P12345/a/b", "séquence_β_ü_病毒", "L" + "o" * 3000 + "ng", "x"]
@@ -82,17 +82,20 @@ def test_split_refuses_an_id_repeated_across_shards_and_too_many_shards(tmp_path
 
 
 def test_checkpoints_of_another_input_are_discarded_and_those_of_the_same_input_kept(tmp_path):
-    fasta = tmp_path / "0.fasta"
+    fasta, out = tmp_path / "0.fasta", tmp_path / "out"
     fasta.write_text(">a\nMKV\n")
-    partial = tmp_path / "out" / ".partial"
+    partial = out / ".partial"
     partial.mkdir(parents=True)
     (partial / "chunk_r0_x.h5").write_bytes(b"rows")
+    (out / "attempts.jsonl").write_text('{"event": "start", "started": 1.0}\n')
     same = hashlib.sha256(fasta.read_bytes()).hexdigest()
     (partial / "manifest.json").write_text(json.dumps({"input_sha256": same}))
-    assert discard_stale_partial(tmp_path / "out", fasta) is None and (partial / "chunk_r0_x.h5").is_file()
+    assert prepare_shard_outdir(out, fasta) is None and (partial / "chunk_r0_x.h5").is_file()
+    assert (out / "attempts.jsonl").is_file()  # the attempts of the run this one resumes
     (partial / "manifest.json").write_text(json.dumps({"input_sha256": "0" * 64}))
-    assert "another input" in discard_stale_partial(tmp_path / "out", fasta) and not partial.exists()
-    assert discard_stale_partial(tmp_path / "out", fasta) is None  # nothing left to discard
+    assert "another input" in prepare_shard_outdir(out, fasta) and not partial.exists()
+    assert not (out / "attempts.jsonl").exists()  # a fresh start: earlier attempts were another run's
+    assert prepare_shard_outdir(out, fasta) is None  # nothing left to discard
 
 
 def fake_shards(root: Path, n=30, shards=3, dim=4) -> tuple[Path, list[Path], np.ndarray]:

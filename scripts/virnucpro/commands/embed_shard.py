@@ -29,10 +29,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from virnucpro.cli import _apply_params_from, _config_dict, _embed_config, execute_embed
-    from virnucpro.pipeline.shards import attempt, discard_stale_partial, write_job_record
+    from virnucpro.pipeline.shards import attempt, prepare_shard_outdir, write_job_record
 
     cfg = _apply_params_from(_embed_config(args), args.params_from)
-    if note := discard_stale_partial(cfg.outdir, cfg.fasta):
+    if note := prepare_shard_outdir(cfg.outdir, cfg.fasta):
         print(note, file=sys.stderr)
     with attempt(cfg.outdir, cfg.world_size or 1) as state:
         state["exit_code"] = code = execute_embed(cfg)

@@ -170,22 +170,30 @@ def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path) -> d
     return manifest
 
 
-def discard_stale_partial(outdir: Path, fasta: Path) -> str | None:
-    """Remove a shard's checkpoints of another input (left before the split was redone over a changed input):
-    they can never be resumed and `embed` would refuse to start. Those of the same input stay: the job resumes."""
+def prepare_shard_outdir(outdir: Path, fasta: Path) -> str | None:
+    """Before a shard job's attempt: remove checkpoints of another input (left before the split was redone over a
+    changed input: never resumable, and `embed` would refuse to start); keep those of the same input, so the job
+    resumes. With nothing to resume, earlier attempts are another run's: their log starts anew."""
+    note = None
     try:
         recorded = json.loads((outdir / PARTIAL_DIR / MANIFEST).read_text()).get("input_sha256")
     except (OSError, ValueError, AttributeError):
-        return None
+        recorded = None
+    if recorded is not None and recorded != _file_sha256(fasta):
+        with OutdirLock(outdir):  # refused, naming it, while another run writes there
+            shutil.rmtree(outdir / PARTIAL_DIR)
+        note = f"removed {outdir / PARTIAL_DIR}: checkpoints of another input than {fasta} (an earlier split)"
+    if not (outdir / PARTIAL_DIR).exists():
+        (outdir / ATTEMPTS).unlink(missing_ok=True)
+    return note
+
+
+def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(fasta, "rb") as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    if recorded == digest.hexdigest():
-        return None
-    with OutdirLock(outdir):  # refused, naming it, while another run writes there
-        shutil.rmtree(outdir / PARTIAL_DIR)
-    return f"removed {outdir / PARTIAL_DIR}: checkpoints of another input than {fasta} (an earlier split)"
+    return digest.hexdigest()
 
 
 # --- a shard job's attempts: every try (a cancelled or preempted one too) counts in the GPU-hours -------------
