@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import pytest
 
 from test_workflow import ROOT, copy_project
@@ -45,6 +46,16 @@ def cluster(tmp_path_factory):
     assert down.returncode == 0, down.stderr
 
 
+def log_sbatch_calls(root) -> None:
+    """Every sbatch call is logged (then run) through root/bin/sbatch: the tests read what the plugin asked for."""
+    wrappers = root / "bin"
+    wrappers.mkdir()
+    (wrappers / "sbatch").write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {root / "sbatch.calls"}\nexec {shutil.which("sbatch")} "$@"\n'
+    )
+    (wrappers / "sbatch").chmod(0o755)
+
+
 def squeue() -> list[tuple[str, str, str]]:
     out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], capture_output=True, text=True).stdout
     return [tuple(line.split("|")) for line in out.splitlines() if line.count("|") == 2]
@@ -55,13 +66,7 @@ def slurm_run(cluster, tmp_path_factory):
     """The whole workflow through Slurm; the 2-rank production job is cancelled once while it runs."""
     root = copy_project(tmp_path_factory.mktemp("wf_slurm"))
     shutil.copy(ROOT / "tests" / "data" / "slurm_ci.yaml", root / "slurm_ci.yaml")
-    # every sbatch call is logged (then run): the tests read what the plugin asked Slurm for
-    wrappers = root / "bin"
-    wrappers.mkdir()
-    (wrappers / "sbatch").write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {root / "sbatch.calls"}\nexec {shutil.which("sbatch")} "$@"\n'
-    )
-    (wrappers / "sbatch").chmod(0o755)
+    log_sbatch_calls(root)
     cmd = [
         sys.executable,
         "-m",
@@ -78,17 +83,25 @@ def slurm_run(cluster, tmp_path_factory):
         "--jobs",
         "4",
     ]
+    returncode, output, cancelled = run_cancelling_once(
+        cmd, root, "rule_production_wildcards_2", root / "results/production/ws2/.partial"
+    )
+    assert returncode == 0, output[-5000:]
+    return root, output, cancelled
+
+
+def run_cancelling_once(cmd: list[str], root, comment: str, partial) -> tuple[int, str, str | None]:
+    """Run Snakemake (sbatch calls logged); `scancel` the job `comment` once, after its first checkpoint chunk."""
     log = (root / "snakemake.out").open("w")
-    env = {**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     cancelled = None
     deadline = time.monotonic() + 1500
     while proc.poll() is None and time.monotonic() < deadline:
         if cancelled is None:
-            for jobid, comment, state in squeue():
-                if comment == "rule_production_wildcards_2" and state == "RUNNING":
+            for jobid, job_comment, state in squeue():
+                if job_comment == comment and state == "RUNNING":
                     # let it checkpoint something, then take it away as a preemption would (SIGTERM, then KILL)
-                    partial = root / "results/production/ws2/.partial"
                     wait_until = time.monotonic() + 60
                     while not list(partial.glob("chunk_*.h5")) and time.monotonic() < wait_until:
                         time.sleep(0.1)
@@ -99,9 +112,7 @@ def slurm_run(cluster, tmp_path_factory):
     if proc.poll() is None:
         proc.kill()
     log.close()
-    output = (root / "snakemake.out").read_text()
-    assert proc.returncode == 0, output[-5000:]
-    return root, output, cancelled
+    return proc.returncode, (root / "snakemake.out").read_text(), cancelled
 
 
 def test_workflow_runs_through_slurm(slurm_run, capsys):
@@ -181,6 +192,52 @@ def test_a_cancelled_job_is_retried_and_resumes(slurm_run):
     assert "production_ws2" in {r["label"] for r in summary["flagged_runs"] if r["resumed"]}
     perf03 = [v for v in summary["verdicts"] if v["id"] == "PERF-03" and v["scope"] == "production_ws2"]
     assert perf03 and perf03[0]["status"] == "N/A" and "resumed" in perf03[0]["reason"]
+
+
+@pytest.fixture(scope="module")
+def slurm_embed_run(cluster, tmp_path_factory):
+    """`snakemake --profile profiles/slurm embed` with 4 shards; shard 1 is cancelled once after its first chunk."""
+    from test_embed_target import write_input
+
+    root = copy_project(tmp_path_factory.mktemp("wf_slurm_embed"))
+    shutil.copy(ROOT / "tests" / "data" / "slurm_ci.yaml", root / "slurm_ci.yaml")
+    log_sbatch_calls(root)
+    ids = write_input(root / "input.fa", 240)
+    (root / "embed.yaml").write_text(
+        f"input:\n  fasta: {json.dumps(str(root / 'input.fa'))}\nengine:\n  checkpoint_every: 5\nembed:\n  shards: 4\n"
+    )
+    cmd = [sys.executable, "-m", "snakemake", "embed", "--profile", "profiles/slurm", "--configfile", "ci.yaml"]
+    cmd += ["slurm_ci.yaml", "embed.yaml", "--slurm-status-command", "squeue"]
+    cmd += ["--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"]
+    returncode, output, cancelled = run_cancelling_once(
+        cmd, root, "rule_embed_shard_wildcards_1", root / "results/embed/shards/1/.partial"
+    )
+    assert returncode == 0, output[-5000:]
+    return root, output, cancelled, ids
+
+
+def test_embed_target_through_slurm_survives_a_cancelled_shard_and_equals_one_job(slurm_embed_run, tmp_path):
+    from test_embed_target import assert_same_embeddings, single_embed
+
+    root, output, cancelled, ids = slurm_embed_run
+    assert cancelled is not None, "shard 1's job was never seen running"
+    assert "Trying to restart job" in output
+    calls = sbatch_calls(root)  # only the shard jobs queue: split, gather and report are local
+    assert set(calls) == {f"rule_embed_shard_wildcards_{k}" for k in range(4)}, set(calls)
+    assert all("--gpus=1" in c and "--nodes=1" in c and "--requeue" in c for c in calls.values())
+    # shard 1: the cancelled attempt stopped after checkpointing, the retry (another Slurm job) resumed from it
+    job = json.loads((root / "results/embed/shards/1/job.json").read_text())
+    assert len(job["attempts"]) >= 2 and job["attempts"][0]["slurm_job_id"] == cancelled
+    assert job["slurm_job_id"] != cancelled and job["resumed_sequences"] > 0
+    single = single_embed(
+        root / "input.fa", tmp_path / "single", "--model", "esm2_t6_8M_UR50D", "--random-weights", "--seed", "0"
+    )
+    assert_same_embeddings(root / "results/embed/embeddings.h5", single, ids)
+    summary = json.loads((root / "results/embed/summary.json").read_text())
+    assert summary["shards"][1]["attempts"] >= 2 and cancelled in summary["slurm_job_ids"]
+    with h5py.File(root / "results/embed/embeddings.h5") as f:
+        shards = json.loads(f.attrs["shards"])
+    assert all(s["slurm_job_id"] for s in shards) and shards[1]["attempts"] >= 2
 
 
 def test_without_root_the_reason_is_given(monkeypatch):

@@ -24,6 +24,9 @@ from virnucpro.errors import EXIT_INTERRUPTED, EXIT_OOM, EXIT_PREEMPTED, EXIT_US
 
 #: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
 FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "report", "merge-telemetry", "scaling"}
+FILE_COMMANDS |= {"shard", "gather", "embed-report"}
+#: Commands whose Ctrl-C keeps checkpointed rows for a rerun.
+RESUMABLE = ("embed", "run-point", "embed-shard")
 
 
 def build_parser() -> OneLineParser:
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virnucpro: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        resumable = "; checkpointed rows are kept, rerun to resume" if command in ("embed", "run-point") else ""
+        resumable = "; checkpointed rows are kept, rerun to resume" if command in RESUMABLE else ""
         print(f"virnucpro: interrupted{resumable}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (MemoryError, ImportError, OSError) as exc:

@@ -147,15 +147,16 @@ def measure_args(overrides=None):
     )
 
 
-def gpu_resources(kind):
-    """The Slurm requests of an embedding job of `kind` (gpu_job or production): one node, `n` GPUs (the
-    wildcard, else 1), the configured partition and GPU model, runtime and memory scaled by the attempt.
+def gpu_resources(kind, count=None):
+    """The Slurm requests of an embedding job of `kind` (gpu_job, production or embed): one node, `count` GPUs
+    (else the `n` wildcard, else 1), the configured partition and GPU model, runtime and memory scaled by the
+    attempt.
     """
     r = config["resources"]
     minutes = r.get(kind, {}).get("runtime_minutes", r["gpu_job"]["runtime_minutes"])
 
     def gpus(wildcards):
-        return int(getattr(wildcards, "n", 1))
+        return count or int(getattr(wildcards, "n", 1))
 
     res = {
         "gpu": gpus,

@@ -30,6 +30,10 @@ MODULES = (
     "report",
     "merge_telemetry",
     "scaling",
+    "shard",
+    "embed_shard",
+    "gather",
+    "embed_report",
 )
 
 

@@ -1,0 +1,42 @@
+"""`virnucpro embed-shard`: one shard job of the embed target: `embed` + the best configuration + a job record."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from virnucpro.commands import embed, help_style
+
+EXAMPLE = (
+    "virnucpro embed-shard results/embed/input/0.fasta -o results/embed/shards/0 --random-weights "
+    "--params-from results/sweeps/best.json --record results/embed/shards/0/job.json"
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "embed-shard",
+        help="a workflow job: embed one shard (resuming its checkpoints), then write its job record",
+        description="`virnucpro embed` of one shard; every attempt (a cancelled one too) is logged in "
+        "OUTDIR/attempts.jsonl, and the job record (written last) lists them with the shard's status.",
+        **help_style(EXAMPLE),
+    )
+    embed.add_arguments(p)
+    p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
+    p.add_argument("--record", type=Path, required=True, help="the job record (JSON) to write once embedded")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from virnucpro.pipeline.jobs import apply_params_from, config_dict, execute_embed
+    from virnucpro.pipeline.shards import attempt, prepare_shard_outdir, write_job_record
+
+    cfg = apply_params_from(embed.embed_config(args), args.params_from)
+    if note := prepare_shard_outdir(cfg.outdir, cfg.fasta):
+        print(note, file=sys.stderr)
+    with attempt(cfg.outdir, cfg.world_size or 1) as state:
+        state["exit_code"] = code = execute_embed(cfg)
+    if code == 0:
+        settings = {k: v for k, v in config_dict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")}
+        write_job_record(args.record, cfg.outdir, cfg.fasta, settings)
+    return code

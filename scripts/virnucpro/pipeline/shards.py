@@ -1,0 +1,272 @@
+"""Splitting one FASTA into shards for the workflow's `embed` target, and the record each shard job leaves.
+
+The shards are contiguous ranges of the input, cut where the cumulative token count crosses k/K of the total,
+so they cost about the same GPU time and gathering them is concatenation in input order. The input is read
+twice, streaming (once to validate and count tokens, once to write): memory holds 12 bytes per record (its token
+count and a 64-bit hash of its id for the duplicate check), never the sequences. `manifest.json` records what
+the gather step verifies: the input's sha256, each shard's index range, sizes, file sha256 and a digest of its
+ids in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from array import array
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from virnucpro.data.fasta import _INVALID, _WHITESPACE, MAX_RESIDUES, _before_first_header, _describe, _record_id
+from virnucpro.data.fasta_stream import READ_ERRORS, iter_lines, open_fasta_bytes
+from virnucpro.errors import UserError
+from virnucpro.pipeline.output import MANIFEST, PARTIAL_DIR, OutdirLock, write_json_atomic
+from virnucpro.utils.phases import process_start_epoch
+
+MANIFEST_FORMAT = "virnucpro-embed-shards/1"
+ATTEMPTS = "attempts.jsonl"
+
+
+def id_hash(rid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little")
+
+
+def iter_records(path: Path, digest) -> Iterator[tuple[int, str, bytes]]:
+    """(line, id, residues) of each record, validated as `read_fasta` validates them; bytes read go to `digest`."""
+    current: tuple[int, str] | None = None
+    parts: list[bytes] = []
+
+    def finish() -> tuple[int, str, bytes]:
+        line, rid = current
+        seq = b"".join(parts).upper().rstrip(b"*")
+        if not seq:
+            raise UserError(f"{path}: record '{rid}' (line {line}) has no sequence")
+        if bad := _INVALID.search(seq):
+            raise UserError(
+                f"{path}: record '{rid}' (line {line}) has {_describe(seq[bad.start()])} at residue {bad.start() + 1}"
+            )
+        return line, rid, seq
+
+    try:
+        with open_fasta_bytes(path) as fh:
+            for lineno, line in enumerate(iter_lines(fh, digest, path), start=1):
+                if line.startswith(b">"):
+                    if current is not None:
+                        yield finish()
+                    current, parts = (lineno, _record_id(path, lineno, line[1:].strip())), []
+                elif current is None:
+                    if line.strip():
+                        raise _before_first_header(path, lineno, line)
+                else:
+                    parts.append(_WHITESPACE.sub(b"", line))
+            if current is not None:
+                yield finish()
+    except READ_ERRORS as exc:
+        raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
+
+
+def cut_points(tokens: np.ndarray, shards: int) -> list[int]:
+    """The first record index of each shard: the record boundary nearest to k/K of the cumulative token count,
+    moved only as far as it takes for every shard to hold at least one record."""
+    n = len(tokens)
+    before = np.concatenate(([0], np.cumsum(tokens, dtype=np.int64)[:-1]))
+    total = int(before[-1] + tokens[-1])
+    starts = [0]
+    for k in range(1, shards):
+        target = total * k / shards
+        i = int(np.searchsorted(before, target))  # before[i - 1] < target <= before[i]
+        if i == n or target - before[i - 1] < before[i] - target:
+            i -= 1
+        starts.append(min(max(i, starts[-1] + 1), n - (shards - k)))
+    return starts
+
+
+def _first_pass(path: Path) -> tuple[np.ndarray, str, str]:
+    """Token counts (BOS/EOS included, truncation applied) and the input's sha256; duplicate ids refused."""
+    digest, ids_digest = hashlib.sha256(), hashlib.sha256()
+    tokens, hashes = array("i"), array("Q")
+    for _, rid, seq in iter_records(path, digest):
+        tokens.append(min(len(seq), MAX_RESIDUES) + 2)
+        hashes.append(id_hash(rid))
+        ids_digest.update(rid.encode() + b"\n")
+    if not tokens:
+        raise UserError(f"{path}: empty FASTA file (no '>' records)")
+    _refuse_duplicates(path, np.frombuffer(hashes, dtype=np.uint64))
+    return np.frombuffer(tokens, dtype=np.int32), digest.hexdigest(), ids_digest.hexdigest()
+
+
+def _refuse_duplicates(path: Path, hashes: np.ndarray) -> None:
+    """A shard job sees only its shard, so ids repeated across shards are caught here (hash, then exact)."""
+    values, counts = np.unique(hashes, return_counts=True)
+    suspects = set(values[counts > 1].tolist())
+    if not suspects:
+        return
+    seen: dict[str, int] = {}
+    for line, rid, _ in iter_records(path, hashlib.sha256()):
+        if id_hash(rid) in suspects:
+            if rid in seen:
+                raise UserError(f"{path}: duplicate record id '{rid}' (lines {seen[rid]} and {line})")
+            seen[rid] = line
+
+
+def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path) -> dict:
+    """Write `outdir/{k}.fasta` for k < `shards` and the manifest; return the manifest."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: not a regular file (the split reads the input twice; save a pipe to a file)")
+    tokens, sha, ids_sha = _first_pass(path)
+    if shards > len(tokens):
+        raise UserError(f"{path}: {len(tokens)} sequences cannot make {shards} shards (embed.shards)")
+    starts = cut_points(tokens, shards) + [len(tokens)]
+    outdir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    records = iter_records(path, digest)
+    rows = []
+    for k in range(shards):
+        file = outdir / f"{k}.fasta"
+        file_digest, shard_ids = hashlib.sha256(), hashlib.sha256()
+        tmp = file.with_name(file.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            for _ in range(starts[k], starts[k + 1]):
+                _, rid, seq = next(records)
+                text = b">" + rid.encode() + b"\n" + seq + b"\n"
+                fh.write(text)
+                file_digest.update(text)
+                shard_ids.update(rid.encode() + b"\n")
+        tmp.replace(file)
+        rows.append(
+            {
+                "index": k,
+                "fasta": str(file),
+                "first": starts[k],
+                "last": starts[k + 1] - 1,
+                "sequences": starts[k + 1] - starts[k],
+                "tokens": int(tokens[starts[k] : starts[k + 1]].sum()),
+                "sha256": file_digest.hexdigest(),
+                "ids_sha256": shard_ids.hexdigest(),
+            }
+        )
+    for _ in records:  # drain: the digest covers the whole input
+        pass
+    if digest.hexdigest() != sha:
+        raise UserError(f"{path}: the file changed while it was being split; run the split again")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "input": str(path),
+        "input_sha256": sha,
+        "ids_sha256": ids_sha,
+        "num_sequences": len(tokens),
+        "total_tokens": int(tokens.sum(dtype=np.int64)),
+        "max_residues": MAX_RESIDUES,
+        "shards": rows,
+    }
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def prepare_shard_outdir(outdir: Path, fasta: Path) -> str | None:
+    """Before a shard job's attempt: remove checkpoints of another input (left before the split was redone over a
+    changed input: never resumable, and `embed` would refuse to start); keep those of the same input, so the job
+    resumes. With nothing to resume, earlier attempts are another run's: their log starts anew."""
+    note = None
+    try:
+        recorded = json.loads((outdir / PARTIAL_DIR / MANIFEST).read_text()).get("input_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is not None and recorded != _file_sha256(fasta):
+        with OutdirLock(outdir):  # refused, naming it, while another run writes there
+            shutil.rmtree(outdir / PARTIAL_DIR)
+        note = f"removed {outdir / PARTIAL_DIR}: checkpoints of another input than {fasta} (an earlier split)"
+    if not (outdir / PARTIAL_DIR).exists():
+        (outdir / ATTEMPTS).unlink(missing_ok=True)
+    return note
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- a shard job's attempts: every try (a cancelled or preempted one too) counts in the GPU-hours -------------
+
+
+def _append(path: Path, entry: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def attempt(outdir: Path, gpus: int):
+    """Record this attempt's start and end (exit code, wall seconds, Slurm job id) in `OUTDIR/attempts.jsonl`.
+
+    The file is no declared output of the workflow, so Snakemake keeps it across retries. A SIGKILLed attempt
+    leaves its start line only. Yields a dict whose `exit_code` the caller sets.
+    """
+    outdir.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "host": platform.node(),
+        "gpus": gpus,
+        "started": process_start_epoch(),  # the interpreter's start-up and imports are the job's time too
+    }
+    _append(outdir / ATTEMPTS, {"event": "start", **entry})
+    state = {"exit_code": 1}
+    try:
+        yield state
+    except BaseException as exc:
+        state["exit_code"] = getattr(exc, "exit_code", None) or getattr(exc, "code", None) or 1
+        raise
+    finally:
+        _append(
+            outdir / ATTEMPTS,
+            {"event": "end", **entry, "exit_code": state["exit_code"], "wall_seconds": time.time() - entry["started"]},
+        )
+
+
+def read_attempts(outdir: Path) -> list[dict]:
+    """One dict per attempt: start fields, plus `exit_code` and `wall_seconds` when it recorded its end."""
+    path = outdir / ATTEMPTS
+    if not path.is_file():
+        return []
+    attempts: list[dict] = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill
+        if entry.get("event") == "start":
+            attempts.append({k: v for k, v in entry.items() if k != "event"} | {"exit_code": None})
+        elif attempts and attempts[-1]["started"] == entry.get("started"):
+            attempts[-1].update(exit_code=entry.get("exit_code"), wall_seconds=entry.get("wall_seconds"))
+    return attempts
+
+
+def write_job_record(record: Path, outdir: Path, fasta: Path, settings: dict) -> dict:
+    """The shard job's declared output, written last: its status summary, attempts and settings."""
+    status = json.loads((outdir / "status.json").read_text())
+    summary = status.get("summary") or {}
+    payload = {
+        "shard_fasta": str(fasta),
+        "outdir": str(outdir),
+        "settings": settings,
+        "sequences": summary.get("total_sequences"),
+        "job_wall_seconds": summary.get("job_wall_seconds"),
+        "phases": summary.get("phases"),
+        "resumed_sequences": summary.get("resumed_sequences"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "attempts": read_attempts(outdir),
+    }
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, payload)
+    return payload
