@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from test_workflow import copy_project, job_counts, shell_commands, snakemake
 from virnucpro.data.fasta import write_fasta
 from virnucpro.data.synthetic import make_sequences
+from virnucpro.data.windows import window_starts
 from virnucpro.errors import UserError
 from virnucpro.pipeline.gather import gather
 from virnucpro.pipeline.shards import cut_points, prepare_shard_outdir, split_fasta
@@ -67,6 +68,21 @@ def test_split_writes_every_record_once_in_input_order(tmp_path_factory, n, shar
     rows = manifest["shards"]
     assert [r["first"] for r in rows] == [sum(r["sequences"] for r in rows[:k]) for k in range(shards)]
     assert sum(r["tokens"] for r in rows) == manifest["total_tokens"] == sum(min(len(s), 1022) + 2 for s in seqs)
+
+
+def test_chunked_long_proteins_balance_by_their_windows(tmp_path):
+    # one 10,000-residue protein (11 windows of 1,024 tokens with overlap 256) among 300 short reads: counted
+    # truncated it looks like 1,024 tokens and its shard would carry ~11x the work of the others
+    ids, seqs = make_sequences(300, 1, "short-reads")
+    ids, seqs = ["long", *ids], ["M" * 10_000, *seqs]
+    write_fasta(tmp_path / "in.fa", ids, seqs)
+    truncated = split_fasta(tmp_path / "in.fa", 2, tmp_path / "a", tmp_path / "a.json")
+    chunked = split_fasta(tmp_path / "in.fa", 2, tmp_path / "b", tmp_path / "b.json", window_overlap=256)
+    windows = len(window_starts(10_000, 256))
+    assert chunked["total_tokens"] - truncated["total_tokens"] == 1024 * (windows - 1)
+    assert chunked["window_overlap"] == 256 and truncated["window_overlap"] is None
+    assert chunked["shards"][0]["sequences"] < truncated["shards"][0]["sequences"]  # the long one's shard is smaller
+    assert sum(r["sequences"] for r in chunked["shards"]) == 301
 
 
 def test_split_refuses_an_id_repeated_across_shards_and_too_many_shards(tmp_path):

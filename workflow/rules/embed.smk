@@ -32,9 +32,15 @@ rule embed_split:
     params:
         shards=EMBED["shards"],
         outdir=lambda wc, output: os.path.dirname(output.shards[0]),
+        # balance by the windows' tokens when the shard jobs embed long sequences in windows
+        windows=(
+            f"--window-overlap {config['engine']['window_overlap']}"
+            if config["engine"]["long_sequences"] == "chunk"
+            else ""
+        ),
     shell:
         "virnucpro shard {input:q} --shards {params.shards} -o {params.outdir:q} "
-        "--manifest {output.manifest:q} > {log:q} 2>&1"
+        "--manifest {output.manifest:q} {params.windows} > {log:q} 2>&1"
 
 
 rule embed_shard:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from virnucpro.commands import help_style
 
-from virnucpro.argtypes import positive_int
+from virnucpro.argtypes import nonnegative_int, positive_int
 
 EXAMPLE = "virnucpro shard reads.faa --shards 4 -o results/embed/input --manifest results/embed/manifest.json"
 
@@ -23,13 +23,20 @@ def register(sub) -> None:
     p.add_argument("--shards", type=positive_int, required=True, help="number of shards")
     p.add_argument("-o", "--outdir", type=Path, required=True, help="directory of the shard FASTA files")
     p.add_argument("--manifest", type=Path, required=True, help="manifest JSON to write")
+    p.add_argument(
+        "--window-overlap",
+        type=nonnegative_int,
+        default=None,
+        help="the shard jobs run --long-sequences chunk with this overlap: balance by the windows' tokens "
+        "(default: long sequences count as truncated)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from virnucpro.pipeline.shards import split_fasta
 
-    manifest = split_fasta(args.fasta, args.shards, args.outdir, args.manifest)
+    manifest = split_fasta(args.fasta, args.shards, args.outdir, args.manifest, args.window_overlap)
     sizes = ", ".join(f"{s['sequences']:,} seq/{s['tokens']:,} tok" for s in manifest["shards"])
     print(f"{manifest['num_sequences']:,} sequences in {args.shards} shards: {sizes}")
     return 0

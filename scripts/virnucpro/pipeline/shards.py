@@ -25,6 +25,8 @@ import numpy as np
 
 from virnucpro.data.fasta import _INVALID, _WHITESPACE, MAX_RESIDUES, _before_first_header, _describe, _record_id
 from virnucpro.data.fasta_stream import READ_ERRORS, iter_lines, open_fasta_bytes
+from virnucpro.data.packing import token_length
+from virnucpro.data.windows import window_starts
 from virnucpro.errors import UserError
 from virnucpro.pipeline.output import MANIFEST, PARTIAL_DIR, OutdirLock, write_json_atomic
 from virnucpro.utils.phases import process_start_epoch
@@ -87,18 +89,27 @@ def cut_points(tokens: np.ndarray, shards: int) -> list[int]:
     return starts
 
 
-def _first_pass(path: Path) -> tuple[np.ndarray, str, str]:
-    """Token counts (BOS/EOS included, truncation applied) and the input's sha256; duplicate ids refused."""
+def embedded_length(residues: int, window_overlap: int | None) -> int:
+    """Tokens the engine embeds for a sequence: truncated to the model window, or with `window_overlap` (the
+    engine's --long-sequences chunk) every window's tokens, so that shards of long proteins balance by work."""
+    if window_overlap is None or residues <= MAX_RESIDUES:
+        return token_length(min(residues, MAX_RESIDUES))
+    return token_length(MAX_RESIDUES) * len(window_starts(residues, window_overlap))
+
+
+def _first_pass(path: Path, window_overlap: int | None) -> tuple[np.ndarray, str, str]:
+    """Token counts (BOS/EOS included, as the engine will embed them) and the input's sha256; duplicate ids
+    refused."""
     digest, ids_digest = hashlib.sha256(), hashlib.sha256()
-    tokens, hashes = array("i"), array("Q")
+    tokens, hashes = array("q"), array("Q")
     for _, rid, seq in iter_records(path, digest):
-        tokens.append(min(len(seq), MAX_RESIDUES) + 2)
+        tokens.append(embedded_length(len(seq), window_overlap))
         hashes.append(id_hash(rid))
         ids_digest.update(rid.encode() + b"\n")
     if not tokens:
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
     _refuse_duplicates(path, np.frombuffer(hashes, dtype=np.uint64))
-    return np.frombuffer(tokens, dtype=np.int32), digest.hexdigest(), ids_digest.hexdigest()
+    return np.frombuffer(tokens, dtype=np.int64), digest.hexdigest(), ids_digest.hexdigest()
 
 
 def _refuse_duplicates(path: Path, hashes: np.ndarray) -> None:
@@ -115,11 +126,12 @@ def _refuse_duplicates(path: Path, hashes: np.ndarray) -> None:
             seen[rid] = line
 
 
-def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path) -> dict:
-    """Write `outdir/{k}.fasta` for k < `shards` and the manifest; return the manifest."""
+def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path, window_overlap: int | None = None) -> dict:
+    """Write `outdir/{k}.fasta` for k < `shards` and the manifest; return the manifest. `window_overlap`: the
+    shard jobs embed long sequences in windows (--long-sequences chunk), which the token balance counts."""
     if not Path(path).is_file():
         raise UserError(f"{path}: not a regular file (the split reads the input twice; save a pipe to a file)")
-    tokens, sha, ids_sha = _first_pass(path)
+    tokens, sha, ids_sha = _first_pass(path, window_overlap)
     if shards > len(tokens):
         raise UserError(f"{path}: {len(tokens)} sequences cannot make {shards} shards (embed.shards)")
     starts = cut_points(tokens, shards) + [len(tokens)]
@@ -163,6 +175,7 @@ def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path) -> d
         "num_sequences": len(tokens),
         "total_tokens": int(tokens.sum(dtype=np.int64)),
         "max_residues": MAX_RESIDUES,
+        "window_overlap": window_overlap,  # None: long sequences counted truncated
         "shards": rows,
     }
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
