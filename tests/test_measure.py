@@ -327,3 +327,25 @@ def test_chunk_mode_measures_the_windows_the_engine_embeds(tmp_path, tiny_checkp
     assert r["status"] == "ok" and workload["sequences"] == 5 and workload["windows"] == 4 + 3
     # no window is longer than the 1022-residue model window: truncated or whole, this budget would not hold it
     assert measure(fasta, tiny_checkpoint, tmp_path / "t.json", "t", "baseline", "--token-budget", "1100") == 0
+
+
+def test_measurements_are_projected_where_the_report_runs():
+    """A measure job is not told the projection target (a GPU job must not rerun when it changes): the report
+    projects the measured rates for the configured target."""
+    from virnucpro.report.results import at_target, measured_result
+
+    window = {"sequences_per_sec": 100.0, "tokens_per_sec": 5000.0, "tokens": 5000, "sequences": 100}
+    window |= {"batches": 4, "seconds": 1.0, "p95_wait_ms": 0.1}
+    m = {
+        "windows": [window, {**window, "sequences_per_sec": 110.0}, {**window, "sequences_per_sec": 90.0}],
+        "workload": {"packing_efficiency": 0.9},
+        "warmup": {"stabilised": True},
+    }
+    r = measured_result("b", "baseline", {"token_budget": 2000}, m, 0, None, 6_000_000)
+    assert r["steady"]["projected_hours"] == pytest.approx(6_000_000 / 100 / 3600)
+    t = at_target(r, 100_000)
+    assert t["steady"]["projected_hours"] == pytest.approx(100_000 / 100 / 3600) == t["summary"]["projected_hours"]
+    assert t["steady"]["projection_target_sequences"] == 100_000 and r["steady"]["projected_hours"] > 16
+    failed = measured_result("f", "packing", {"token_budget": 2000}, None, 3, "OOM", 6_000_000)
+    run = {"kind": "run", "status": "ok", "steady": {"projected_hours": 1.0}}
+    assert at_target(failed, 100_000) is failed and at_target(run, 100_000) is run

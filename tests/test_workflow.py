@@ -150,6 +150,13 @@ def test_gpu_jobs_carry_no_machine_paths_or_analysis_settings():
     for cmd in runs:
         for analysis in ("--warmup", "--target-sequences", "--progress-interval", "--min-packing"):
             assert analysis not in cmd, cmd
+    # measure jobs (sweep points, optimal validation): their warm-up protocol is what they measure, the target
+    # of the projections is not (the report projects their rates)
+    measures = [c for c in commands if "virnucpro measure" in c]
+    assert len(measures) == 15 + 1
+    for cmd in measures:
+        for analysis in ("--target-sequences", "--progress-interval", "--min-packing"):
+            assert analysis not in cmd, cmd
 
 
 def test_the_conda_environment_pins_a_cuda_pytorch_build():

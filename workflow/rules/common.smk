@@ -137,10 +137,11 @@ def run_point_args(overrides=None, world_size=1):
 
 
 def measure_args(overrides=None):
-    """The `virnucpro measure` options of a throughput measurement (sweep points, optimal validation)."""
+    """The `virnucpro measure` options of a throughput measurement (sweep points, optimal validation): no
+    projection target (the report projects the rates), so that changing `targets` reruns no GPU job."""
     p = config["measure"]
     return (
-        f"{engine_args(overrides)} --target-sequences {config['targets']['target_sequences']} "
+        f"{engine_args(overrides)} "
         f"--seconds {p['seconds']} --repeats {p['repeats']} "
         f"--warmup-window {p['warmup_window_seconds']} --warmup-max {p['warmup_max_seconds']} "
         f"--stable-tolerance {p['stable_tolerance']}"

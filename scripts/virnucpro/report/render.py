@@ -15,7 +15,7 @@ from virnucpro.defaults import TARGET_TOKENS_PER_SEQUENCE, WARMUP_BATCHES, WARMU
 from virnucpro.report import plots
 from virnucpro.report.compare import compare
 from virnucpro.report.peers import peer_comparison
-from virnucpro.report.results import speedup
+from virnucpro.report.results import at_target, speedup
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
 from virnucpro.utils.jsonfile import write_json_atomic
@@ -195,6 +195,7 @@ def build_context(
 ) -> dict[str, Any]:
     """Everything the three renderings show; `best` and `scaling` are the workflow's best.json and scaling.json."""
     thresholds = {**DEFAULT_THRESHOLDS, **(config.get("targets") or {})}
+    results = [at_target(r, int(thresholds["target_sequences"])) for r in results]
     warm = config.get("warmup") or {}
     warmup_seconds = float(warm.get("seconds", WARMUP_SECONDS))
     warmup_batches = int(warm.get("batches", WARMUP_BATCHES))

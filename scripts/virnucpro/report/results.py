@@ -229,6 +229,22 @@ def measured_result(
     }
 
 
+def at_target(result: dict, target_sequences: int) -> dict:
+    """`result` with a measurement's projections made for `target_sequences`. A measure job (a GPU job) is not
+    told the target, so that changing it reruns no GPU job; its rates are projected here, where the report runs.
+    Embedding runs get theirs from `analyse-run`, a local job that is given the target."""
+    if result.get("kind") != "measurement" or result["status"] != "ok":
+        return result
+    steady = dict(result["steady"])
+    steady["projected_hours"] = target_sequences / steady["avg_sequences_per_sec"] / 3600
+    steady["projected_hours_tokens"] = (
+        target_sequences * TARGET_TOKENS_PER_SEQUENCE / steady["avg_tokens_per_sec"] / 3600
+    )
+    steady["projection_target_sequences"] = target_sequences
+    summary = {**result["summary"], "projected_hours": steady["projected_hours"]}
+    return {**result, "steady": steady, "summary": summary}
+
+
 def run_validity(ranks: list[dict], min_steady_batches: int) -> list[str]:
     """Why a finished run's steady-state figures are not a sound measurement (empty: valid)."""
     reasons = []
