@@ -145,6 +145,7 @@ def test_gather_writes_a_virtual_dataset_readable_from_elsewhere_and_after_a_mov
     out = tmp_path / "results" / "embed" / "embeddings.h5"
     attrs = gather(manifest, dirs, out)
     assert attrs["num_sequences"] == 30 and len(json.loads(json.dumps(attrs["shards"]))) == 3
+    assert attrs["truncated_count"] == attrs["chunked_count"] == 0
     expected_ids = [rid for d in dirs for rid in h5py.File(d / "embeddings.h5")["ids"].asstr()[()]]
     monkeypatch.chdir(tmp_path.parent)  # another working directory
     with h5py.File(out) as f:
@@ -193,6 +194,7 @@ def test_gather_refuses_missing_duplicated_or_reordered_ids(tmp_path, change, me
         ({}, np.zeros((1, 8), np.float32), "width 8"),
         ({}, np.zeros((1, 4), np.float16), "dtype float16"),
         ({"input_sha256": "0" * 64}, None, "embedded another input"),
+        ({"long_sequences": "chunk", "window_overlap": 128}, None, "long_sequences is 'chunk'"),
     ],
 )
 def test_gather_refuses_shards_that_disagree(tmp_path, attrs, rows, message):

@@ -24,7 +24,17 @@ from virnucpro.pipeline.shards import MANIFEST_FORMAT, iter_records
 from virnucpro.utils.jsonfile import read_json
 
 #: Attributes every shard must share: what was computed and how it is stored.
-SHARED_ATTRS = ("model", "weights", "weights_provenance", "precision", "gelu", "repr_layer", "output_dtype")
+SHARED_ATTRS = (
+    "model",
+    "weights",
+    "weights_provenance",
+    "precision",
+    "gelu",
+    "repr_layer",
+    "output_dtype",
+    "long_sequences",
+    "window_overlap",
+)
 
 
 def _attr(value):
@@ -163,6 +173,7 @@ def provenance(manifest: dict, shards: list[dict], entries: list[dict], jobs: li
         "input_sha256": manifest["input_sha256"],
         "num_sequences": manifest["num_sequences"],
         "truncated_count": sum(int(s["attrs"].get("truncated_count") or 0) for s in shards),
+        "chunked_count": sum(int(s["attrs"].get("chunked_count") or 0) for s in shards),
         "configuration": settings[0] if all(s == settings[0] for s in settings) else settings,
         "shards": [_shard_info(s, e, j, out_dir) for s, e, j in zip(shards, entries, jobs)],
         "versions": first.get("versions"),
