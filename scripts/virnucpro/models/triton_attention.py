@@ -7,7 +7,8 @@ segments (docs/benchmarks/attention_crossover.py). It reads q, k and v once from
 rotates q (and k) in registers (cos/sin from an fp32 table, positions restarting at each sequence, as
 fair-esm), and writes o once; one program per (query block, sequence, head), an online softmax over the key
 blocks of the same sequence. The CPU twin is `padded_attention` after `rotate_qk` (the tests compare that with
-fair-esm); this kernel is checked against it on the GPU by docs/benchmarks/speed_variants.py.
+fair-esm); this kernel is checked against it on the GPU by docs/benchmarks/speed_variants.py and on the CPU, in
+the Triton interpreter, by docs/benchmarks/triton_interpreter_check.py.
 """
 
 from __future__ import annotations
@@ -70,27 +71,34 @@ if triton is not None:
         return (x1 * cos - x2 * sin).to(at.dtype.element_ty), (x2 * cos + x1 * sin).to(at.dtype.element_ty)
 
     @triton.jit
-    def _key_halves(k_at, pos_n, k_ok, cos_table, sin_table, half, HALF: tl.constexpr, ROTATE_KEYS: tl.constexpr):
-        """One block of keys' rotated halves: rotated here (short segments), or loaded as they are when rotated
-        beforehand (long segments: rotating each key block again for every query block costs more there)."""
-        if ROTATE_KEYS:
-            k1r, k2r = _load_rotated(k_at, pos_n, k_ok, cos_table, sin_table, half, HALF)
-        else:
-            k1r = tl.load(k_at, mask=k_ok, other=0.0)
-            k2r = tl.load(k_at + HALF, mask=k_ok, other=0.0)
-        return k1r, k2r
-
-    @triton.jit
-    def _online_softmax_step(q1r, q2r, k1r, k2r, v_at, v_ok, in_n, scale_log2, m_i, l_i, acc):
+    def _online_softmax_step(
+        q1r,
+        q2r,
+        k1r,
+        k2r,
+        qkv,
+        row_n,
+        head,
+        dims,
+        dim_ok,
+        in_n,
+        scale_log2,
+        m_i,
+        l_i,
+        acc,
+        HEADS: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+    ):
         """One key block of the online softmax (base 2, scale folded into `scale_log2`): the running row max
-        `m_i`, denominator `l_i` and unnormalised output `acc`, rescaled when the max grows."""
+        `m_i`, denominator `l_i` and unnormalised output `acc`, rescaled when the max grows. The values are
+        addressed here, after the scores, in the order of the unsplit kernel (same compiled code)."""
         s = tl.dot(q1r, tl.trans(k1r)) + tl.dot(q2r, tl.trans(k2r))
         s = tl.where(in_n[None, :], s * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_at, mask=v_ok, other=0.0)
+        v = tl.load(qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None] & dim_ok, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         return m_new, l_i, acc
 
@@ -127,7 +135,7 @@ if triton is not None:
             half = tl.arange(0, HALF_P)
             half_ok = (half < HALF)[None, :]
             dims = tl.arange(0, DIM_P)
-            dims_ok = (dims < HEAD_DIM)[None, :]
+            dim_ok = (dims < HEAD_DIM)[None, :]
             pos_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
             in_m = (pos_m < seqlen)[:, None]
             q_at = qkv + (start + pos_m)[:, None] * qkv_row_stride + head * HEAD_DIM + half[None, :]
@@ -141,13 +149,16 @@ if triton is not None:
                 k_ok = in_n[:, None] & half_ok
                 row_n = (start + pos_n)[:, None] * qkv_row_stride
                 k_at = keys + (start + pos_n)[:, None] * key_row_stride + head * HEAD_DIM + half[None, :]
-                k1r, k2r = _key_halves(k_at, pos_n, k_ok, cos_table, sin_table, half, HALF, ROTATE_KEYS)
-                v_at = qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :]
+                if ROTATE_KEYS:
+                    k1r, k2r = _load_rotated(k_at, pos_n, k_ok, cos_table, sin_table, half, HALF)
+                else:  # already rotated (long segments: rotating each key block once per query block costs more)
+                    k1r = tl.load(k_at, mask=k_ok, other=0.0)
+                    k2r = tl.load(k_at + HALF, mask=k_ok, other=0.0)
                 m_i, l_i, acc = _online_softmax_step(
-                    q1r, q2r, k1r, k2r, v_at, in_n[:, None] & dims_ok, in_n, scale_log2, m_i, l_i, acc
+                    q1r, q2r, k1r, k2r, qkv, row_n, head, dims, dim_ok, in_n, scale_log2, m_i, l_i, acc, HEADS, HEAD_DIM
                 )
             o_at = out + (start + pos_m)[:, None] * out_row_stride + head * HEAD_DIM + dims[None, :]
-            tl.store(o_at, (acc / l_i[:, None]).to(out.dtype.element_ty), mask=in_m & dims_ok)
+            tl.store(o_at, (acc / l_i[:, None]).to(out.dtype.element_ty), mask=in_m & dim_ok)
 
 
 def rotary_tables(inv_freq: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
