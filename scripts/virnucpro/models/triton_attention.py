@@ -7,7 +7,8 @@ segments (docs/benchmarks/attention_crossover.py). It reads q, k and v once from
 rotates q (and k) in registers (cos/sin from an fp32 table, positions restarting at each sequence, as
 fair-esm), and writes o once; one program per (query block, sequence, head), an online softmax over the key
 blocks of the same sequence. The CPU twin is `padded_attention` after `rotate_qk` (the tests compare that with
-fair-esm); this kernel is checked against it on the GPU by docs/benchmarks/speed_variants.py.
+fair-esm); this kernel is checked against it on the GPU by docs/benchmarks/speed_variants.py and on the CPU, in
+the Triton interpreter, by docs/benchmarks/triton_interpreter_check.py.
 """
 
 from __future__ import annotations
@@ -59,6 +60,49 @@ def launch_grid(max_len: int, segments: int, heads: int, block_m: int) -> tuple[
 if triton is not None:
 
     @triton.jit
+    def _load_rotated(at, pos, mask, cos_table, sin_table, half, HALF: tl.constexpr):
+        """The two halves of the q (or k) rows at `at`, rotated in fp32 (cos/sin of each row's position from the
+        tables; 1 and 0 in the padded columns) and cast back to the input's dtype for `tl.dot`."""
+        x1 = tl.load(at, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(at + HALF, mask=mask, other=0.0).to(tl.float32)
+        at_cs = pos[:, None] * HALF + half[None, :]
+        cos = tl.load(cos_table + at_cs, mask=mask, other=1.0)
+        sin = tl.load(sin_table + at_cs, mask=mask, other=0.0)
+        return (x1 * cos - x2 * sin).to(at.dtype.element_ty), (x2 * cos + x1 * sin).to(at.dtype.element_ty)
+
+    @triton.jit
+    def _online_softmax_step(
+        q1r,
+        q2r,
+        k1r,
+        k2r,
+        qkv,
+        row_n,
+        head,
+        dims,
+        dim_ok,
+        in_n,
+        scale_log2,
+        m_i,
+        l_i,
+        acc,
+        HEADS: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+    ):
+        """One key block of the online softmax (base 2, scale folded into `scale_log2`): the running row max
+        `m_i`, denominator `l_i` and unnormalised output `acc`, rescaled when the max grows. The values are
+        addressed here, after the scores, in the order of the unsplit kernel (same compiled code)."""
+        s = tl.dot(q1r, tl.trans(k1r)) + tl.dot(q2r, tl.trans(k2r))
+        s = tl.where(in_n[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None] & dim_ok, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _rotary_varlen_attention(
         qkv,
         keys,
@@ -79,6 +123,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         ROTATE_KEYS: tl.constexpr,
     ):
+        """One program: BLOCK_M query rows of one segment and one head, over that segment's key blocks."""
         seq = tl.program_id(0) // m_blocks
         m_block = tl.program_id(0) % m_blocks
         head = tl.program_id(1)
@@ -90,18 +135,11 @@ if triton is not None:
             half = tl.arange(0, HALF_P)
             half_ok = (half < HALF)[None, :]
             dims = tl.arange(0, DIM_P)
-            dims_ok = (dims < HEAD_DIM)[None, :]
+            dim_ok = (dims < HEAD_DIM)[None, :]
             pos_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
             in_m = (pos_m < seqlen)[:, None]
             q_at = qkv + (start + pos_m)[:, None] * qkv_row_stride + head * HEAD_DIM + half[None, :]
-            q1 = tl.load(q_at, mask=in_m & half_ok, other=0.0).to(tl.float32)
-            q2 = tl.load(q_at + HALF, mask=in_m & half_ok, other=0.0).to(tl.float32)
-            at_m = pos_m[:, None] * HALF + half[None, :]
-            cos = tl.load(cos_table + at_m, mask=in_m & half_ok, other=1.0)
-            sin = tl.load(sin_table + at_m, mask=in_m & half_ok, other=0.0)
-            q1r = (q1 * cos - q2 * sin).to(qkv.dtype.element_ty)
-            q2r = (q2 * cos + q1 * sin).to(qkv.dtype.element_ty)
-
+            q1r, q2r = _load_rotated(q_at, pos_m, in_m & half_ok, cos_table, sin_table, half, HALF)
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, DIM_P], tl.float32)
@@ -112,29 +150,15 @@ if triton is not None:
                 row_n = (start + pos_n)[:, None] * qkv_row_stride
                 k_at = keys + (start + pos_n)[:, None] * key_row_stride + head * HEAD_DIM + half[None, :]
                 if ROTATE_KEYS:
-                    k1 = tl.load(k_at, mask=k_ok, other=0.0).to(tl.float32)
-                    k2 = tl.load(k_at + HALF, mask=k_ok, other=0.0).to(tl.float32)
-                    at_n = pos_n[:, None] * HALF + half[None, :]
-                    cos_n = tl.load(cos_table + at_n, mask=k_ok, other=1.0)
-                    sin_n = tl.load(sin_table + at_n, mask=k_ok, other=0.0)
-                    k1r = (k1 * cos_n - k2 * sin_n).to(qkv.dtype.element_ty)
-                    k2r = (k2 * cos_n + k1 * sin_n).to(qkv.dtype.element_ty)
+                    k1r, k2r = _load_rotated(k_at, pos_n, k_ok, cos_table, sin_table, half, HALF)
                 else:  # already rotated (long segments: rotating each key block once per query block costs more)
                     k1r = tl.load(k_at, mask=k_ok, other=0.0)
                     k2r = tl.load(k_at + HALF, mask=k_ok, other=0.0)
-                s = tl.dot(q1r, tl.trans(k1r)) + tl.dot(q2r, tl.trans(k2r))
-                s = tl.where(in_n[None, :], s * scale_log2, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.exp2(s - m_new[:, None])
-                alpha = tl.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(
-                    qkv + row_n + (2 * HEADS + head) * HEAD_DIM + dims[None, :], mask=in_n[:, None] & dims_ok, other=0.0
+                m_i, l_i, acc = _online_softmax_step(
+                    q1r, q2r, k1r, k2r, qkv, row_n, head, dims, dim_ok, in_n, scale_log2, m_i, l_i, acc, HEADS, HEAD_DIM
                 )
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
             o_at = out + (start + pos_m)[:, None] * out_row_stride + head * HEAD_DIM + dims[None, :]
-            tl.store(o_at, (acc / l_i[:, None]).to(out.dtype.element_ty), mask=in_m & dims_ok)
+            tl.store(o_at, (acc / l_i[:, None]).to(out.dtype.element_ty), mask=in_m & dim_ok)
 
 
 def rotary_tables(inv_freq: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
