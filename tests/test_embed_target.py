@@ -334,7 +334,7 @@ def test_use_best_makes_the_target_run_the_sweeps_and_each_shard_apply_best_json
     root = copy_project(tmp_path / "wf")
     fasta = tmp_path / "in.fa"
     write_input(fasta, 20)
-    embed_config(root, fasta, None, use_best=True, shards=4, gpus_per_job=2)
+    embed_config(root, fasta, None, use_best=True, shards=4, gpus_per_job=2, allow_random_weights=True)
     res = snakemake("embed", "-n", "--configfile", "ci.yaml", "embed.yaml", cwd=root)
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
@@ -346,3 +346,26 @@ def test_use_best_makes_the_target_run_the_sweeps_and_each_shard_apply_best_json
     assert slurm.returncode == 0, slurm.stderr
     jobs = [ln for ln in slurm.stdout.splitlines() if "resources:" in ln and "gpu=2" in ln and "runtime=240" in ln]
     assert len(jobs) == 4 and all("nodes=1" in ln for ln in jobs)
+
+
+def test_the_target_refuses_random_weights_on_the_cluster_and_another_input_over_a_result(tmp_path):
+    root = copy_project(tmp_path / "wf")
+    fasta = tmp_path / "in.fa"
+    write_input(fasta, 20)
+    embed_config(root, fasta, None)
+    slurm = snakemake("--profile", "profiles/slurm", "embed", "-n", "--configfile", "embed.yaml", cwd=root)
+    assert slurm.returncode != 0 and "would embed with random weights" in slurm.stdout + slurm.stderr
+    # results/embed holds another input's embedding (say, VIRNUCPRO_PRODUCTION_FASTA forgotten): refused
+    (root / "results" / "embed").mkdir(parents=True)
+    manifest = root / "results" / "embed" / "manifest.json"
+    manifest.write_text(json.dumps({"input": str(tmp_path / "other.fa")}))
+    res = snakemake("embed", "-n", "--configfile", "ci.yaml", "embed.yaml", cwd=root)
+    assert res.returncode != 0 and "holds the embedding of" in res.stdout + res.stderr
+    manifest.write_text(json.dumps({"input": str(fasta)}))  # the same input: planned as usual
+    res = snakemake("embed", "-n", "--configfile", "ci.yaml", "embed.yaml", cwd=root)
+    assert res.returncode == 0, res.stderr
+    # a shard that reruns first removes the gathered file and its report (a virtual dataset over the shards
+    # would otherwise mix old and new rows), and discards checkpoints of another configuration
+    for cmd in shell_commands(res.stdout, "embed_shard"):
+        assert "rm -f results/embed/embeddings.h5 results/embed/report.html" in cmd.split("&&")[0], cmd
+        assert "--overwrite" in cmd, cmd

@@ -204,7 +204,8 @@ def slurm_embed_run(cluster, tmp_path_factory):
     log_sbatch_calls(root)
     ids = write_input(root / "input.fa", 240)
     (root / "embed.yaml").write_text(
-        f"input:\n  fasta: {json.dumps(str(root / 'input.fa'))}\nengine:\n  checkpoint_every: 5\nembed:\n  shards: 4\n"
+        f"input:\n  fasta: {json.dumps(str(root / 'input.fa'))}\nengine:\n  checkpoint_every: 5\n"
+        "embed:\n  shards: 4\n  allow_random_weights: true\n"
     )
     cmd = [sys.executable, "-m", "snakemake", "embed", "--profile", "profiles/slurm", "--configfile", "ci.yaml"]
     cmd += ["slurm_ci.yaml", "embed.yaml", "--slurm-status-command", "squeue"]

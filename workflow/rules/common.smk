@@ -138,7 +138,8 @@ def run_point_args(overrides=None, world_size=1):
 
 def measure_args(overrides=None):
     """The `virnucpro measure` options of a throughput measurement (sweep points, optimal validation): no
-    projection target (the report projects the rates), so that changing `targets` reruns no GPU job."""
+    projection target (the report projects the rates), so that changing `targets` reruns no GPU job.
+    """
     p = config["measure"]
     return (
         f"{engine_args(overrides)} "

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from virnucpro.commands import embed, help_style
+from virnucpro.commands.run_point import progress_from_env, progress_interval_from_workflow
 
 EXAMPLE = (
     "virnucpro embed-shard results/embed/input/0.fasta -o results/embed/shards/0 --random-weights "
@@ -22,6 +23,7 @@ def register(sub) -> None:
         **help_style(EXAMPLE),
     )
     embed.add_arguments(p)
+    progress_interval_from_workflow(p)
     p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
     p.add_argument("--record", type=Path, required=True, help="the job record (JSON) to write once embedded")
     p.set_defaults(handler=run)
@@ -31,6 +33,8 @@ def run(args) -> int:
     from virnucpro.pipeline.jobs import apply_params_from, config_dict, execute_embed
     from virnucpro.pipeline.shards import attempt, prepare_shard_outdir, write_job_record
 
+    if args.progress_interval is None:
+        args.progress_interval = progress_from_env()
     cfg = apply_params_from(embed.embed_config(args), args.params_from)
     if note := prepare_shard_outdir(cfg.outdir, cfg.fasta):
         print(note, file=sys.stderr)

@@ -25,10 +25,7 @@ def register(sub) -> None:
         **help_style(EXAMPLE),
     )
     embed.add_arguments(p)
-    p.set_defaults(progress_interval=None)
-    next(
-        a for a in p._actions if a.dest == "progress_interval"
-    ).help += " (default: $VIRNUCPRO_PROGRESS_INTERVAL, which the workflow sets, else 10)"
+    progress_interval_from_workflow(p)
     p.add_argument("--result", required=True, type=Path, help="raw record (JSON) to write")
     p.add_argument("--label", required=True)
     p.add_argument("--group", required=True, help="production, baseline, dataloader, packing, interaction, ...")
@@ -40,6 +37,14 @@ def register(sub) -> None:
     )
     p.add_argument("--discard-embeddings", action="store_true", help="delete embeddings.h5 once measured")
     p.set_defaults(handler=run)
+
+
+def progress_interval_from_workflow(p) -> None:
+    """A workflow job's --progress-interval defaults to the workflow's (engine.progress_interval, passed in the
+    environment so that changing it reruns no job)."""
+    p.set_defaults(progress_interval=None)
+    action = next(a for a in p._actions if a.dest == "progress_interval")
+    action.help += " (default: $VIRNUCPRO_PROGRESS_INTERVAL, which the workflow sets, else 10)"
 
 
 def progress_from_env() -> float:

@@ -75,6 +75,20 @@ def projection(best: dict | None, total_tokens: int, shards: list[dict], gpus: i
     }
 
 
+#: What the gathered file says it holds, shown at the top of the report.
+MODEL_ATTRS = ("model", "weights", "precision", "output_dtype", "long_sequences", "truncated_count", "chunked_count")
+
+
+def gathered_model(path: Path) -> dict[str, Any]:
+    """The gathered file's model attributes (`weights` is `random` for random-weight embeddings)."""
+    import h5py
+
+    from virnucpro.pipeline.gather import _attr
+
+    with h5py.File(path, "r") as f:
+        return {k: _attr(f.attrs[k]) for k in MODEL_ATTRS if k in f.attrs}
+
+
 def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path: Path | None, gpus: int) -> dict:
     """The report's context, which is also summary.json."""
     manifest = read_json(manifest_path, "shard manifest", keys=("shards", "total_tokens"))
@@ -91,6 +105,7 @@ def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path
         "git_commit": git_commit(Path(__file__).parent),
         "input": {k: manifest.get(k) for k in ("input", "input_sha256", "num_sequences", "total_tokens")},
         "gathered": str(gathered),
+        "model": gathered_model(gathered),
         "gpus_per_job": gpus,
         "shards": shards,
         "median_wall_seconds": median,
