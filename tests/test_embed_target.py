@@ -365,7 +365,7 @@ def test_the_target_refuses_random_weights_on_the_cluster_and_another_input_over
     res = snakemake("embed", "-n", "--configfile", "ci.yaml", "embed.yaml", cwd=root)
     assert res.returncode == 0, res.stderr
     # a shard that reruns first removes the gathered file and its report (a virtual dataset over the shards
-    # would otherwise mix old and new rows), and discards checkpoints of another configuration
+    # would otherwise mix old and new rows); it resumes its own checkpoints (no --overwrite: that starts anew)
     for cmd in shell_commands(res.stdout, "embed_shard"):
         assert "rm -f results/embed/embeddings.h5 results/embed/report.html" in cmd.split("&&")[0], cmd
-        assert "--overwrite" in cmd, cmd
+        assert "--overwrite" not in cmd, cmd

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: the input FASTA, the sweep points, the `virnucpro` command line of a job, the one
 # definition of a GPU job's Slurm resources.
+import json
 import os
 import shlex
 import sys
@@ -203,3 +204,32 @@ def compare_to():
 
 
 COMPARE_TO = compare_to()
+
+
+def embed_input(wildcards):
+    """The input FASTA of the split, once the target's two ways of losing a run are ruled out: random weights
+    (meaningless embeddings) unless allowed, and a results/embed that holds another input's embedding (a
+    forgotten VIRNUCPRO_PRODUCTION_FASTA would re-embed the synthetic workload over hours of GPU work).
+    """
+    m = config["model"]
+    if (
+        m["random_weights"]
+        and not m["checkpoint"]
+        and not config["embed"]["allow_random_weights"]
+    ):
+        raise WorkflowError(
+            "the embed target would embed with random weights (model.random_weights: true, no "
+            "model.checkpoint): the embeddings would be meaningless. Set model.checkpoint, or "
+            "embed.allow_random_weights: true to try the path"
+        )
+    manifest = "results/embed/manifest.json"
+    if os.path.isfile(manifest):
+        with open(manifest) as fh:
+            previous = json.load(fh).get("input")
+        if previous and os.path.abspath(previous) != os.path.abspath(INPUT_FASTA):
+            raise WorkflowError(
+                f"results/embed holds the embedding of {previous}, not of {INPUT_FASTA} (is input.fasta or "
+                "VIRNUCPRO_PRODUCTION_FASTA set as for that run?); move or delete results/embed to embed "
+                "another input"
+            )
+    return INPUT_FASTA

@@ -3,7 +3,6 @@
 # requeued job resumes from its checkpoints, which live in the shard's directory, not in a declared output, so
 # Snakemake never deletes them); then, locally, the gather (ids + a virtual dataset over the shards' rows,
 # verified against the split's manifest) and a production report.
-import json
 import os
 import shlex
 
@@ -11,35 +10,6 @@ EMBED = config["embed"]
 EMBED_SHARDS = [f"results/embed/shards/{k}" for k in range(EMBED["shards"])]
 # with use_best, every shard job runs the best configuration, so the target runs the sweeps first
 EMBED_BEST = "results/sweeps/best.json" if EMBED["use_best"] else []
-
-
-def embed_input(wildcards):
-    """The input FASTA of the split, once the target's two ways of losing a run are ruled out: random weights
-    (meaningless embeddings) unless allowed, and a results/embed that holds another input's embedding (a
-    forgotten VIRNUCPRO_PRODUCTION_FASTA would re-embed the synthetic workload over hours of GPU work).
-    """
-    m = config["model"]
-    if (
-        m["random_weights"]
-        and not m["checkpoint"]
-        and not EMBED["allow_random_weights"]
-    ):
-        raise WorkflowError(
-            "the embed target would embed with random weights (model.random_weights: true, no "
-            "model.checkpoint): the embeddings would be meaningless. Set model.checkpoint, or "
-            "embed.allow_random_weights: true to try the path"
-        )
-    manifest = "results/embed/manifest.json"
-    if os.path.isfile(manifest):
-        with open(manifest) as fh:
-            previous = json.load(fh).get("input")
-        if previous and os.path.abspath(previous) != os.path.abspath(INPUT_FASTA):
-            raise WorkflowError(
-                f"results/embed holds the embedding of {previous}, not of {INPUT_FASTA} (is input.fasta or "
-                "VIRNUCPRO_PRODUCTION_FASTA set as for that run?); move or delete results/embed to embed "
-                "another input"
-            )
-    return INPUT_FASTA
 
 
 localrules:
@@ -105,10 +75,8 @@ rule embed_shard:
             "results/embed/summary.json",
         ],
     shell:
-        # --overwrite: checkpoints of another configuration in the shard's directory are discarded (Snakemake
-        # reruns a shard only when its settings or input changed, or it did not finish; the same settings resume)
         "rm -f {params.stale:q} && "
-        "virnucpro embed-shard {input.fasta:q} -o {params.outdir:q} {params.args} {params.best} --overwrite "
+        "virnucpro embed-shard {input.fasta:q} -o {params.outdir:q} {params.args} {params.best} "
         "--record {output.record:q} > {log:q} 2>&1"
 
 
