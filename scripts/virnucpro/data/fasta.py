@@ -12,6 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from virnucpro.data.fasta_stream import READ_ERRORS, iter_lines, open_fasta_bytes
 from virnucpro.errors import UserError
@@ -91,54 +92,55 @@ def _record_id(path: Path, lineno: int, header: bytes) -> str:
 LONG_SEQUENCE_MODES = ("truncate", "error", "chunk")
 
 
-@dataclass
-class _Reader:
-    """The state of one pass over a FASTA file: records so far and the one being read."""
+def iter_records(path: Path, digest) -> Iterator[tuple[int, str, bytes]]:
+    """(header line, id, residues) of each record, validated; the bytes read go to `digest`. Streaming: the one
+    record parser of `read_fasta` and of the embed target's split (which must not hold 6M records)."""
+    current: tuple[int, str] | None = None
+    parts: list[bytes] = []
 
-    path: Path
-    long_sequences: str
-    max_residues: int
-    records: Records
-    first_line: dict[str, int]
-    current_id: str | None = None
-    current_line: int = 0
-    parts: list[bytes] | None = None
-
-    def header(self, lineno: int, line: bytes) -> None:
-        """Close the record being read and open the one this '>' line starts; duplicate ids are refused."""
-        self.finish()
-        rid = _record_id(self.path, lineno, line[1:].strip())
-        if rid in self.first_line:
-            raise UserError(f"{self.path}: duplicate record id '{rid}' (lines {self.first_line[rid]} and {lineno})")
-        self.first_line[rid] = lineno
-        self.current_id, self.current_line, self.parts = rid, lineno, []
-
-    def finish(self) -> None:
-        """Validate the record being read and append it (truncated, counted as chunked, or refused if long)."""
-        if self.current_id is None:
-            return
-        where = f"{self.path}: record '{self.current_id}' (line {self.current_line})"
-        seq = b"".join(self.parts).upper().rstrip(b"*")
+    def finish() -> tuple[int, str, bytes]:
+        line, rid = current
+        seq = b"".join(parts).upper().rstrip(b"*")
         if not seq:
-            raise UserError(f"{where} has no sequence")
-        bad = _INVALID.search(seq)
-        if bad:
-            raise UserError(f"{where} has {_describe(seq[bad.start()])} at residue {bad.start() + 1}")
-        limit = self.max_residues
-        if len(seq) > limit:
-            if self.long_sequences == "error":
-                raise UserError(
-                    f"{where} has {len(seq)} residues, over ESM-2's {limit}-residue window (use --long-sequences "
-                    f"truncate to keep its first {limit}, or chunk to embed it in windows)"
-                )
-            if self.long_sequences == "chunk":
-                self.records.chunked += 1
-            else:
-                seq = seq[:limit]
-                self.records.truncated += 1
-        self.records.ids.append(self.current_id)
-        self.records.seqs.append(seq)
-        self.current_id = None
+            raise UserError(f"{path}: record '{rid}' (line {line}) has no sequence")
+        if bad := _INVALID.search(seq):
+            raise UserError(
+                f"{path}: record '{rid}' (line {line}) has {_describe(seq[bad.start()])} at residue {bad.start() + 1}"
+            )
+        return line, rid, seq
+
+    try:
+        with open_fasta_bytes(path) as fh:
+            for lineno, line in enumerate(iter_lines(fh, digest, path), start=1):
+                if line.startswith(b">"):
+                    if current is not None:
+                        yield finish()
+                    current, parts = (lineno, _record_id(path, lineno, line[1:].strip())), []
+                elif current is None:
+                    if line.strip():
+                        raise _before_first_header(path, lineno, line)
+                else:
+                    parts.append(_WHITESPACE.sub(b"", line))
+            if current is not None:
+                yield finish()
+    except READ_ERRORS as exc:  # truncated or corrupt compressed data, unreadable files
+        raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
+
+
+def _fit_window(path: Path, rid: str, line: int, seq: bytes, records: Records, mode: str, limit: int) -> bytes:
+    """A sequence over `limit` residues truncated (counted), kept whole for windows (counted) or refused."""
+    if len(seq) <= limit:
+        return seq
+    if mode == "error":
+        raise UserError(
+            f"{path}: record '{rid}' (line {line}) has {len(seq)} residues, over ESM-2's {limit}-residue window "
+            f"(use --long-sequences truncate to keep its first {limit}, or chunk to embed it in windows)"
+        )
+    if mode == "chunk":
+        records.chunked += 1
+        return seq
+    records.truncated += 1
+    return seq[:limit]
 
 
 def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues: int = MAX_RESIDUES) -> Records:
@@ -154,21 +156,13 @@ def read_fasta(path: str | Path, long_sequences: str = "truncate", max_residues:
     if long_sequences not in LONG_SEQUENCE_MODES:
         raise UserError(f"--long-sequences must be one of {', '.join(LONG_SEQUENCE_MODES)}, not {long_sequences!r}")
     digest = hashlib.sha256()
-    reader = _Reader(path, long_sequences, max_residues, Records([], [], ""), {})
-    try:
-        with open_fasta_bytes(path) as fh:
-            for lineno, line in enumerate(iter_lines(fh, digest, path), start=1):
-                if line.startswith(b">"):
-                    reader.header(lineno, line)
-                elif reader.parts is None:
-                    if line.strip():
-                        raise _before_first_header(path, lineno, line)
-                else:
-                    reader.parts.append(_WHITESPACE.sub(b"", line))
-            reader.finish()
-    except READ_ERRORS as exc:  # truncated or corrupt compressed data, unreadable files
-        raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
-    records = reader.records
+    records, first_line = Records([], [], ""), {}
+    for lineno, rid, seq in iter_records(path, digest):
+        if rid in first_line:
+            raise UserError(f"{path}: duplicate record id '{rid}' (lines {first_line[rid]} and {lineno})")
+        first_line[rid] = lineno
+        records.ids.append(rid)
+        records.seqs.append(_fit_window(path, rid, lineno, seq, records, long_sequences, max_residues))
     if not records.ids:
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
     _warn_if_nucleotides(path, records.seqs)

@@ -19,12 +19,10 @@ import time
 from array import array
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from virnucpro.data.fasta import _INVALID, _WHITESPACE, MAX_RESIDUES, _before_first_header, _describe, _record_id
-from virnucpro.data.fasta_stream import READ_ERRORS, iter_lines, open_fasta_bytes
+from virnucpro.data.fasta import MAX_RESIDUES, iter_records
 from virnucpro.data.packing import token_length
 from virnucpro.data.windows import window_starts
 from virnucpro.errors import UserError
@@ -37,40 +35,6 @@ ATTEMPTS = "attempts.jsonl"
 
 def id_hash(rid: str) -> int:
     return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little")
-
-
-def iter_records(path: Path, digest) -> Iterator[tuple[int, str, bytes]]:
-    """(line, id, residues) of each record, validated as `read_fasta` validates them; bytes read go to `digest`."""
-    current: tuple[int, str] | None = None
-    parts: list[bytes] = []
-
-    def finish() -> tuple[int, str, bytes]:
-        line, rid = current
-        seq = b"".join(parts).upper().rstrip(b"*")
-        if not seq:
-            raise UserError(f"{path}: record '{rid}' (line {line}) has no sequence")
-        if bad := _INVALID.search(seq):
-            raise UserError(
-                f"{path}: record '{rid}' (line {line}) has {_describe(seq[bad.start()])} at residue {bad.start() + 1}"
-            )
-        return line, rid, seq
-
-    try:
-        with open_fasta_bytes(path) as fh:
-            for lineno, line in enumerate(iter_lines(fh, digest, path), start=1):
-                if line.startswith(b">"):
-                    if current is not None:
-                        yield finish()
-                    current, parts = (lineno, _record_id(path, lineno, line[1:].strip())), []
-                elif current is None:
-                    if line.strip():
-                        raise _before_first_header(path, lineno, line)
-                else:
-                    parts.append(_WHITESPACE.sub(b"", line))
-            if current is not None:
-                yield finish()
-    except READ_ERRORS as exc:
-        raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
 
 
 def cut_points(tokens: np.ndarray, shards: int) -> list[int]:
