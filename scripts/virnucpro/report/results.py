@@ -35,6 +35,20 @@ def rank_steady(telemetry: dict, warmup_seconds: float, warmup_batches: int) -> 
     )
 
 
+def loop_projection(
+    target_sequences: int,
+    seq_per_sec: float,
+    tok_per_sec: float,
+    tokens_per_sequence: float = TARGET_TOKENS_PER_SEQUENCE,
+) -> dict[str, float]:
+    """Hours the loop alone needs for `target_sequences` at a steady rate: by sequences, and by tokens for
+    sequences of the production input's length."""
+    return {
+        "projected_hours": target_sequences / seq_per_sec / 3600,
+        "projected_hours_tokens": target_sequences * tokens_per_sequence / tok_per_sec / 3600,
+    }
+
+
 def job_steady(
     ranks: list[dict], target_sequences: int, tokens_per_sequence: float = TARGET_TOKENS_PER_SEQUENCE
 ) -> dict | None:
@@ -50,8 +64,7 @@ def job_steady(
     return {
         "avg_tokens_per_sec": tps,
         "avg_sequences_per_sec": sps,
-        "projected_hours": target_sequences / sps / 3600,
-        "projected_hours_tokens": target_sequences * tokens_per_sequence / tps / 3600,
+        **loop_projection(target_sequences, sps, tps, tokens_per_sequence),
         "p95_wait_time_ms": max(p95) if p95 else None,
         "min_gpu_util": min(gpu) if gpu else None,
         "min_packing_efficiency": min(pack) if pack else None,
@@ -159,8 +172,7 @@ def _measured_steady(m: dict, params: dict, target_sequences: int) -> tuple[dict
     steady = {
         "avg_tokens_per_sec": tok["median"],
         "avg_sequences_per_sec": seq["median"],
-        "projected_hours": target_sequences / seq["median"] / 3600,
-        "projected_hours_tokens": target_sequences * TARGET_TOKENS_PER_SEQUENCE / tok["median"] / 3600,
+        **loop_projection(target_sequences, seq["median"], tok["median"]),
         "p95_wait_time_ms": max(w["p95_wait_ms"] for w in windows),
         "avg_gpu_util": sum(utils) / len(utils) if utils else None,
         "min_gpu_util": min(utils, default=None),
@@ -236,10 +248,7 @@ def at_target(result: dict, target_sequences: int) -> dict:
     if result.get("kind") != "measurement" or result["status"] != "ok":
         return result
     steady = dict(result["steady"])
-    steady["projected_hours"] = target_sequences / steady["avg_sequences_per_sec"] / 3600
-    steady["projected_hours_tokens"] = (
-        target_sequences * TARGET_TOKENS_PER_SEQUENCE / steady["avg_tokens_per_sec"] / 3600
-    )
+    steady.update(loop_projection(target_sequences, steady["avg_sequences_per_sec"], steady["avg_tokens_per_sec"]))
     steady["projection_target_sequences"] = target_sequences
     summary = {**result["summary"], "projected_hours": steady["projected_hours"]}
     return {**result, "steady": steady, "summary": summary}
