@@ -657,7 +657,7 @@ def execute(prep: Prepared, stop: StopFlag, progress_stream=None) -> list[dict]:
         return []
     set_compile_cache(cfg.compile_cache)
     compiled = cfg.resolved_compile(prep.device)
-    work = embedded_tokens(np.asarray(prep.records.lengths(), dtype=np.int64), chunk_overlap(cfg)) - 2
+    work = embedded_tokens(np.asarray(prep.records.lengths(), dtype=np.int64), chunk_overlap(cfg)) - SPECIAL_TOKENS
     shards = shard_by_tokens(todo, work, world_size)  # a chunked sequence's windows stay on one rank
     meta, now = run_meta(prep), time.time()
     jobs = [

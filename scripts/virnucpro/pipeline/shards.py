@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.data.fasta import MAX_RESIDUES, iter_records
-from virnucpro.data.packing import token_length
-from virnucpro.data.windows import window_starts
+from virnucpro.data.windows import embedded_tokens
 from virnucpro.errors import UserError
 from virnucpro.pipeline.output import MANIFEST, PARTIAL_DIR, OutdirLock, write_json_atomic
 from virnucpro.utils.phases import process_start_epoch
@@ -53,27 +52,22 @@ def cut_points(tokens: np.ndarray, shards: int) -> list[int]:
     return starts
 
 
-def embedded_length(residues: int, window_overlap: int | None) -> int:
-    """Tokens the engine embeds for a sequence: truncated to the model window, or with `window_overlap` (the
-    engine's --long-sequences chunk) every window's tokens, so that shards of long proteins balance by work."""
-    if window_overlap is None or residues <= MAX_RESIDUES:
-        return token_length(min(residues, MAX_RESIDUES))
-    return token_length(MAX_RESIDUES) * len(window_starts(residues, window_overlap))
-
-
 def _first_pass(path: Path, window_overlap: int | None) -> tuple[np.ndarray, str, str]:
     """Token counts (BOS/EOS included, as the engine will embed them) and the input's sha256; duplicate ids
     refused."""
     digest, ids_digest = hashlib.sha256(), hashlib.sha256()
-    tokens, hashes = array("q"), array("Q")
+    lengths, hashes = array("q"), array("Q")
     for _, rid, seq in iter_records(path, digest):
-        tokens.append(embedded_length(len(seq), window_overlap))
+        lengths.append(len(seq))
         hashes.append(id_hash(rid))
         ids_digest.update(rid.encode() + b"\n")
-    if not tokens:
+    if not lengths:
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
     _refuse_duplicates(path, np.frombuffer(hashes, dtype=np.uint64))
-    return np.frombuffer(tokens, dtype=np.int64), digest.hexdigest(), ids_digest.hexdigest()
+    residues = np.frombuffer(lengths, dtype=np.int64)
+    if window_overlap is None:  # the shard jobs truncate long sequences to the model window
+        residues = np.minimum(residues, MAX_RESIDUES)
+    return embedded_tokens(residues, window_overlap), digest.hexdigest(), ids_digest.hexdigest()
 
 
 def _refuse_duplicates(path: Path, hashes: np.ndarray) -> None:
