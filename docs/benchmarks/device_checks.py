@@ -1,0 +1,154 @@
+"""Two short GPU checks that belong to no workflow run, written as one JSON file:
+
+1. fp8 GEMMs at ESM-2 3B's real shapes (issue 17's "measure before choosing"): bf16 `F.linear` against
+   `torch._scaled_mm` in E4M3 with row-wise scales (per-token activation scale, per-channel weight scale), at
+   16k/32k-token batches, with the 8192^3 ceilings of both measured in the same run, and what quantising the
+   activations (amax per row, scale, cast) costs next to the fp8 GEMM it feeds.
+2. `--long-sequences chunk` on CUDA: `virnucpro embed` of long random proteins (1,100-3,000 residues) on CUDA fp32
+   and bf16 against the same command on CPU fp32 (which the CPU test suite holds equal to fair-esm's forward over
+   the same windows), relative L2 per sequence.
+
+Usage (device, repository root, fair-esm on PYTHONPATH): python docs/benchmarks/device_checks.py OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+D, FFN = 2560, 10240
+SHAPES = {"qkv": (3 * D, D), "out_proj": (D, D), "fc1": (FFN, D), "fc2": (D, FFN)}  # (N, K) of each linear
+E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
+
+
+def bench(fn, iters: int = 30) -> float:
+    """Median seconds of one call, CUDA events, after 5 warm-up calls."""
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    return float(np.median(times))
+
+
+def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token or per-output-channel) E4M3 quantisation: returns the fp8 tensor and its fp32 scales."""
+    amax = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
+    scale = amax / E4M3_MAX
+    return (x.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def gemm_rows() -> dict:
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    n = 8192
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=g)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=g)
+    flop = 2 * n**3
+    out["ceiling_bf16_tflops"] = flop / bench(lambda: a @ b) / 1e12
+    a8, sa = quantise_rows(a)
+    b8, sb = quantise_rows(b)
+    out["ceiling_fp8_rowwise_tflops"] = (
+        flop / bench(lambda: torch._scaled_mm(a8, b8.t(), sa, sb.t(), out_dtype=torch.bfloat16)) / 1e12
+    )
+    one = torch.ones((), device=dev)
+    out["ceiling_fp8_tensorwise_tflops"] = (
+        flop / bench(lambda: torch._scaled_mm(a8, b8.t(), one, one, out_dtype=torch.bfloat16)) / 1e12
+    )
+    quant = torch.compile(quantise_rows)
+    rows = []
+    for tokens in (16384, 32768):
+        for name, (nout, k) in SHAPES.items():
+            x = torch.randn(tokens, k, device=dev, dtype=torch.bfloat16, generator=g)
+            w = torch.randn(nout, k, device=dev, dtype=torch.bfloat16, generator=g) * 0.02
+            bias = torch.zeros(nout, device=dev, dtype=torch.bfloat16)
+            w8, sw = quantise_rows(w)
+            x8, sx = quant(x)
+            fl = 2 * tokens * nout * k
+            t_bf16 = bench(lambda x=x, w=w, bias=bias: F.linear(x, w, bias))
+            t_fp8 = bench(
+                lambda x8=x8, w8=w8, sx=sx, sw=sw, bias=bias: torch._scaled_mm(
+                    x8, w8.t(), sx, sw.t(), bias=bias, out_dtype=torch.bfloat16
+                )
+            )
+            t_quant = bench(lambda x=x: quant(x))
+            ref = F.linear(x.float(), w.float())
+            got = torch._scaled_mm(x8, w8.t(), sx, sw.t(), out_dtype=torch.bfloat16).float()
+            rows.append(
+                {
+                    "tokens": tokens,
+                    "layer": name,
+                    "bf16_tflops": fl / t_bf16 / 1e12,
+                    "fp8_tflops": fl / t_fp8 / 1e12,
+                    "quantise_us": t_quant * 1e6,
+                    "fp8_plus_quantise_speedup": t_bf16 / (t_fp8 + t_quant),
+                    "fp8_rel_l2": float((got - ref).norm() / ref.norm()),
+                }
+            )
+    out["layers"] = rows
+    return out
+
+
+def long_fasta(path: Path, n: int = 32) -> None:
+    rng = np.random.default_rng(1)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(f">long{i}\n{''.join(rng.choice(letters, size=int(rng.integers(1100, 3000))))}\n")
+
+
+def embed(fasta: Path, out: Path, device: str, precision: str) -> np.ndarray:
+    options = f"--model esm2_t12_35M_UR50D --random-weights --device {device} --precision {precision} "
+    options += "--long-sequences chunk --window-overlap 256 --token-budget 8192 --num-workers 0"
+    cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(out), *options.split()]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    print(f"embed {device} {precision}: {time.perf_counter() - start:.1f} s", flush=True)
+    with h5py.File(out / "embeddings.h5") as h5:
+        ids = [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]]
+        order = np.argsort(ids)
+        return h5["embeddings"][:][order].astype(np.float64)
+
+
+def chunk_rows() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        fasta = Path(tmp) / "long.faa"
+        long_fasta(fasta)
+        ref = embed(fasta, Path(tmp) / "cpu", "cpu", "fp32")
+        out = {}
+        for precision in ("fp32", "bf16"):
+            got = embed(fasta, Path(tmp) / f"cuda_{precision}", "cuda", precision)
+            rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+            out[precision] = {
+                "sequences": len(rel),
+                "max_rel_l2": float(rel.max()),
+                "median_rel_l2": float(np.median(rel)),
+            }
+        return out
+
+
+def main() -> None:
+    result = {"gemm": gemm_rows()}
+    print(json.dumps(result["gemm"], indent=1), flush=True)
+    result["chunk_vs_cpu_fp32"] = chunk_rows()
+    print(json.dumps(result["chunk_vs_cpu_fp32"], indent=1), flush=True)
+    Path(sys.argv[1]).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
