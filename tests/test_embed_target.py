@@ -219,6 +219,14 @@ def test_gather_cli_refuses_a_missing_shard_in_one_line(tmp_path):
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "missing" in res.stderr
 
 
+def test_gather_refuses_a_damaged_job_record_by_name(tmp_path):
+    manifest, dirs, _ = fake_shards(tmp_path)
+    (dirs[1] / "job.json").write_text('{"settings": ')  # a job killed while writing it (or a disk that lost it)
+    with pytest.raises(UserError, match=r"job.json: not valid JSON .*shard job record"):
+        gather(manifest, dirs, tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()
+
+
 # --- the workflow ------------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,8 @@ SHARED_ATTRS = (
 )
 
 
-def _attr(value):
+def attr_value(value):
+    """An HDF5 attribute as a plain Python value (str, int, float), as JSON and the reports want it."""
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, np.generic):
@@ -59,7 +60,7 @@ def read_shard(directory: Path) -> dict:
                 "ids": ids,
                 "shape": tuple(ds.shape),
                 "dtype": str(ds.dtype),
-                "attrs": {k: _attr(v) for k, v in f.attrs.items()},
+                "attrs": {k: attr_value(v) for k, v in f.attrs.items()},
             }
     except (OSError, KeyError) as exc:
         raise UserError(f"{path}: not a finished embeddings file ({exc})") from None
@@ -161,7 +162,7 @@ def gather(manifest_path: Path, shard_dirs: list[Path], out: Path) -> dict:
 
 def _read_job(directory: Path) -> dict | None:
     path = directory / "job.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "shard job record") if path.is_file() else None
 
 
 def provenance(manifest: dict, shards: list[dict], entries: list[dict], jobs: list, out_dir: Path) -> dict:

@@ -83,10 +83,10 @@ def gathered_model(path: Path) -> dict[str, Any]:
     """The gathered file's model attributes (`weights` is `random` for random-weight embeddings)."""
     import h5py
 
-    from virnucpro.pipeline.gather import _attr
+    from virnucpro.pipeline.gather import attr_value
 
     with h5py.File(path, "r") as f:
-        return {k: _attr(f.attrs[k]) for k in MODEL_ATTRS if k in f.attrs}
+        return {k: attr_value(f.attrs[k]) for k in MODEL_ATTRS if k in f.attrs}
 
 
 def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path: Path | None, gpus: int) -> dict:
