@@ -2,14 +2,22 @@
 # Issue 13 on the device machine: the GPU workflow (docs/benchmarks/gpu_workflow.yaml) once, from scratch, its
 # outputs under $OUT. Run twice (two calls, same machine kind) to compare: the second passes
 #   --config compare_to=<first run's summary.json>
-# Usage: [EXTRA_CONFIG=FILE] bash docs/benchmarks/issue13_device.sh NAME [snakemake args...]   (wheels in .whl/, see GUIDE)
+# A second call on the same warm machine with RERUN_MEASURED=1 remeasures production, sweeps and validation only.
+# Usage: [EXTRA_CONFIG=FILE] [RERUN_MEASURED=1] bash docs/benchmarks/issue13_device.sh NAME [snakemake args...]   (wheels in .whl/, see GUIDE)
 set -uo pipefail
 name=$1; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv >"$OUT/gpu_$name.csv"
-rm -rf results .snakemake
+if [ "${RERUN_MEASURED:-0}" = 1 ] && [ -f results/summary.json ]; then
+    # Second run on the same (warm) machine: production, every sweep point and the validation measured again,
+    # the rest (peers, checkpoint, profiling) kept; the report compares itself with the first run.
+    cp results/summary.json /tmp/summary_previous.json
+    set -- --forcerun production sweep_point optimal_validation --config compare_to=/tmp/summary_previous.json "$@"
+else
+    rm -rf results .snakemake
+fi
 start=$(date +%s)
 # shellcheck disable=SC2086  # EXTRA_CONFIG: more config files (e.g. docs/benchmarks/gpu_peers.yaml)
 timeout "${SNAKEMAKE_TIMEOUT:-540}" python3 -m snakemake --resources gpu=1 --cores 16 --keep-going \
