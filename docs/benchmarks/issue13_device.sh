@@ -14,7 +14,8 @@ if [ "${RERUN_MEASURED:-0}" = 1 ] && [ -f results/summary.json ]; then
     # Second run on the same (warm) machine: production, every sweep point and the validation measured again,
     # the rest (peers, checkpoint, profiling) kept; the report compares itself with the first run.
     cp results/summary.json /tmp/summary_previous.json
-    set -- --forcerun production sweep_point optimal_validation --config compare_to=/tmp/summary_previous.json "$@"
+    # shellcheck disable=SC2086
+    set -- --forcerun ${RERUN_RULES:-production sweep_point optimal_validation} --config compare_to=/tmp/summary_previous.json "$@"
 else
     rm -rf results .snakemake
 fi
