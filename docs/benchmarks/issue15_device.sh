@@ -13,8 +13,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 W=/tmp/issue15
 mkdir -p $W
+export VIRNUCPRO_PRODUCTION_FASTA=$W/reads.faa
 SMK=(python3 -m snakemake --resources gpu=1 --cores 16 --configfile docs/benchmarks/gpu_workflow.yaml
-    docs/benchmarks/issue15_embed.yaml --config "input.fasta=$W/reads.faa")
+    docs/benchmarks/issue15_embed.yaml)
 case $stage in
 single)
     nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
