@@ -70,7 +70,12 @@ SETTINGS: tuple[Setting, ...] = (
         "random_weights", False, "random weights for throughput work only; recorded as 'weights: random'", kind=bool
     ),
     Setting("seed", 0, "seed of --random-weights (default %(default)s)", kind=int, parse=nonnegative_int),
-    Setting("precision", "auto", "auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "bf16")),
+    Setting(
+        "precision",
+        "auto",
+        "auto = bf16 on CUDA, fp32 on CPU; fp8 = E4M3 linear layers (Hopper GPUs; check accuracy: bench accuracy)",
+        choices=("auto", "fp32", "fp16", "bf16", "fp8"),
+    ),
     Setting("device", "auto", "auto, cpu, cuda or cuda:N", parse=device_name, workflow=OPTION),
     Setting(
         "token_budget", 16384, "tokens per packed batch", kind=int, parse=positive_int, workflow=OPTION, tunable=True
