@@ -111,8 +111,8 @@ def test_fp8_is_refused_in_one_line_where_there_are_no_fp8_tensor_cores(tmp_path
     fasta = tmp_path / "a.faa"
     fasta.write_text(">a\nMKV\n")
     res = subprocess.run(
-        [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(tmp_path / "out"), "--model",
-         "esm2_t6_8M_UR50D", "--random-weights", "--device", "cpu", "--precision", "fp8"],  # fmt: skip
+        [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(tmp_path / "out")]
+        + "--model esm2_t6_8M_UR50D --random-weights --device cpu --precision fp8".split(),
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(Path(__file__).parents[1] / "scripts"), "PATH": "/usr/bin:/bin"},
@@ -120,3 +120,24 @@ def test_fp8_is_refused_in_one_line_where_there_are_no_fp8_tensor_cores(tmp_path
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "compute capability 9.0" in res.stderr
     assert not (tmp_path / "out" / "embeddings.h5").exists()
+
+
+def test_bench_accuracy_reports_the_gate_for_each_precision_with_injected_outliers(tmp_path):
+    """The command a user with real weights runs (here on random ones, CPU, fp8 through the twin)."""
+    import json
+
+    out = tmp_path / "acc.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "virnucpro.cli", "bench", "accuracy", "-o", str(out)]
+        + "--model esm2_t6_8M_UR50D --device cpu --num-sequences 6 --precision fp32,bf16,fp8 --outliers 2:20".split(),
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(Path(__file__).parents[1] / "scripts"), "PATH": "/usr/bin:/bin"},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert "2 outlier channels x20" in result["weights"] and result["num_sequences"] == 14
+    assert result["fp32"]["gate_pass"] and result["fp32"]["max"] < 1e-4
+    assert result["bf16"]["cosine_min"] > 0.999
+    assert result["fp8"]["recipe"].startswith("e4m3") and 0 < result["fp8"]["median"] < 0.2
+    assert result["fp8"]["vs_reference_on_rounded_weights"]["median"] < result["fp8"]["median"]

@@ -522,8 +522,10 @@ def engines(
     spec = weights.spec
     workdir.mkdir(parents=True, exist_ok=True)
     ceiling = matmul_tflops(device, torch.bfloat16)
+    fp8_ceiling = matmul_tflops(device, torch.float8_e4m3fn) if "fp8" in precisions else None
     result = {
         "matmul_tflops_bf16": ceiling,
+        "matmul_tflops_fp8": fp8_ceiling,  # row-wise scaled E4M3 products, as --precision fp8 runs them
         "model": weights.provenance.get("model"),
         "device": _device_name(device),
         "weights": weights.provenance,
@@ -538,6 +540,8 @@ def engines(
         workloads[profile] = seqs
         mean_tokens = statistics.fmean(token_length(min(len(s), MAX_RESIDUES)) for s in seqs)
         result[f"ceiling_tokens_per_sec_{profile}"] = ceiling * 1e12 / spec.flops_per_token(mean_tokens)
+        if fp8_ceiling:
+            result[f"fp8_ceiling_tokens_per_sec_{profile}"] = fp8_ceiling * 1e12 / spec.flops_per_token(mean_tokens)
     rows, result["na"] = peer_runs(
         spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device, budgets
     )
@@ -556,8 +560,10 @@ def engines(
                 device,
             )
             result["runs"].append({**row, "workload": profile})
-    for r in result["runs"]:
+    for r in result["runs"]:  # % of the bf16 ceiling for every row, and of the fp8 one where it was measured
         r["pct_ceiling"] = 100 * r["tokens_per_sec"] / result[f"ceiling_tokens_per_sec_{r['workload']}"]
+        if fp8_ceiling:
+            r["pct_fp8_ceiling"] = 100 * r["tokens_per_sec"] / result[f"fp8_ceiling_tokens_per_sec_{r['workload']}"]
     return result
 
 
@@ -565,6 +571,8 @@ def print_table(result: dict) -> None:
     """Tokens/s, sequences/s, % of ceiling, peak memory, and each row's ratio to the fastest row of each peer kind
     on its workload (fair-esm and HF at their best, extract.py's recipe)."""
     print(f"matmul ceiling bf16: {result['matmul_tflops_bf16']:.0f} TFLOP/s")
+    if result.get("matmul_tflops_fp8"):
+        print(f"matmul ceiling fp8 (row-wise scaled E4M3): {result['matmul_tflops_fp8']:.0f} TFLOP/s")
     runs = result["runs"]
     kinds = ("fair-esm", "hf", "extract.py")
     print(
