@@ -29,7 +29,7 @@ from virnucpro.models.weights import Weights, resolve_weights
 from virnucpro.pipeline.launcher import launch_ranks
 from virnucpro.pipeline import output
 from virnucpro.pipeline.preemption import Preempted, StopFlag
-from virnucpro.settings import with_settings
+from virnucpro.settings import auto_precision, with_settings
 from virnucpro.pipeline.progress_reporter import InferenceProgressReporter, create_progress_callback
 from virnucpro.utils.hardware import capture_hardware_info, matmul_tflops, package_versions
 from virnucpro.utils.gpu_monitor import NvitopMonitor
@@ -62,7 +62,7 @@ class EmbedConfig:
 
     def resolved_precision(self, device: torch.device) -> str:
         if self.precision == "auto":
-            return "bf16" if device.type == "cuda" else "fp32"
+            return auto_precision(device.type)
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of auto, {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.precision == "fp8" and (why := check_fp8_device(device)):
