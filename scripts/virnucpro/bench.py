@@ -538,10 +538,7 @@ def engines(
         ids, seqs = make_sequences(n, 1, profile)
         write_fasta(workdir / f"{profile}.fa", ids, seqs)
         workloads[profile] = seqs
-        mean_tokens = statistics.fmean(token_length(min(len(s), MAX_RESIDUES)) for s in seqs)
-        result[f"ceiling_tokens_per_sec_{profile}"] = ceiling * 1e12 / spec.flops_per_token(mean_tokens)
-        if fp8_ceiling:
-            result[f"fp8_ceiling_tokens_per_sec_{profile}"] = fp8_ceiling * 1e12 / spec.flops_per_token(mean_tokens)
+        result.update(_ceiling_rates(spec, profile, seqs, ceiling, fp8_ceiling))
     rows, result["na"] = peer_runs(
         spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device, budgets
     )
@@ -565,6 +562,15 @@ def engines(
         if fp8_ceiling:
             r["pct_fp8_ceiling"] = 100 * r["tokens_per_sec"] / result[f"fp8_ceiling_tokens_per_sec_{r['workload']}"]
     return result
+
+
+def _ceiling_rates(spec, profile: str, seqs: list[str], bf16_tflops: float, fp8_tflops: float | None) -> dict:
+    """The tokens/s at which the model's FLOPs would run at each measured matmul ceiling on this workload."""
+    flops = spec.flops_per_token(statistics.fmean(token_length(min(len(s), MAX_RESIDUES)) for s in seqs))
+    rates = {f"ceiling_tokens_per_sec_{profile}": bf16_tflops * 1e12 / flops}
+    if fp8_tflops:
+        rates[f"fp8_ceiling_tokens_per_sec_{profile}"] = fp8_tflops * 1e12 / flops
+    return rates
 
 
 def print_table(result: dict) -> None:
