@@ -63,7 +63,7 @@ BAD_OPTIONS = {
     "device name": (["--device", "gpu"], "--device: must be auto, cpu, cuda or cuda:N"),
     "device index": (["--device", "cuda:x"], "--device: must be auto, cpu, cuda or cuda:N"),
     "unknown option": (["--tokens", "5"], "unrecognized arguments: --tokens 5"),
-    "precision": (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    "precision": (["--precision", "fp4"], "argument --precision: invalid choice: 'fp4'"),
     "empty checkpoint": (["--checkpoint", ""], "argument --checkpoint: must not be empty"),  # "$CKPT" unset
     "empty model": (["--model", " "], "argument --model: must not be empty"),
 }

@@ -349,3 +349,95 @@ def test_measurements_are_projected_where_the_report_runs():
     failed = measured_result("f", "packing", {"token_budget": 2000}, None, 3, "OOM", 6_000_000)
     run = {"kind": "run", "status": "ok", "steady": {"projected_hours": 1.0}}
     assert at_target(failed, 100_000) is failed and at_target(run, 100_000) is run
+
+
+def accuracy_file(path, precision, gate_pass, fraction=1.0, weights=None):
+    """A `bench accuracy` result of one precision (the fields best-config and the report read)."""
+    row = {
+        "median": 4e-3,
+        "p99": 9e-3,
+        "max": 1e-2,
+        "finite": True,
+        "cosine_min": 0.99 if not gate_pass else 0.9995,
+        "cosine_p01": 0.995 if not gate_pass else 0.9997,
+        "cosine_ge_gate_fraction": fraction,
+        "gate_pass": gate_pass,
+    }
+    weights = weights or {"weights": "random", "model": "esm2_t36_3B_UR50D", "seed": 0}
+    data = {"weights": json.dumps(weights), "num_sequences": 305, "device": "cuda", precision: row}
+    path.write_text(json.dumps({**data, "gate": "cosine >= 0.999 for >= 99 % of sequences"}))
+    return path
+
+
+def precision_sweep(rng, fp8_gain):
+    """A baseline (precision auto, which ran bf16), a dataloader point, and bf16 and fp8 points."""
+    results = simulated_sweep(rng, 0.005, points=1)
+    for r in results:
+        r["params"]["precision"], r["measurement"] = "auto", {"precision": "bf16"}
+    for name, gain in (("bf16", 1.0), ("fp8", fp8_gain)):
+        r = simulated(f"precision:{name}", "precision", 1000 * gain, rng, 0.005)
+        r["params"]["precision"], r["measurement"] = name, {"precision": name}
+        results.append(r)
+    return results
+
+
+def test_a_precision_that_fails_the_accuracy_gate_is_never_best(tmp_path):
+    from virnucpro.report.accuracy import load_accuracy
+
+    results = precision_sweep(random.Random(5), fp8_gain=1.5)
+    passing = load_accuracy(
+        [accuracy_file(tmp_path / "bf16.json", "bf16", True), accuracy_file(tmp_path / "fp8.json", "fp8", True)]
+    )
+    d = sweep_decision(results, 0.90, between_job_cv=0.01, accuracy=passing)
+    assert d["significant"] and d["label"] == "precision:fp8" and d["params"]["precision"] == "fp8"
+    assert d["accuracy_gate"] == {"bf16": "PASS", "fp8": "PASS"}
+    failing = {**passing, **load_accuracy([accuracy_file(tmp_path / "f.json", "fp8", False, fraction=0.9)])}
+    d = sweep_decision(results, 0.90, between_job_cv=0.01, accuracy=failing)
+    assert not d["significant"] and d["label"] == "baseline" and d["comparisons"] == 2
+    row = next(r for r in d["sweep_points"] if r["label"] == "precision:fp8")
+    assert not row["compared"] and row["precision"] == "fp8"
+    assert "fp8 fails the accuracy gate" in row["not_compared_because"] and "90.0 %" in row["not_compared_because"]
+    # a precision without an accuracy result is not recommended either, unless it is the baseline's own
+    d = sweep_decision(results, 0.90, between_job_cv=0.01, accuracy={"fp8": passing["fp8"]})
+    assert d["label"] == "precision:fp8"
+    d = sweep_decision(results, 0.90, between_job_cv=0.01, accuracy={"bf16": passing["bf16"]})
+    assert d["label"] == "baseline" and "no accuracy measurement" in d["sweep_points"][-1]["not_compared_because"]
+    # the baseline's own precision failing is said in the note (nothing at it can win either)
+    bad_base = {**passing, **load_accuracy([accuracy_file(tmp_path / "b.json", "bf16", False, fraction=0.5)])}
+    d = sweep_decision(results[:3], 0.90, accuracy=bad_base)
+    assert d["label"] == "baseline" and "baseline's own precision bf16 fails the accuracy gate" in d["note"]
+    assert sweep_decision(results, 0.90, between_job_cv=0.01)["label"] == "precision:fp8"  # no precision sweep
+
+
+def test_best_config_reads_accuracy_files_and_params_from_carries_the_precision(tmp_path, capsys):
+    from virnucpro.pipeline.jobs import apply_params_from
+    from virnucpro.pipeline.runner import EmbedConfig
+
+    paths = []
+    for r in precision_sweep(random.Random(5), fp8_gain=1.5):
+        paths.append(tmp_path / f"{r['label'].replace(':', '_')}.json")
+        paths[-1].write_text(json.dumps(r))
+    acc = [accuracy_file(tmp_path / "a_bf16.json", "bf16", True), accuracy_file(tmp_path / "a_fp8.json", "fp8", False)]
+    best = tmp_path / "best.json"
+    args = [
+        "best-config",
+        *map(str, paths),
+        "--accuracy",
+        *map(str, acc),
+        "-o",
+        str(best),
+        "--tsv",
+        str(tmp_path / "t"),
+    ]
+    assert cli.main(args) == 0
+    decision = json.loads(best.read_text())
+    assert decision["label"] == "baseline" and decision["accuracy_gate"] == {"bf16": "PASS", "fp8": "FAIL"}
+    note = next(r for r in csv.DictReader((tmp_path / "t").open(), delimiter="\t") if r["label"] == "precision:fp8")
+    assert "fails the accuracy gate" in note["note"]
+    acc[1] = accuracy_file(acc[1], "fp8", True)
+    assert cli.main(args) == 0 and json.loads(best.read_text())["params"]["precision"] == "fp8"
+    cfg = apply_params_from(EmbedConfig(fasta=tmp_path / "x.fa", outdir=tmp_path / "o", precision="bf16"), best)
+    assert cfg.precision == "fp8"  # what `measure --params-from` and the embed target's shard jobs run
+    (tmp_path / "other.json").write_text(json.dumps({"model": "m", "weights": "w"}))
+    assert cli.main([*args, "--accuracy", str(tmp_path / "other.json")]) == 2
+    assert "not a `virnucpro bench accuracy` result" in capsys.readouterr().err

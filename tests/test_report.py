@@ -165,7 +165,7 @@ def text_verdicts(text: str) -> list[tuple]:
     return [tuple(g or "" for g in pattern.match(line).groups()) for line in block.splitlines()]
 
 
-def full_context(tmp_path, best=None, peers=None, previous=None):
+def full_context(tmp_path, best=None, peers=None, previous=None, extra=(), accuracy=None, config=None):
     from virnucpro.report.render import write_report
     from virnucpro.report.scaling import scaling_report
 
@@ -190,14 +190,14 @@ def full_context(tmp_path, best=None, peers=None, previous=None):
     for p, budget in zip(sweeps, (4096, 2)):
         p["params"] = {"token_budget": budget, "buffer_size": 2000, "num_workers": 1, "prefetch_factor": 2}
         p["steady"].update(avg_tokens_per_sec=50 * p["steady"]["avg_sequences_per_sec"], p95_wait_time_ms=1.0)
-    results = runs + sweeps
+    results = runs + sweeps + list(extra)
     info = {"path": "/x.fa", "sha256": "ab", "num_sequences": 1000, "mean_length": 49.0, "source": "synthetic"}
     tmp_path.mkdir(parents=True, exist_ok=True)
     paths = {k: tmp_path / f"report.{k}" for k in ("html", "txt", "json")}
     ctx = write_report(
         results,
         info,
-        {"targets": {"target_sequences": 100_000}},
+        {"targets": {"target_sequences": 100_000}, **(config or {})},
         best,
         paths["html"],
         paths["txt"],
@@ -207,6 +207,7 @@ def full_context(tmp_path, best=None, peers=None, previous=None):
         scaling_report(runs, 100_000, 10, 95),
         peers,
         previous,
+        accuracy,
     )
     return ctx, {k: p.read_text() for k, p in paths.items()}
 
@@ -364,3 +365,57 @@ def test_perf03_of_a_resumed_run_is_na_with_scaling_json_reason():
     runs[1].update(resumed=True, resumed_sequences=300)
     [v] = [v for v in production_verdicts(runs, {}, scaling_report(runs, 6_000_000, 10, 95)) if v.id == "PERF-03"]
     assert v.status == "N/A" and v.value is None and "resumed run" in v.reason and "300" in v.reason
+
+
+def test_the_precision_table_puts_accuracy_next_to_speed_and_says_why_where_not_measured(tmp_path):
+    from test_measure import accuracy_file
+
+    from virnucpro.report.accuracy import load_accuracy
+
+    bf16 = point("precision:bf16", 150.0, 0.95, group="precision")
+    fp8 = point("precision:fp8", 0, 0, "failed", group="precision")  # e.g. no Hopper GPU: exit 2, recorded
+    fp8["reason"] = "--precision fp8 needs a Hopper GPU"
+    fp16 = point("precision:fp16", 120.0, 0.95, group="precision")  # measured, but no accuracy result
+    for p, name in ((bf16, "bf16"), (fp8, "fp8"), (fp16, "fp16")):
+        p["params"] = {"token_budget": 4096, "precision": name}
+    bf16.update(median=150.0, ci95=[140.0, 160.0], measurement={"precision": "bf16"})
+    ckpt = {"weights": "checkpoint", "path": "/w/esm2.pt", "sha256": "abcdef0123456789"}
+    accuracy = load_accuracy(
+        [
+            accuracy_file(tmp_path / "bf16.json", "bf16", True),
+            accuracy_file(tmp_path / "fp8.json", "fp8", False, fraction=0.93, weights=ckpt),
+        ]
+    )
+    winner = {"label": "precision:bf16", "params": bf16["params"], "significant": True, "speedup_ci95": [1.4, 1.6]}
+    ctx, out = full_context(
+        tmp_path / "r", best=winner, extra=[bf16, fp8, fp16], accuracy=accuracy, config={"model": {"precision": "auto"}}
+    )
+    rows = {r["label"]: r for r in ctx["precision_rows"]}
+    assert list(rows) == ["baseline", "precision:bf16", "precision:fp16", "precision:fp8"]
+    assert rows["precision:bf16"]["speedup"] == 1.5 and rows["precision:bf16"]["gate"] == "PASS"
+    assert "random weights" in rows["precision:bf16"]["provenance"]
+    assert rows["precision:fp8"]["gate"] == "FAIL" and rows["precision:fp8"]["sequences_per_sec"] is None
+    assert "Hopper" in rows["precision:fp8"]["speed_na_reason"] and "/w/esm2.pt" in rows["precision:fp8"]["provenance"]
+    assert (
+        rows["precision:fp16"]["gate"] == "N/A" and "no accuracy measurement" in rows["precision:fp16"]["gate_reason"]
+    )
+    assert rows["baseline"]["precision"] is None and rows["baseline"]["gate"] == "N/A"  # it ran before precision
+    table = out["html"].split('id="precision-table"')[1].split("</table>")[0]
+    assert "N/A: did not finish: --precision fp8 needs a Hopper GPU" in table and "FAIL: 93.0 %" in table
+    assert "1.50×" in table and "140.0–160.0" in table and "random weights" in table
+    summary = json.loads(out["json"])
+    assert [r["label"] for r in summary["precision"]] == list(rows)
+    assert summary["precision"][1]["cosine_p01"] == 0.9997 and summary["precision"][1]["rel_l2_p99"] == 9e-3
+    acc = {v["scope"]: v for v in summary["verdicts"] if v["id"] == "ACCURACY"}
+    assert {k: v["status"] for k, v in acc.items()} == {
+        "precision bf16": "PASS",
+        "precision fp16": "N/A",
+        "precision fp8": "FAIL",
+    }
+    assert text_verdicts(out["txt"]) == html_verdicts(out["html"])  # the gate is one verdict engine's
+    assert "fp8 (precision:fp8): speed N/A: did not finish" in out["txt"] and "accuracy gate FAIL" in out["txt"]
+    assert ctx["snippet"].startswith("model:\n  precision: bf16\n")  # a recommended precision goes where it lives
+    ctx, out = full_context(tmp_path / "none")
+    assert (
+        ctx["precision_rows"] == [] and "N/A: no precision sweep" in out["html"] and "N/A: no precision" in out["txt"]
+    )

@@ -97,4 +97,5 @@ def test_settings_reach_the_cli_embedconfig_and_workflow_options():
         "buffer_size",
         "checkpoint_every",
         "world_size",
+        "precision",  # sweeps.precision: recommended only through the accuracy gate (report.accuracy)
     }

@@ -189,6 +189,40 @@ def test_optional_peers_job_and_compare_to_are_inputs_of_the_report(tmp_path):
     assert res.returncode != 0 and "copy the previous one elsewhere" in res.stdout + res.stderr
 
 
+def test_a_precision_sweep_plans_one_point_and_one_accuracy_job_per_precision(tmp_path):
+    """sweeps.precision (issue 17): each precision a point of group `precision` overriding model.precision, each
+    checked by an accuracy job on the same weights; best-config and the report read those results (inputs)."""
+    extra = tmp_path / "p.yaml"
+    extra.write_text("sweeps:\n  precision: [fp32]\nmeasure:\n  accuracy_sequences: 7\n")
+    res = snakemake("-n", "-p", "--configfile", "tests/data/workflow_ci.yaml", str(extra))
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["accuracy"] == 1 and counts["sweep_point"] == 1 + 2 + 2 + 1 + 1  # precision auto/device auto
+    [point] = [c for c in shell_commands(res.stdout, "sweep_point") if "--label precision:fp32" in c]
+    assert "--precision fp32" in point and "--group precision" in point
+    [acc] = shell_commands(res.stdout, "accuracy")
+    assert "bench accuracy --precision fp32 --model esm2_t6_8M_UR50D --seed 0 --num-sequences 7" in acc
+    assert "--token-budget 1024 --device auto -o results/accuracy/fp32.json" in acc
+    [best] = shell_commands(res.stdout, "best_config")
+    assert "results/sweeps/precision/fp32.json --accuracy results/accuracy/fp32.json -o" in best
+    [report] = shell_commands(res.stdout, "report")
+    assert "--accuracy results/accuracy/fp32.json" in report
+    # a device that names the baseline's precision: it is checked too; the accuracy job runs on that device
+    extra.write_text("sweeps:\n  precision: [bf16]\nengine:\n  device: cpu\n")
+    res = snakemake("-n", "-p", "--configfile", "tests/data/workflow_ci.yaml", str(extra))
+    assert res.returncode == 0, res.stderr
+    accs = shell_commands(res.stdout, "accuracy")
+    assert sorted(c.split("--precision ")[1].split()[0] for c in accs) == ["bf16", "fp32"]
+    assert all("--device cpu" in c for c in accs)
+    # weights the accuracy job cannot be given (the torch hub cache's) are refused, not swapped for random ones
+    extra.write_text("sweeps:\n  precision: [bf16]\nmodel:\n  random_weights: false\n")
+    res = snakemake("-n", "--configfile", str(extra))
+    assert res.returncode != 0 and "sweeps.precision checks each precision's accuracy" in res.stdout + res.stderr
+    # none of it without a precision sweep (the default)
+    res = snakemake("-n", "-p")
+    assert "accuracy" not in job_counts(res.stdout) and "--accuracy" not in res.stdout
+
+
 def test_a_production_path_with_angle_brackets_is_refused_clearly(tmp_path):
     fasta = tmp_path / "a<b>.fa"
     fasta.write_text(">x\nMKV\n")

@@ -28,7 +28,6 @@ from virnucpro.data.loader import Vocabulary, collate
 from virnucpro.data.packing import token_length
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.models.packed_esm2 import PackedESM2
-from virnucpro.models.weights import ARCHITECTURES, random_state_dict
 from virnucpro.utils.hardware import matmul_tflops
 from virnucpro.utils.telemetry import steady_state
 
@@ -326,7 +325,10 @@ def packed_embed(
 
 
 def _errors(got: np.ndarray, ref: np.ndarray, lengths: np.ndarray) -> dict:
+    """Relative L2 per sequence (distribution), and the cosine similarity of each pooled embedding with the
+    reference's: the gate a lower precision must pass is cosine >= COSINE_GATE for >= 99 % of sequences."""
     err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    cos = (got * ref).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
     return {
         "median": float(np.median(err)),
         "p99": float(np.quantile(err, 0.99)),
@@ -334,72 +336,120 @@ def _errors(got: np.ndarray, ref: np.ndarray, lengths: np.ndarray) -> dict:
         "worst_length": int(lengths[err.argmax()]),
         "max_length_ge_20": float(err[lengths >= 20].max()),
         "finite": bool(np.isfinite(got).all()),
+        "cosine_min": float(cos.min()),
+        "cosine_p01": float(np.quantile(cos, 0.01)),
+        "cosine_ge_gate_fraction": float((cos >= COSINE_GATE).mean()),
+        "gate_pass": bool(np.isfinite(got).all() and (cos >= COSINE_GATE).mean() >= 0.99),
     }
 
 
+#: Per-sequence cosine similarity of a pooled embedding with fp32's that 99 % of sequences must reach.
+COSINE_GATE = 0.999
+
+
 def _is_projection(name: str) -> bool:
-    """The parameters this engine holds in fp16/bf16 (the linear layers); embeddings and norms stay fp32."""
+    """The parameters this engine holds in fp16/bf16/fp8 (the linear layers); embeddings and norms stay fp32."""
     return any(f".{m}." in name for m in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"))
 
 
-def accuracy(model_name: str, num_sequences: int, seed: int, device: torch.device, token_budget: int = 16384) -> dict:
-    """This engine as `virnucpro embed` configures it (compiled kernels and batches padded to the budget on
-    CUDA) against fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32 with the projection weights
-    rounded to the engine's dtype as the engine holds them: the second isolates the arithmetic's error from the
-    rounding of the weights."""
-    from esm.data import Alphabet
+def _rounded(precision: str):
+    """A projection weight as the engine holds it at `precision`, back in fp32 (biases as their dtype keeps them)."""
+    if precision == "fp8":
+        from virnucpro.models.fp8 import FP8_COMPUTE_DTYPE, quantise_weight
 
-    spec = ARCHITECTURES[model_name]
-    state = random_state_dict(spec, seed, device)
+        def fp8(name, v):
+            if v.dim() == 1:
+                return v.to(FP8_COMPUTE_DTYPE).float()
+            w8, scale = quantise_weight(v)
+            return w8.float() * scale.reshape(-1, 1)
+
+        return fp8
+    dtype = PRECISION_DTYPES[precision]
+    return lambda name, v: v.to(dtype).float()
+
+
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def accuracy_sequences(num_sequences: int, seed: int) -> list[str]:
+    """Seed-mix and short reads, plus the edge lengths (1, 2, 1021, 1022) and the ambiguity letters."""
     _, seqs = make_sequences(num_sequences, seed, "seed-mix")
     seqs += make_sequences(num_sequences // 2, seed, "short-reads")[1]
     rng = np.random.default_rng(seed)
-    seqs += ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) for n in (1, 2, 1021, 1022)] + ["MKXBZUOAXXC"]
+    return seqs + ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) for n in (1, 2, 1021, 1022)] + ["MKXBZUOAXXC"]
+
+
+def accuracy(
+    spec, state, weights_label: str, seqs: list[str], device: torch.device, token_budget: int, precisions
+) -> dict:
+    """This engine as `virnucpro embed` configures it (compiled kernels and batches padded to the budget on
+    CUDA) at each of `precisions` against fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32
+    with the projection weights rounded as the engine holds them: the second isolates the arithmetic's error
+    from the rounding of the weights. fp8 runs where `torch._scaled_mm` does (Hopper; recent CPU builds), else
+    its arithmetic is emulated (`models.fp8`)."""
+    from esm.data import Alphabet
+
     lengths = np.array([len(s) for s in seqs])
     alphabet = Alphabet.from_architecture("ESM-1b")
     ref_model = fair_esm_model(spec, state, device, torch.float32)
     refs = {"fp32": fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        load_tensors(ref_model, state, lambda k, v, dt=dtype: v.to(dt).float() if _is_projection(k) else v)
-        refs[name] = fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]
+    for name in precisions:
+        if name != "fp32":
+            load_tensors(ref_model, state, lambda k, v, r=_rounded(name): r(k, v) if _is_projection(k) else v)
+            refs[name] = fair_esm_embed(ref_model, alphabet, seqs, 8192, device)[0]
     del ref_model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    vocab = Vocabulary.esm2()
     compiled = device.type == "cuda"
     result = {
-        "model": model_name,
-        "weights": f"random (seed {seed})",
+        "model": spec_name(spec),
+        "weights": weights_label,
         "num_sequences": len(seqs),
         "reference": "fair-esm ESM2 fp32 on the same weights",
+        "gate": f"cosine >= {COSINE_GATE} for >= 99 % of sequences",
         "device": str(device),
         "engine": "compiled kernels, batches padded to the budget" if compiled else "eager",
     }
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            model = PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, device, dtype)
-        except torch.cuda.OutOfMemoryError as exc:  # 15B fp32 may not fit a card: recorded, not fatal
-            result[name] = {"error": "out of memory while building", "detail": str(exc).splitlines()[0]}
-            torch.cuda.empty_cache()
-            continue
-        load_peak = _peak_gb(device)
-        if compiled:
-            model.compile_kernels()
-        got = packed_embed(model, [s.encode() for s in seqs], token_budget, device, token_budget if compiled else None)
-        result[name] = {
-            **_errors(got, refs["fp32"], lengths),
-            "load_peak_memory_gb": load_peak,
-            "peak_memory_gb": _peak_gb(device),
-        }
-        if name != "fp32":
-            result[name]["vs_reference_on_rounded_weights"] = _errors(got, refs[name], lengths)
+    for name in precisions:
+        result[name] = _engine_accuracy(spec, state, name, seqs, device, token_budget, compiled, refs, lengths)
         print(name, result[name], flush=True)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return result
+
+
+def _engine_accuracy(spec, state, name, seqs, device, token_budget, compiled, refs, lengths) -> dict:
+    from virnucpro.pipeline.runner import PRECISIONS
+
+    vocab = Vocabulary.esm2()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        model = PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, device, PRECISIONS[name])
+    except torch.cuda.OutOfMemoryError as exc:  # 15B fp32 may not fit a card: recorded, not fatal
+        torch.cuda.empty_cache()
+        return {"error": "out of memory while building", "detail": str(exc).splitlines()[0]}
+    load_peak = _peak_gb(device)
+    if compiled:
+        model.compile_kernels()
+    got = packed_embed(model, [s.encode() for s in seqs], token_budget, device, token_budget if compiled else None)
+    row = {**_errors(got, refs["fp32"], lengths), "load_peak_memory_gb": load_peak, "peak_memory_gb": _peak_gb(device)}
+    if name != "fp32":
+        row["vs_reference_on_rounded_weights"] = _errors(got, refs[name], lengths)
+    if name == "fp8":
+        from virnucpro.models.fp8 import FP8_RECIPE, scaled_mm_available
+
+        row["recipe"] = FP8_RECIPE
+        row["kernel"] = "torch._scaled_mm" if scaled_mm_available(device) else "emulated in fp32"
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def spec_name(spec) -> str:
+    """The fair-esm name of `spec`'s architecture, or a description of it."""
+    from virnucpro.models.weights import known_architecture
+
+    return known_architecture(spec) or f"{spec.num_layers} layers x {spec.embed_dim}"
 
 
 def _engine_run(fasta: Path, out: Path, weights_args: list[str], precision: str, token_budget: int, device) -> dict:
@@ -472,8 +522,10 @@ def engines(
     spec = weights.spec
     workdir.mkdir(parents=True, exist_ok=True)
     ceiling = matmul_tflops(device, torch.bfloat16)
+    fp8_ceiling = matmul_tflops(device, torch.float8_e4m3fn) if "fp8" in precisions else None
     result = {
         "matmul_tflops_bf16": ceiling,
+        "matmul_tflops_fp8": fp8_ceiling,  # row-wise scaled E4M3 products, as --precision fp8 runs them
         "model": weights.provenance.get("model"),
         "device": _device_name(device),
         "weights": weights.provenance,
@@ -486,8 +538,7 @@ def engines(
         ids, seqs = make_sequences(n, 1, profile)
         write_fasta(workdir / f"{profile}.fa", ids, seqs)
         workloads[profile] = seqs
-        mean_tokens = statistics.fmean(token_length(min(len(s), MAX_RESIDUES)) for s in seqs)
-        result[f"ceiling_tokens_per_sec_{profile}"] = ceiling * 1e12 / spec.flops_per_token(mean_tokens)
+        result.update(_ceiling_rates(spec, profile, seqs, ceiling, fp8_ceiling))
     rows, result["na"] = peer_runs(
         spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device, budgets
     )
@@ -506,15 +557,28 @@ def engines(
                 device,
             )
             result["runs"].append({**row, "workload": profile})
-    for r in result["runs"]:
+    for r in result["runs"]:  # % of the bf16 ceiling for every row, and of the fp8 one where it was measured
         r["pct_ceiling"] = 100 * r["tokens_per_sec"] / result[f"ceiling_tokens_per_sec_{r['workload']}"]
+        if fp8_ceiling:
+            r["pct_fp8_ceiling"] = 100 * r["tokens_per_sec"] / result[f"fp8_ceiling_tokens_per_sec_{r['workload']}"]
     return result
+
+
+def _ceiling_rates(spec, profile: str, seqs: list[str], bf16_tflops: float, fp8_tflops: float | None) -> dict:
+    """The tokens/s at which the model's FLOPs would run at each measured matmul ceiling on this workload."""
+    flops = spec.flops_per_token(statistics.fmean(token_length(min(len(s), MAX_RESIDUES)) for s in seqs))
+    rates = {f"ceiling_tokens_per_sec_{profile}": bf16_tflops * 1e12 / flops}
+    if fp8_tflops:
+        rates[f"fp8_ceiling_tokens_per_sec_{profile}"] = fp8_tflops * 1e12 / flops
+    return rates
 
 
 def print_table(result: dict) -> None:
     """Tokens/s, sequences/s, % of ceiling, peak memory, and each row's ratio to the fastest row of each peer kind
     on its workload (fair-esm and HF at their best, extract.py's recipe)."""
     print(f"matmul ceiling bf16: {result['matmul_tflops_bf16']:.0f} TFLOP/s")
+    if result.get("matmul_tflops_fp8"):
+        print(f"matmul ceiling fp8 (row-wise scaled E4M3): {result['matmul_tflops_fp8']:.0f} TFLOP/s")
     runs = result["runs"]
     kinds = ("fair-esm", "hf", "extract.py")
     print(

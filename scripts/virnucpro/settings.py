@@ -70,7 +70,13 @@ SETTINGS: tuple[Setting, ...] = (
         "random_weights", False, "random weights for throughput work only; recorded as 'weights: random'", kind=bool
     ),
     Setting("seed", 0, "seed of --random-weights (default %(default)s)", kind=int, parse=nonnegative_int),
-    Setting("precision", "auto", "auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "bf16")),
+    Setting(
+        "precision",
+        "auto",
+        "auto = bf16 on CUDA, fp32 on CPU; fp8 = E4M3 linear layers (Hopper GPUs; check accuracy: bench accuracy)",
+        choices=("auto", "fp32", "fp16", "bf16", "fp8"),
+        tunable=True,  # sweeps.precision; a precision that fails the accuracy gate is never recommended
+    ),
     Setting("device", "auto", "auto, cpu, cuda or cuda:N", parse=device_name, workflow=OPTION),
     Setting(
         "token_budget", 16384, "tokens per packed batch", kind=int, parse=positive_int, workflow=OPTION, tunable=True
@@ -181,6 +187,16 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
+#: The precisions `auto` stands for, each a computation the engine can run (and `bench accuracy` can check).
+CONCRETE_PRECISIONS = tuple(p for p in BY_NAME["precision"].choices if p != "auto")
+
+
+def auto_precision(device_type: str) -> str:
+    """What `--precision auto` runs on a device of `device_type` (the engine, and the workflow's plan of which
+    precisions to check for accuracy, resolve it here)."""
+    return "bf16" if device_type == "cuda" else "fp32"
+
+
 #: The engine settings a sweep varies and the report shows.
 KNOBS = tuple(s.name for s in SETTINGS if s.tunable)
 

@@ -11,7 +11,7 @@ from snakemake.settings.types import DeploymentMethod
 SCRIPTS = os.path.abspath(os.path.join(workflow.basedir, "..", "scripts"))
 # The engine settings' one definition (stdlib only: Snakemake's environment may lack torch).
 sys.path.insert(0, SCRIPTS)
-from virnucpro.settings import job_options
+from virnucpro.settings import CONCRETE_PRECISIONS, auto_precision, job_options
 
 # Jobs run the package from this checkout; under --sdm conda with the env's python, else with Snakemake's own.
 PYTHON = (
@@ -79,6 +79,7 @@ def sweep_points():
     points["interaction"] = {
         f"w{w}_b{b}": {"num_workers": w, "token_budget": b} for w, b in s["interaction"]
     }
+    points["precision"] = {p: {"precision": p} for p in s["precision"]}
     return points
 
 
@@ -112,7 +113,7 @@ def engine_args(overrides=None, world_size=1):
         *(
             [("--model", m["name"])] if m["name"] else []
         ),  # empty: the checkpoint's own architecture
-        ("--precision", m["precision"]),
+        ("--precision", e.pop("precision", m["precision"])),  # a precision point's own
         ("--seed", m["seed"]),
     ]
     if m["checkpoint"]:
@@ -124,6 +125,48 @@ def engine_args(overrides=None, world_size=1):
         flag if value is None else f"{flag} {shlex.quote(str(value))}"
         for flag, value in args
     )
+
+
+def concrete_precision(precision):
+    """`precision` as the jobs will run it on `engine.device` (auto: bf16 on CUDA, fp32 on CPU), or None when
+    both are auto: then it is chosen where the job runs, which the plan cannot know."""
+    device = config["engine"]["device"]
+    if precision != "auto":
+        return precision
+    return None if device == "auto" else auto_precision(device.split(":")[0])
+
+
+def accuracy_precisions():
+    """The precisions checked for accuracy: each of `sweeps.precision` and the baseline's (when the plan can
+    know it); none without a precision sweep."""
+    swept = config["sweeps"]["precision"]
+    baseline = concrete_precision(config["model"]["precision"])
+    return sorted(set(swept) | {baseline} - {None}) if swept else []
+
+
+def accuracy_weights():
+    """The `bench accuracy` options naming the weights the sweep measures: the checkpoint, else the same random
+    weights (architecture and seed). Weights from the torch hub cache cannot be named to it: refused.
+    """
+    m = config["model"]
+    if m["checkpoint"]:
+        return f"--checkpoint {shlex.quote(m['checkpoint'])}"
+    if not m["random_weights"] or not m["name"]:
+        raise WorkflowError(
+            "sweeps.precision checks each precision's accuracy on the weights the sweep measures: set "
+            "model.checkpoint (for fair-esm weights, the .pt file in the torch hub cache) or "
+            "model.random_weights: true with model.name"
+        )
+    return f"--model {shlex.quote(m['name'])} --seed {int(m['seed'])}"
+
+
+ACCURACY_RESULTS = [f"results/accuracy/{p}.json" for p in accuracy_precisions()]
+ACCURACY_WEIGHTS = accuracy_weights() if ACCURACY_RESULTS else None
+
+
+def files_option(flag, files):
+    """`flag` followed by the shell-quoted `files`, or nothing when there are none (an optional input list)."""
+    return f"{flag} {' '.join(shlex.quote(str(f)) for f in files)}" if files else ""
 
 
 def run_outdir(wildcards, output):

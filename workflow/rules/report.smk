@@ -23,6 +23,7 @@ rule report:
             "results/checkpoint/checkpoint_{mode}.json", mode=["on", "off"]
         ),
         info=rules.input_info.output[0],
+        accuracy=ACCURACY_RESULTS,
         peers=PEERS_RESULT,
         compare_to=COMPARE_TO,
     output:
@@ -39,6 +40,7 @@ rule report:
         peers=lambda wc, input: (
             f"--peers {shlex.quote(input.peers)}" if input.peers else ""
         ),
+        accuracy=lambda wc, input: files_option("--accuracy", input.accuracy),
         compare=lambda wc, input: (
             f"--compare-to {shlex.quote(input.compare_to)}" if input.compare_to else ""
         ),
@@ -46,6 +48,6 @@ rule report:
         "echo {params.config:q} > {output.config:q} && "
         "virnucpro report {input.production:q} {input.sweeps:q} {input.optimal:q} {input.subset:q} "
         "{input.checkpoint:q} --input-info {input.info:q} --config {output.config:q} --best {input.best:q} "
-        "--scaling {input.scaling:q} {params.peers} {params.compare} "
+        "--scaling {input.scaling:q} {params.accuracy} {params.peers} {params.compare} "
         "--merged {input.merged:q} --html {output.html:q} --text {output.text:q} --summary {output.summary:q} "
         '--workflow-dir "$VIRNUCPRO_WORKFLOW_DIR" > {log:q} 2>&1'

@@ -1,6 +1,7 @@
 # Stage 3: parameter sweeps, one time-boxed throughput measurement per point (a failed or OOM point is
-# recorded, the workflow goes on), then the best configuration (significant winners only) and its validation:
-# the recommended settings measured again, in a job of their own, on the same workload as the baseline.
+# recorded, the workflow goes on), with a precision sweep one accuracy check per precision measured; then the
+# best configuration (significant winners whose precision passes the accuracy gate) and its validation: the
+# recommended settings measured again, in a job of their own, on the same workload as the baseline.
 import shlex
 
 
@@ -31,9 +32,38 @@ rule sweep_point:
         "--group {params.group:q} --result {output:q} > {log:q} 2>&1"
 
 
+# One precision against fair-esm fp32 on the weights the sweep measures: the gate a precision must pass to be
+# recommended (cosine >= 0.999 for >= 99 % of sequences), and the report's accuracy next to its speed.
+rule accuracy:
+    input:
+        checkpoint=config["model"]["checkpoint"] or [],
+    output:
+        "results/accuracy/{precision}.json",
+    log:
+        "results/logs/accuracy/{precision}.log",
+    benchmark:
+        "results/benchmarks/accuracy/{precision}.tsv"
+    wildcard_constraints:
+        precision="|".join(CONCRETE_PRECISIONS),
+    conda:
+        ENV
+    threads: 2
+    resources:
+        **gpu_resources("gpu_job"),
+    params:
+        weights=ACCURACY_WEIGHTS,
+        n=config["measure"]["accuracy_sequences"],
+        budget=config["engine"]["token_budget"],
+        device=config["engine"]["device"],
+    shell:
+        "virnucpro bench accuracy --precision {wildcards.precision} {params.weights} --num-sequences {params.n} "
+        "--token-budget {params.budget} --device {params.device:q} -o {output:q} > {log:q} 2>&1"
+
+
 rule best_config:
     input:
-        SWEEP_RESULTS,
+        results=SWEEP_RESULTS,
+        accuracy=ACCURACY_RESULTS,
     output:
         best="results/sweeps/best.json",
         table="results/sweeps.tsv",
@@ -45,8 +75,9 @@ rule best_config:
         min_packing=config["targets"]["min_packing"],
         min_gain=config["measure"]["min_gain"],
         job_cv=config["measure"]["between_job_cv"],
+        accuracy=lambda wc, input: files_option("--accuracy", input.accuracy),
     shell:
-        "virnucpro best-config {input:q} -o {output.best:q} --tsv {output.table:q} "
+        "virnucpro best-config {input.results:q} {params.accuracy} -o {output.best:q} --tsv {output.table:q} "
         "--min-packing {params.min_packing} --min-gain {params.min_gain} "
         "--between-job-cv {params.job_cv} > {log:q} 2>&1"
 

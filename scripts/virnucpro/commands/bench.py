@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from virnucpro.argtypes import nonnegative_int, positive_int
@@ -36,12 +37,27 @@ def register(sub) -> None:
         "--token-budget", type=positive_int, default=16384, help="accuracy, engines: this engine's token budget"
     )
     p.add_argument(
-        "--engine-precisions", default="bf16,fp16", help="engines: this engine's precisions, comma-separated"
+        "--engine-precisions",
+        "--precision",
+        help="accuracy, engines: this engine's precisions, comma-separated (default: accuracy fp32,bf16,fp16 and "
+        "fp8 on a Hopper GPU; engines bf16,fp16)",
+    )
+    p.add_argument(
+        "--outliers",
+        type=_outliers,
+        metavar="K:M",
+        help="accuracy: K hidden channels made M times larger in every layer's pre-norms (trained models' outlier "
+        "features; see models.weights.OutlierStateDict)",
     )
     p.add_argument("--fasta", type=Path, help="peers: one workload sampled from this FASTA instead of synthetic ones")
-    p.add_argument("--checkpoint", help="engines, peers: a fair-esm checkpoint (default: random weights, --seed)")
     p.add_argument(
-        "--seed", type=nonnegative_int, default=0, help="engines, peers: seed of the random weights (and the sample)"
+        "--checkpoint", help="accuracy, engines, peers: a fair-esm checkpoint (default: random weights, --seed)"
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="accuracy, engines, peers: seed of the random weights (and the sample)",
     )
     p.add_argument("--workdir", type=Path, default=Path("results/bench"))
     p.add_argument("-o", "--output", type=Path, help="write the result JSON here")
@@ -124,10 +140,40 @@ def _engines(args, device) -> dict:
         args.fp32_subset,
         args.token_budget,
         args.peer_budgets,
-        tuple(args.engine_precisions.split(",")),
+        tuple((args.engine_precisions or "bf16,fp16").split(",")),
     )
     bench.print_table(result)
     return result
+
+
+def _outliers(text: str) -> tuple[int, float]:
+    try:
+        k, m = text.split(":")
+        channels, magnitude = int(k), float(m)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K:M (channels:magnitude), e.g. 4:30, not {text!r}") from None
+    if channels < 1 or magnitude <= 0:
+        raise argparse.ArgumentTypeError(f"K must be >= 1 and M > 0, not {text!r}")
+    return channels, magnitude
+
+
+def _accuracy(args, device) -> dict:
+    """`bench accuracy`: the user's checkpoint (or random weights), optionally with injected outlier channels,
+    at each precision against fair-esm fp32 on the same weights."""
+    from virnucpro import bench
+    from virnucpro.models.fp8 import scaled_mm_available
+    from virnucpro.models.weights import OutlierStateDict
+
+    precisions = args.engine_precisions or (
+        "fp32,bf16,fp16,fp8" if device.type == "cuda" and scaled_mm_available(device) else "fp32,bf16,fp16"
+    )
+    weights = _weights(args, device)
+    state, label = weights.state_dict, json.dumps(weights.provenance, default=str)
+    if args.outliers:
+        state = OutlierStateDict(state, weights.spec.embed_dim, *args.outliers, seed=args.seed)
+        label += f"; {args.outliers[0]} outlier channels x{args.outliers[1]:g} in every pre-norm {state.channels}"
+    seqs = bench.accuracy_sequences(args.num_sequences, args.seed)
+    return bench.accuracy(weights.spec, state, label, seqs, device, args.token_budget, tuple(precisions.split(",")))
 
 
 def run(args) -> int:
@@ -142,7 +188,7 @@ def run(args) -> int:
     if args.what == "scale":
         result = bench_scale.run(args.workdir, args.job, args.finalize, args.embed_args.split())
     elif args.what == "accuracy":
-        result = bench.accuracy(args.model, args.num_sequences, 0, device, args.token_budget)
+        result = _accuracy(args, device)
         print(json.dumps(result, indent=2))
     elif args.what == "peers":
         workloads = bench.peer_workloads(args.fasta, args.num_sequences, args.seed, args.seed_mix, args.short_reads)

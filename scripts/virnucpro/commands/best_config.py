@@ -31,19 +31,31 @@ def register(sub) -> None:
         help="relative spread of one configuration's rate between jobs, which the repeats inside a job "
         "cannot show; added to every speedup interval (default %(default)s)",
     )
+    p.add_argument(
+        "--accuracy",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="`bench accuracy` results of the precisions swept: a point whose precision fails the gate is never best",
+    )
     p.add_argument("--tsv", type=Path, help="also write one row per point here (results/sweeps.tsv)")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from virnucpro.pipeline.output import write_json_atomic
+    from virnucpro.report.accuracy import load_accuracy
     from virnucpro.report.results import load_results
     from virnucpro.report.significance import sweep_decision, write_sweeps_tsv
 
     if args.min_gain < 0 or args.between_job_cv < 0:
         raise UserError("--min-gain and --between-job-cv must be >= 0")
     decision = sweep_decision(
-        load_results(args.results), args.min_packing, args.min_gain, between_job_cv=args.between_job_cv
+        load_results(args.results),
+        args.min_packing,
+        args.min_gain,
+        between_job_cv=args.between_job_cv,
+        accuracy=load_accuracy(args.accuracy),
     )
     write_json_atomic(args.output, decision)
     if args.tsv:

@@ -24,7 +24,9 @@ def register(sub) -> None:
     )
     embed.add_arguments(p)
     progress_interval_from_workflow(p)
-    p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
+    p.add_argument(
+        "--params-from", type=Path, help="a best-config JSON whose engine settings and precision override these"
+    )
     p.add_argument("--record", type=Path, required=True, help="the job record (JSON) to write once embedded")
     p.set_defaults(handler=run)
 

@@ -36,7 +36,9 @@ def register(sub) -> None:
         default=0.02,
         help="relative change between two warm-up windows that counts as stable (default %(default)s)",
     )
-    p.add_argument("--params-from", type=Path, help="a best-config JSON whose engine settings override these")
+    p.add_argument(
+        "--params-from", type=Path, help="a best-config JSON whose engine settings and precision override these"
+    )
     p.add_argument(
         "--baseline",
         type=Path,

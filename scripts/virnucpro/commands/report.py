@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--scaling", type=Path, required=True, help="scaling.json of `virnucpro scaling`")
     p.add_argument("--best", type=Path, help="best.json of `virnucpro best-config`")
     p.add_argument("--peers", type=Path, help="peers JSON of `virnucpro bench peers` (optional GPU job)")
+    p.add_argument("--accuracy", nargs="+", type=Path, default=[], help="`bench accuracy` JSONs of the precision sweep")
     p.add_argument("--compare-to", type=Path, help="a previous summary.json: each figure's change against it")
     p.add_argument("--merged", nargs="*", type=Path, default=[], help="merged telemetry JSONs (linked)")
     p.add_argument("--html", type=Path, required=True)
@@ -28,6 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from virnucpro.report.accuracy import load_accuracy
     from virnucpro.report.render import write_report
     from virnucpro.report.results import load_results
     from virnucpro.utils.jsonfile import read_object
@@ -48,6 +50,7 @@ def run(args) -> int:
         scaling,
         peers,
         (str(args.compare_to), previous) if previous is not None else None,
+        load_accuracy(args.accuracy),
     )
     c = ctx["verdict_counts"]
     print(f"report: {args.html} ({c['PASS']} PASS, {c['FAIL']} FAIL, {c['N/A']} N/A)")

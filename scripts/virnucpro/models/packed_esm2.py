@@ -5,7 +5,8 @@ residues, computed without padding: fused QKV projection, rotary positions resta
 and cos in fp32), varlen attention, ESM's gelu, token-dropout rescale (x0.88, as fair-esm applies it at
 inference too), `emb_layer_norm_after` on the last layer only, and a segment mean on the device with no
 host synchronisation. The residual stream, the embedding table and the layer norms are fp32 at every
-precision; the linear layers and attention run in the model's dtype.
+precision; the linear layers and attention run in the model's dtype (with fp8, E4M3 GEMMs with per-token and
+per-channel scales and bf16 attention: see `fp8`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.models.attention import padded_attention, varlen_attention, varlen_available
+from virnucpro.models.fp8 import E4M3, FP8_COMPUTE_DTYPE, fp8_linear, quantise_rows, quantise_weight
 from virnucpro.models.triton_attention import (
     ROTATE_KEYS_MAX_LEN,
     rotary_tables,
@@ -67,6 +69,24 @@ def residual_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype):
     return x, F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, LAYER_NORM_EPS).to(out_dtype)
 
 
+def residual_norm_fp8(x, y, ln_w, ln_b):
+    """`residual_norm` whose layer-norm output is quantised per token for the next fp8 GEMM: (x, (h8, scale))."""
+    x = x + y.float()
+    return x, quantise_rows(F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, LAYER_NORM_EPS))
+
+
+def gelu_quantise(u):
+    """fc1's output through ESM's (erf) gelu, quantised per token for fc2."""
+    return quantise_rows(F.gelu(u.float()))
+
+
+def linear(h, layer: nn.Linear):
+    """`layer` applied to `h`: a tensor (F.linear), or an fp8 (rows, scales) pair (one scaled GEMM)."""
+    if isinstance(h, tuple):
+        return fp8_linear(h[0], h[1], layer.weight, layer.weight_scale, layer.bias)
+    return F.linear(h, layer.weight, layer.bias)
+
+
 #: FlashAttention-2 (varlen_attn) launches one grid row per segment on grid axis y, which stops at 65,535.
 FA2_MAX_SEGMENTS = 65_535
 
@@ -100,6 +120,17 @@ def mlp_up(h, fc1_w, fc1_b, tanh_epilogue: bool):
     return F.gelu(F.linear(h, fc1_w, fc1_b))
 
 
+#: The memory-bound kernels `compile_kernels` compiles (each one fused pass), by the name `represent` calls.
+KERNELS = {
+    "rotate": rotate_qk,
+    "rotate_keys": rotate_k,
+    "add_norm": residual_norm,
+    "add_norm_fp8": residual_norm_fp8,
+    "quantise": quantise_rows,
+    "gelu_quantise": gelu_quantise,
+}
+
+
 class PackedLayer(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
@@ -123,7 +154,8 @@ class PackedESM2(nn.Module):
         self.layers = nn.ModuleList(PackedLayer(spec.embed_dim, spec.attention_heads) for _ in range(spec.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(spec.embed_dim, eps=LAYER_NORM_EPS)
         self.register_buffer("inv_freq", rotary_inv_freq(spec.head_dim), persistent=False)
-        self.kernels = (rotate_qk, rotate_k, residual_norm)
+        self.kernels = dict(KERNELS)
+        self.compute_dtype = torch.float32  # the GEMMs' inputs and attention (bf16 for fp8); set by from_state_dict
         self.tanh_gelu_epilogue = False
         self.fused_attention = False
 
@@ -137,7 +169,7 @@ class PackedESM2(nn.Module):
         `triton_attention` (otherwise: compiled rotary, then FlashAttention-2); `tanh_gelu_epilogue` folds fc1's
         bias and gelu into the GEMM, see `mlp_up`.
         """
-        self.kernels = tuple(torch.compile(f, dynamic=False) for f in (rotate_qk, rotate_k, residual_norm))
+        self.kernels = {name: torch.compile(f, dynamic=False) for name, f in KERNELS.items()}
         self.tanh_gelu_epilogue = tanh_gelu_epilogue
         self.fused_attention = fused_attention
 
@@ -165,17 +197,28 @@ class PackedESM2(nn.Module):
         each source tensor is cast as it is copied: the device never holds a full-precision copy of the model
         (ESM-2 15B in bf16 needs 30 GB, not 60 + 30).
         """
+        fp8 = dtype == E4M3
         with torch.device("meta"):
             model = cls(spec, cls_idx, eos_idx)
             for module in model.modules():
                 if isinstance(module, nn.Linear):
-                    module.to(dtype)
+                    module.to(FP8_COMPUTE_DTYPE if fp8 else dtype)
+                    if fp8:  # E4M3 weight, one fp32 scale per output channel, bias kept in bf16
+                        module.weight.data = module.weight.data.to(E4M3)
+                        module.register_buffer("weight_scale", torch.empty(1, module.out_features))
         model = model.to_empty(device=device)
+        model.compute_dtype = FP8_COMPUTE_DTYPE if fp8 else dtype
         model.inv_freq.copy_(rotary_inv_freq(spec.head_dim, device))
 
         def put(param: torch.Tensor, *names: str) -> None:
-            parts = [state[n].to(device=device, dtype=param.dtype) for n in names]
-            param.copy_(parts[0] if len(parts) == 1 else torch.cat(parts))
+            parts = [state[n].to(device=device, dtype=torch.float32 if fp8 else param.dtype) for n in names]
+            value = parts[0] if len(parts) == 1 else torch.cat(parts)
+            if param.dtype == E4M3:
+                value, scale = quantise_weight(value)
+                linears[id(param)].weight_scale.copy_(scale)
+            param.copy_(value)
+
+        linears = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
 
         put(model.embed_tokens.weight, "embed_tokens.weight")
         for i, layer in enumerate(model.layers):
@@ -242,46 +285,64 @@ class PackedESM2(nn.Module):
         """(T, D) fp32 per-token representations after `repr_layer` layers (the last: `emb_layer_norm_after`)."""
         n_layers = self.spec.num_layers
         repr_layer = n_layers if repr_layer is None else repr_layer
-        rotate, rotate_keys, add_norm = self.kernels
-        dtype = self.layers[0].qkv.weight.dtype if len(self.layers) else torch.float32  # the GEMMs' dtype
+        k, dtype = self.kernels, self.compute_dtype
+        fp8 = bool(len(self.layers)) and self.layers[0].qkv.weight.dtype == E4M3
         x = self.embed_tokens(tokens).float()
         if self.spec.token_dropout:
             x = x * TOKEN_DROPOUT_SCALE
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (T, 1, Dh)
-        cos, sin = emb.cos(), emb.sin()
-        path = attention_path(x.device, dtype, cu_seqlens.numel() - 1, self.fused_attention)
-        if path == "triton":
-            tables = self.rotary_tables(max_len)
-        tanh_gelu = self.tanh_gelu_epilogue and fused_gelu_applies(x.device, dtype)
+        attend = self._attention(x.device, dtype, emb.cos(), emb.sin(), cu_seqlens, max_len, positions, seq_ids)
+        tanh_gelu = self.tanh_gelu_epilogue and fused_gelu_applies(x.device, dtype) and not fp8
+
+        def add_norm(x, y, ln):  # the residual add, then the next pre-norm as the next GEMM's input
+            return (
+                k["add_norm_fp8"](x, y, ln.weight, ln.bias) if fp8 else k["add_norm"](x, y, ln.weight, ln.bias, dtype)
+            )
+
         layers = self.layers[:repr_layer]
         T, d = x.shape
-        h = F.layer_norm(x, (d,), layers[0].ln1.weight, layers[0].ln1.bias, LAYER_NORM_EPS).to(dtype) if layers else x
+        if layers:
+            h = F.layer_norm(x, (d,), layers[0].ln1.weight, layers[0].ln1.bias, LAYER_NORM_EPS)
+            h = k["quantise"](h) if fp8 else h.to(dtype)
         for i, layer in enumerate(layers):
-            qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias)
-            if path == "triton":
-                keys = rotate_keys(qkv, cos, sin, layer.heads) if max_len > ROTATE_KEYS_MAX_LEN else None
-                a = rotary_varlen_attention(qkv, cu_seqlens, max_len, tables, layer.heads, rotated_keys=keys)
+            a = attend(linear(h, layer.qkv), layer.heads).reshape(T, d)
+            x, h = add_norm(x, linear(k["quantise"](a) if fp8 else a, layer.out), layer.ln2)
+            if fp8:
+                y = linear(k["gelu_quantise"](linear(h, layer.fc1)), layer.fc2)
             else:
-                q, k = rotate(qkv, cos, sin, layer.heads)
-                v = qkv.view(T, 3, layer.heads, -1)[:, 2]
-                if path == "varlen":
-                    a = varlen_attention(q, k, v, cu_seqlens, max_len)
-                else:
-                    a = padded_attention(q, k, v, cu_seqlens, max_len, positions, seq_ids)
-            x, h = add_norm(
-                x, F.linear(a.reshape(T, d), layer.out.weight, layer.out.bias), layer.ln2.weight, layer.ln2.bias, dtype
-            )
-            y = F.linear(mlp_up(h, layer.fc1.weight, layer.fc1.bias, tanh_gelu), layer.fc2.weight, layer.fc2.bias)
+                y = F.linear(mlp_up(h, layer.fc1.weight, layer.fc1.bias, tanh_gelu), layer.fc2.weight, layer.fc2.bias)
             if i + 1 < len(layers):
-                nxt = layers[i + 1].ln1
-                x, h = add_norm(x, y, nxt.weight, nxt.bias, dtype)
+                x, h = add_norm(x, y, layers[i + 1].ln1)
             elif repr_layer == n_layers:  # the last layer's output goes through emb_layer_norm_after, kept fp32
                 final = self.emb_layer_norm_after
-                _, x = add_norm(x, y, final.weight, final.bias, torch.float32)
+                _, x = k["add_norm"](x, y, final.weight, final.bias, torch.float32)
             else:
                 x = x + y.float()
         return x
+
+    def _attention(self, device, dtype, cos, sin, cu_seqlens, max_len, positions, seq_ids):
+        """The batch's attention as `attend(qkv, heads) -> (T, H, Dh)`: the path (`attention_path`) and its
+        rotary tables chosen once per batch."""
+        path = attention_path(device, dtype, cu_seqlens.numel() - 1, self.fused_attention)
+        rotate, rotate_keys = self.kernels["rotate"], self.kernels["rotate_keys"]
+        if path == "triton":
+            tables = self.rotary_tables(max_len)
+
+            def attend(qkv, heads):
+                keys = rotate_keys(qkv, cos, sin, heads) if max_len > ROTATE_KEYS_MAX_LEN else None
+                return rotary_varlen_attention(qkv, cu_seqlens, max_len, tables, heads, rotated_keys=keys)
+
+            return attend
+
+        def attend(qkv, heads):
+            q, k = rotate(qkv, cos, sin, heads)
+            v = qkv.view(qkv.shape[0], 3, heads, -1)[:, 2]
+            if path == "varlen":
+                return varlen_attention(q, k, v, cu_seqlens, max_len)
+            return padded_attention(q, k, v, cu_seqlens, max_len, positions, seq_ids)
+
+        return attend
 
     def pool(
         self,

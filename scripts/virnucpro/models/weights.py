@@ -307,3 +307,33 @@ def resolve_weights(
         f"no weights for {model_name}: not in the torch hub cache ({cached}); pass --checkpoint PATH to a "
         f"fair-esm {model_name}.pt, or --random-weights for throughput measurements only"
     )
+
+
+class OutlierStateDict(Mapping):
+    """`base` with a few hidden channels made `magnitude` times larger where every block's linear layers read
+    them: the weight and bias of both pre-norms (`self_attn_layer_norm`, `final_layer_norm`) in every layer.
+
+    Why this resembles trained transformers: they develop a handful of hidden dimensions whose layer-norm outputs
+    (the inputs of the q/k/v and fc1 projections) are one to two orders of magnitude larger than the rest, in the
+    same dimensions across tokens and layers (LLM.int8, Dettmers et al. 2022; "massive activations", Sun et al.
+    2024), which is what breaks per-tensor 8-bit activation scales. Random weights have none, so a precision
+    checked on them alone is checked on the easy case. Read lazily, like the weights it wraps.
+    """
+
+    def __init__(self, base: Mapping, embed_dim: int, channels: int, magnitude: float, seed: int):
+        self.base, self.magnitude = base, float(magnitude)
+        gen = torch.Generator().manual_seed(seed)
+        self.channels = sorted(torch.randperm(embed_dim, generator=gen)[:channels].tolist())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        t = self.base[name]
+        if name.startswith("layers.") and ("self_attn_layer_norm." in name or "final_layer_norm." in name):
+            t = t.clone()
+            t[self.channels] *= self.magnitude
+        return t
+
+    def __iter__(self):
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)

@@ -103,7 +103,8 @@ def _record_earlier_completion(status_path: Path, cfg, summary: dict) -> None:
 
 
 def apply_params_from(cfg, path: Path | None):
-    """Override `cfg`'s engine settings with the `params` of a best-config JSON (world size excepted)."""
+    """Override `cfg`'s sweep knobs with the `params` of a best-config JSON (world size excepted): precision too,
+    which best-config recommends only when it passes the accuracy gate (`report.accuracy`)."""
     if path is None:
         return cfg
     best = read_object(path, "--params-from").get("params") or {}

@@ -22,6 +22,7 @@ import torch
 from virnucpro.data.fasta import read_fasta
 from virnucpro.data.loader import PackedBatch, PackedBatchDataset, make_loader
 from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
+from virnucpro.models.fp8 import recipe_facts
 from virnucpro.data.windows import split_into_windows
 from virnucpro.errors import UserError
 from virnucpro.models.weights import resolve_weights
@@ -229,6 +230,7 @@ def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | No
         "startup_seconds": startup,
         "device": str(device),
         "precision": precision,
+        **recipe_facts(precision),
         "gelu": gelu_form(cfg, device, precision),
         "compiled": compiled,
         "weights": weights.provenance,

@@ -23,12 +23,13 @@ from virnucpro.data.loader import PackedBatch, PackedBatchDataset, Vocabulary, c
 from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
 from virnucpro.data.windows import Items, WindowSums, check_overlap, embedded_tokens, split_into_windows
 from virnucpro.errors import UserError
+from virnucpro.models.fp8 import E4M3, check_fp8_device, recipe_facts
 from virnucpro.models.packed_esm2 import PackedESM2, fused_gelu_applies
 from virnucpro.models.weights import Weights, resolve_weights
 from virnucpro.pipeline.launcher import launch_ranks
 from virnucpro.pipeline import output
 from virnucpro.pipeline.preemption import Preempted, StopFlag
-from virnucpro.settings import with_settings
+from virnucpro.settings import auto_precision, with_settings
 from virnucpro.pipeline.progress_reporter import InferenceProgressReporter, create_progress_callback
 from virnucpro.utils.hardware import capture_hardware_info, matmul_tflops, package_versions
 from virnucpro.utils.gpu_monitor import NvitopMonitor
@@ -37,7 +38,7 @@ from virnucpro.utils.telemetry import TelemetryLogger, aggregate_telemetry_shard
 
 logger = logging.getLogger("virnucpro.pipeline.runner")
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": E4M3}
 
 
 @dataclass
@@ -61,9 +62,11 @@ class EmbedConfig:
 
     def resolved_precision(self, device: torch.device) -> str:
         if self.precision == "auto":
-            return "bf16" if device.type == "cuda" else "fp32"
+            return auto_precision(device.type)
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of auto, {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.precision == "fp8" and (why := check_fp8_device(device)):
+            raise UserError(why)
         return self.precision
 
     def resolved_compile(self, device: torch.device) -> bool:
@@ -127,6 +130,7 @@ def fingerprint(cfg: EmbedConfig, records: Records, weights: Weights, precision:
         "long_sequences": cfg.long_sequences,
         "gelu": gelu,
         "output_dtype": cfg.output_dtype,
+        **recipe_facts(precision),
     }
     if chunk_overlap(cfg) is not None:
         fp["window_overlap"] = cfg.window_overlap
@@ -635,6 +639,7 @@ def run_meta(prep: Prepared) -> dict:
         "model": w.provenance.get("model"),
         "weights": w.provenance,
         "precision": prep.precision,
+        **recipe_facts(prep.precision),
         "gelu": prep.gelu,
         "repr_layer": prep.layer,
         "fasta": str(cfg.fasta),
@@ -717,6 +722,7 @@ def finish_output(prep: Prepared) -> None:
         "weights": w.provenance["weights"],
         "weights_provenance": w.provenance,
         "precision": prep.precision,
+        **recipe_facts(prep.precision),
         "gelu": prep.gelu,
         "repr_layer": prep.layer,
         "output_dtype": cfg.output_dtype,

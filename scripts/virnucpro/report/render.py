@@ -14,13 +14,15 @@ from jinja2 import Environment, PackageLoader, Undefined
 from virnucpro.defaults import TARGET_TOKENS_PER_SEQUENCE, WARMUP_BATCHES, WARMUP_SECONDS
 from virnucpro.report import plots
 from virnucpro.report.compare import compare
+from virnucpro.report.accuracy import result_precision
 from virnucpro.report.peers import peer_comparison
+from virnucpro.report.precision import precision_rows
 from virnucpro.report.results import at_target, speedup
-from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, checkpoint_verdict, production_verdicts
+from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, accuracy_verdicts, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
 from virnucpro.utils.jsonfile import write_json_atomic
 
-SWEEP_GROUPS = ("baseline", "dataloader", "packing", "interaction")
+SWEEP_GROUPS = ("baseline", "dataloader", "packing", "interaction", "precision")
 ENGINE_KNOBS = ("token_budget", "buffer_size", "num_workers", "prefetch_factor")
 
 
@@ -61,13 +63,17 @@ def _rel(path: str, start: Path) -> str:
         return path
 
 
-def _best_section(best: dict | None) -> dict[str, Any]:
-    """What the report says about best.json (written by `best-config`; never re-chosen here)."""
+def _best_section(best: dict | None, config: dict) -> dict[str, Any]:
+    """What the report says about best.json (written by `best-config`; never re-chosen here). A recommended
+    precision other than the configured one goes in the snippet's `model` section, where the config holds it."""
     if best is None:
         return {"best": None, "snippet": None, "winner": False}
-    engine = {k: best["params"][k] for k in ENGINE_KNOBS if k in (best.get("params") or {})}
+    params = best.get("params") or {}
+    snippet = {"engine": {k: params[k] for k in ENGINE_KNOBS if k in params}}
+    if params.get("precision") not in (None, (config.get("model") or {}).get("precision")):
+        snippet = {"model": {"precision": params["precision"]}, **snippet}
     winner = bool(best.get("label")) and best.get("significant") is not False
-    return {"best": best, "winner": winner, "snippet": yaml.safe_dump({"engine": engine}, sort_keys=False)}
+    return {"best": best, "winner": winner, "snippet": yaml.safe_dump(snippet, sort_keys=False)}
 
 
 def _figures(production, by_group, scaling, warmup_seconds, warmup_batches) -> dict[str, Any]:
@@ -170,7 +176,7 @@ def _sweeps(by_group: dict[str, list[dict]], baseline: dict | None) -> dict[str,
     optimal = (by_group.get("optimal") or [None])[0]
     return {
         "sweep_rows": [
-            {**r, "speedup": speedup(r, baseline)}
+            {**r, "speedup": speedup(r, baseline), "precision": result_precision(r)}
             for group in SWEEP_GROUPS
             for r in sorted(by_group.get(group, []), key=lambda r: r["label"])
         ],
@@ -192,8 +198,10 @@ def build_context(
     workflow_dir: Path | None = None,
     scaling: dict | None = None,
     peers: dict | None = None,
+    accuracy: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
-    """Everything the three renderings show; `best` and `scaling` are the workflow's best.json and scaling.json."""
+    """Everything the three renderings show; `best` and `scaling` are the workflow's best.json and scaling.json,
+    `accuracy` the precision sweep's `bench accuracy` rows (`report.accuracy.load_accuracy`)."""
     thresholds = {**DEFAULT_THRESHOLDS, **(config.get("targets") or {})}
     results = [at_target(r, int(thresholds["target_sequences"])) for r in results]
     warm = config.get("warmup") or {}
@@ -203,9 +211,13 @@ def build_context(
     by_group, production = _by_group(results, scaling)
     ckpt = {r["label"]: r for r in by_group.get("checkpoint", [])}
     ckpt_on, ckpt_off = ckpt.get("checkpoint_on"), ckpt.get("checkpoint_off")
-    verdicts = production_verdicts(production, thresholds, scaling) + [
-        checkpoint_verdict(ckpt_on, ckpt_off, thresholds)
-    ]
+    baseline = (by_group.get("baseline") or [None])[0]
+    precision = precision_rows(by_group, baseline, accuracy or {})
+    verdicts = (
+        production_verdicts(production, thresholds, scaling)
+        + [checkpoint_verdict(ckpt_on, ckpt_off, thresholds)]
+        + accuracy_verdicts(precision)
+    )
     return {
         **_provenance(results, production, config, workflow_dir),
         "input": input_info,
@@ -219,8 +231,9 @@ def build_context(
         "scaling": scaling.get("rows") or [],
         "scaling_file": scaling,
         "figures": _figures(production, by_group, scaling, warmup_seconds, warmup_batches),
-        **_sweeps(by_group, (by_group.get("baseline") or [None])[0]),
-        **_best_section(best),
+        **_sweeps(by_group, baseline),
+        "precision_rows": precision,
+        **_best_section(best, config),
         "subset": by_group.get("subset", []),
         "checkpoint_runs": [r for r in (ckpt_off, ckpt_on) if r],
         "telemetry_links": [
@@ -298,7 +311,7 @@ PRODUCTION_KEYS = (
     "ci95",
     "ci95_tokens_per_sec",
 )
-SWEEP_POINT_KEYS = ("label", "group", "params", "status", "reason", "repeats", "ci95")
+SWEEP_POINT_KEYS = ("label", "group", "params", "precision", "status", "reason", "repeats", "ci95")
 FLAGGED_KEYS = ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")
 
 
@@ -321,6 +334,7 @@ def summary_json(context: dict) -> dict:
     out["best"] = _summary_best(best)
     out["best_speedup_over_baseline"] = best.get("speedup_over_baseline") if best else None
     out["flagged_runs"] = [_result_fields(r, FLAGGED_KEYS) for r in context["flagged"]]
+    out["precision"] = context["precision_rows"]
     out["sweep_points"] = [
         {
             **_result_fields(r, SWEEP_POINT_KEYS),
@@ -345,10 +359,11 @@ def write_report(
     scaling: dict | None = None,
     peers: dict | None = None,
     previous: tuple[str, dict] | None = None,
+    accuracy: dict[str, dict] | None = None,
 ) -> dict:
     """Render report.html, report.txt and summary.json from one context; `previous` = (path, summary.json)."""
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    context = build_context(results, input_info, config, best, html_path.parent, workflow_dir, scaling, peers)
+    context = build_context(results, input_info, config, best, html_path.parent, workflow_dir, scaling, peers, accuracy)
     context["merged_links"] = [_rel(str(p), html_path.parent) for p in merged_telemetry]
     if previous is not None:
         context["comparison"] = compare(summary_json(context), previous[1], previous[0])

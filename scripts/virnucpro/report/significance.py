@@ -5,10 +5,11 @@ Welch's t interval on the logs (`stats.ratio_ci`). The windows of one job cannot
 process on the host, GPU clocks and temperature, memory placement): `between_job_cv`, the relative spread of one
 configuration's rate from job to job, is added to every comparison of two jobs as a known variance (2 log(1 +
 cv)^2), and the optimal validation reports the drift it actually sees. The m points compared (finished, packing
->= the minimum, >= 2 repeats) are covered together: each interval is taken at 1 - alpha/m (Bonferroni), so all m
-hold at once with probability >= 1 - alpha (95 %). A winner is declared only when its interval's LOWER bound is
-above 1 + `min_gain`; among several, the one with the highest lower bound (the gain that can be promised; the
-highest point estimate would favour the noisiest point). Otherwise the recommendation is the baseline.
+>= the minimum, >= 2 repeats, a precision that passes the accuracy gate) are covered together: each interval is
+taken at 1 - alpha/m (Bonferroni), so all m hold at once with probability >= 1 - alpha (95 %). A winner is
+declared only when its interval's LOWER bound is above 1 + `min_gain`; among several, the one with the highest
+lower bound (the gain that can be promised; the highest point estimate would favour the noisiest point).
+Otherwise the recommendation is the baseline.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import math
 from pathlib import Path
 
+from virnucpro.report.accuracy import gate, gate_refusal, result_precision
 from virnucpro.report.stats import describe, ratio_ci
 
 ALPHA = 0.05
@@ -61,6 +63,7 @@ def point_row(
         "label": result["label"],
         "group": result["group"],
         "params": result["params"],
+        "precision": result_precision(result),
         "status": result["status"],
         "reason": result.get("reason"),
         "repeats": seq["repeats"],
@@ -75,15 +78,43 @@ def point_row(
     }
 
 
+def _decision_note(best: dict | None, base_usable: bool, m: int, min_gain: float, base_refusal: str | None) -> str:
+    if best:
+        return (
+            f"{best['label']} beats the baseline: speedup {best['speedup']:.3f}x, simultaneous 95 % interval "
+            f"[{best['speedup_ci95'][0]:.3f}, {best['speedup_ci95'][1]:.3f}] above {1 + min_gain:.2f}x"
+        )
+    if not base_usable:
+        return "the baseline has no usable measurement: no speedup can be established; the settings are the baseline's"
+    note = (
+        f"no point beats the baseline beyond noise (none of the {m} compared has its simultaneous 95 % "
+        f"interval above {1 + min_gain:.2f}x): the recommended settings are the baseline's"
+    )
+    return note + (f"; but the baseline's own {base_refusal}" if base_refusal else "")
+
+
 def sweep_decision(
-    results: list[dict], min_packing: float, min_gain: float = 0.02, alpha: float = ALPHA, between_job_cv: float = 0.0
+    results: list[dict],
+    min_packing: float,
+    min_gain: float = 0.02,
+    alpha: float = ALPHA,
+    between_job_cv: float = 0.0,
+    accuracy: dict[str, dict] | None = None,
 ) -> dict:
-    """The best-configuration record (best.json): the winner, or the baseline when no point is significant."""
+    """The best-configuration record (best.json): the winner, or the baseline when no point is significant. With
+    `accuracy` (a precision sweep's `bench accuracy` rows), a point whose precision fails the gate is not
+    compared, saying why (`accuracy.gate_refusal`)."""
     baseline = next((r for r in results if r["group"] == "baseline"), None)
     base_usable = baseline is not None and _why_not_compared(baseline, 0.0) is None
+    base_precision = result_precision(baseline) if baseline else None
     others = [r for r in results if r is not baseline]
     why = {
-        id(r): (_why_not_compared(r, min_packing) if base_usable else "the baseline has no interval") for r in others
+        id(r): (
+            (_why_not_compared(r, min_packing) or gate_refusal(result_precision(r), accuracy, base_precision))
+            if base_usable
+            else "the baseline has no interval"
+        )
+        for r in others
     }
     m = sum(why[id(r)] is None for r in others)
     level = 1.0 - alpha / max(1, m)
@@ -92,18 +123,8 @@ def sweep_decision(
     winners = [row for row in rows if row["significant"]]
     best = max(winners, key=lambda row: row["speedup_ci95"][0]) if winners else None
     chosen = best or (rows[0] if baseline else None)
-    if best:
-        note = (
-            f"{best['label']} beats the baseline: speedup {best['speedup']:.3f}x, simultaneous 95 % interval "
-            f"[{best['speedup_ci95'][0]:.3f}, {best['speedup_ci95'][1]:.3f}] above {1 + min_gain:.2f}x"
-        )
-    elif base_usable:
-        note = (
-            f"no point beats the baseline beyond noise (none of the {m} compared has its simultaneous 95 % "
-            f"interval above {1 + min_gain:.2f}x): the recommended settings are the baseline's"
-        )
-    else:
-        note = "the baseline has no usable measurement: no speedup can be established; the settings are the baseline's"
+    base_refusal = gate_refusal(base_precision, accuracy, base_precision) if baseline else None
+    note = _decision_note(best, base_usable, m, min_gain, base_refusal)
     return {
         "label": chosen["label"] if chosen else None,
         "params": chosen["params"] if chosen else None,
@@ -122,6 +143,8 @@ def sweep_decision(
         "method": METHOD,
         "note": note,
         "candidates": len(results),
+        "accuracy_gate": {p: gate(row)[0] for p, row in sorted((accuracy or {}).items())},
+        "baseline_accuracy_refusal": base_refusal,
         "sweep_points": rows,
     }
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from virnucpro.defaults import TARGET_SEQUENCES
+from virnucpro.report.accuracy import GATE
 from virnucpro.report.results import checkpoint_overhead, resumed_na_reason
 
 DEFAULT_THRESHOLDS = {
@@ -225,3 +226,35 @@ def checkpoint_verdict(on: dict | None, off: dict | None, thresholds: dict) -> V
         status,
         reason,
     )
+
+
+def accuracy_verdicts(precision_rows: list[dict]) -> list[Verdict]:
+    """ACCURACY: one per precision of the Precision table (its gate, as best-config applied it), the share of
+    sequences whose embedding reaches the cosine bound against fair-esm fp32, and on which weights."""
+    out, seen = [], set()
+    for row in precision_rows:
+        if row["precision"] is None or row["precision"] in seen:
+            continue
+        seen.add(row["precision"])
+        fraction = row["cosine_ge_gate_fraction"]
+        if row["gate"] == "N/A":
+            reason = row["gate_reason"]
+        else:
+            figures = (
+                f"cosine p01 {row['cosine_p01']:.5f}, relative L2 median {row['rel_l2_median']:.2e}, "
+                f"p99 {row['rel_l2_p99']:.2e}"
+            )
+            reason = "; ".join(x for x in (row["gate_reason"], figures, row["provenance"]) if x)
+        out.append(
+            Verdict(
+                "ACCURACY",
+                "embedding accuracy vs fair-esm fp32 (sequences at the cosine bound)",
+                f"precision {row['precision']}",
+                None if fraction is None else 100 * fraction,
+                "%",
+                row["gate_threshold"] or GATE,
+                row["gate"],
+                reason,
+            )
+        )
+    return out
