@@ -32,7 +32,8 @@ def _schema_disagreements() -> list[str]:
             continue
         if not prop.get("description"):
             out.append(f"schema: engine.{name} has no description")
-        if prop.get("type") != SCHEMA_TYPES[s.kind]:
+        nullable = [SCHEMA_TYPES[s.kind], "null"] if s.default is None else None  # an optional value
+        if prop.get("type") not in (SCHEMA_TYPES[s.kind], nullable):
             out.append(f"schema: engine.{name} type {prop.get('type')!r}, setting kind {s.kind.__name__}")
         if s.choices and prop.get("enum") != list(s.choices):
             out.append(f"schema: engine.{name} enum {prop.get('enum')} != choices {list(s.choices)}")

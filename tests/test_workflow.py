@@ -306,8 +306,8 @@ def test_runs_are_marked_valid_or_not_with_the_reason(workflow_run):
 
 
 def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(workflow_run, tmp_path):
-    """Issue 14 point 5: no machine path in params; warm-up, targets, thresholds and the progress interval are
-    applied by local analysis jobs only."""
+    """Issue 14 point 5: no machine path in params; warm-up, targets, thresholds, the progress interval and the
+    compile cache's place are applied by local analysis jobs or the jobs' environment only."""
     moved = tmp_path / "moved checkout"
     shutil.copytree(workflow_run, moved, symlinks=True)  # keeps mtimes and .snakemake's records
     env = {"VIRNUCPRO_PRODUCTION_FASTA": str(workflow_run / HTML_NAME)}
@@ -316,7 +316,7 @@ def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(wor
     (moved / "analysis.yaml").write_text(
         "warmup:\n  seconds: 1\n  batches: 2\n  min_steady_batches: 3\n"
         "targets:\n  min_packing: 0.5\n  min_scaling_efficiency: 50\n"
-        "engine:\n  progress_interval: 1\n"
+        "engine:\n  progress_interval: 1\n  compile_cache: kernel cache\n"
     )
     res = snakemake("-n", "--configfile", "ci.yaml", "analysis.yaml", cwd=moved, env=env)
     assert res.returncode == 0, res.stderr
@@ -327,13 +327,15 @@ def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(wor
 
 
 def test_a_checkpoint_path_with_a_space_and_command_substitution_works_and_runs_nothing(tmp_path):
-    """Issue 18: model.checkpoint reaches the shell quoted."""
+    """Issue 18: model.checkpoint (and engine.compile_cache) reach the shell quoted."""
     from conftest import write_fairesm_checkpoint
 
     root = copy_project(tmp_path / "wf")
     ckpt = write_fairesm_checkpoint(tmp_path / "my weights $(touch PWNED)" / "esm2_tiny_test.pt")
+    cache = tmp_path / "kernels $(touch PWNED)"
     (root / "ckpt.yaml").write_text(
         f"model:\n  name: ''\n  checkpoint: {json.dumps(str(ckpt))}\n  random_weights: false\n"
+        f"engine:\n  compile_cache: {json.dumps(str(cache))}\n"  # reaches the job's environment quoted too
     )
     res = snakemake("results/sweeps/baseline/baseline.json", "--configfile", "ci.yaml", "ckpt.yaml", cwd=root)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -160,6 +160,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "persistent torch.compile/Triton cache shared by jobs (default: torch's, under /tmp)",
         metavar="DIR",
+        workflow=ENVIRONMENT,
     ),
     Setting(
         "target_sequences",

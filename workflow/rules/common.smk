@@ -26,6 +26,18 @@ def shell_literal(value):
     return shlex.quote(str(value)).replace("{", "{{").replace("}", "}}")
 
 
+def compile_cache_exports(directory):
+    """engine.compile_cache as torch's and Triton's cache variables (absolute: a job may start elsewhere); a
+    place to keep compiled kernels changes no result, so it reruns nothing."""
+    if not directory:
+        return ""
+    path = os.path.abspath(os.path.expanduser(directory))
+    return (
+        f"export TORCHINDUCTOR_CACHE_DIR={shell_literal(os.path.join(path, 'inductor'))} "
+        f"TRITON_CACHE_DIR={shell_literal(os.path.join(path, 'triton'))}; "
+    )
+
+
 # `virnucpro` is a shell function defined in every job's shell prefix, so that neither the checkout's path nor
 # the interpreter appears in a rule's params or command (moving the checkout or the environment reruns nothing);
 # the progress interval (it only shapes job logs) and the report's git checkout travel the same way.
@@ -35,6 +47,7 @@ shell.prefix(
     f'{shell_literal(PYTHON)} -m virnucpro.cli "$@"; }}}}; '
     f"export VIRNUCPRO_PROGRESS_INTERVAL={float(config['engine']['progress_interval'])} "
     f"VIRNUCPRO_WORKFLOW_DIR={shell_literal(workflow.basedir)}; "
+    + compile_cache_exports(config["engine"]["compile_cache"])
 )
 ENV = "../../envs/virnucpro.yaml"
 
