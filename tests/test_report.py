@@ -268,6 +268,7 @@ def test_compare_to_marks_changes_significant_only_with_separate_intervals(tmp_p
             {"label": "c", "sequences_per_sec": 100.0},
         ],
         "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 1000.0}, "projection": {"job_hours": 2.0}}],
+        "precision": [{"precision": "fp8", "cosine_p01": 0.995, "rel_l2_median": 0.09}],
     }
     now = {
         "sweep_points": [
@@ -276,8 +277,11 @@ def test_compare_to_marks_changes_significant_only_with_separate_intervals(tmp_p
             {"label": "c", "sequences_per_sec": 150.0},
         ],
         "production": [{"label": "ws1", "steady": {"avg_tokens_per_sec": 900.0}, "projection": {"job_hours": 2.5}}],
+        "precision": [{"precision": "fp8", "cosine_p01": 0.9995, "rel_l2_median": None}],
     }
     rows = {r["figure"]: r for r in compare(now, before, "prev.json")["rows"]}
+    assert rows["precision fp8: cosine p01"]["current"] == 0.9995  # accuracy is compared too (no interval)
+    assert "precision fp8: relative L2 median" not in rows  # N/A now: not a number to compare
     assert rows["a: sequences/s"]["significant"] is True and rows["a: sequences/s"]["better"] is True
     assert abs(rows["a: sequences/s"]["change_pct"] - 10.0) < 1e-9
     assert rows["b: sequences/s"]["significant"] is False

@@ -36,6 +36,9 @@ def figures(summary: dict) -> dict[str, dict]:
         out[f"{r['label']}: job hours at target"] = _figure(proj.get("job_hours"), "h", False)
     for r in summary.get("sweep_points") or []:
         out[f"{r['label']}: sequences/s"] = _figure(r.get("sequences_per_sec"), "sequences/s", True, r.get("ci95"))
+    for r in summary.get("precision") or []:  # a precision sweep: its accuracy beside its speed (in sweep_points)
+        out[f"precision {r['precision']}: cosine p01"] = _figure(r.get("cosine_p01"), "", True)
+        out[f"precision {r['precision']}: relative L2 median"] = _figure(r.get("rel_l2_median"), "", False)
     best = summary.get("best") or {}
     out["best: speedup over baseline"] = _figure(best.get("speedup_over_baseline"), "x", True, best.get("speedup_ci95"))
     for name, ratio in ((summary.get("peers") or {}).get("ratios") or {}).items():
