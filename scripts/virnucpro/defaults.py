@@ -13,3 +13,8 @@ WARMUP_SECONDS = 60.0
 WARMUP_BATCHES = 20
 #: A run keeping fewer steady batches than this on any rank is marked invalid.
 MIN_STEADY_BATCHES = 20
+#: The accuracy gate a precision must pass to be recommended: per-sequence cosine similarity of the pooled
+#: embedding with fair-esm fp32 on the same weights of at least COSINE_GATE, for at least GATE_FRACTION of them.
+COSINE_GATE = 0.999
+GATE_FRACTION = 0.99
+ACCURACY_GATE = f"cosine >= {COSINE_GATE} for >= {100 * GATE_FRACTION:.0f} % of sequences"

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from virnucpro.defaults import ACCURACY_GATE, GATE_FRACTION
 from virnucpro.errors import UserError
 from virnucpro.settings import CONCRETE_PRECISIONS
 from virnucpro.utils.jsonfile import read_object
 
-#: What `bench accuracy` writes as its gate when a file does not say (the gate this module applies).
-GATE = "cosine >= 0.999 for >= 99 % of sequences"
+#: The gate this module applies (and `bench accuracy` writes into its results).
+GATE = ACCURACY_GATE
 
 
 def load_accuracy(paths: list[str | Path]) -> dict[str, dict]:
@@ -55,7 +56,8 @@ def gate(row: dict | None) -> tuple[str, str | None]:
         return "PASS", None
     if not row.get("finite", True):
         return "FAIL", "non-finite embeddings"
-    return "FAIL", f"{100 * row['cosine_ge_gate_fraction']:.1f} % of sequences reach the cosine bound, fewer than 99 %"
+    reached = 100 * row["cosine_ge_gate_fraction"]
+    return "FAIL", f"{reached:.1f} % of sequences reach the cosine bound, fewer than {100 * GATE_FRACTION:.0f} %"
 
 
 def gate_refusal(precision: str | None, accuracy: dict[str, dict] | None, baseline_precision: str | None) -> str | None:
