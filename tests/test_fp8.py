@@ -20,11 +20,11 @@ from virnucpro.data.synthetic import make_sequences
 from virnucpro.models.fp8 import (
     E4M3,
     E4M3_MAX,
-    _cpu_scaled_mm,
     emulated_linear,
     quantise_rows,
     quantise_weight,
     recipe_facts,
+    scaled_mm_available,
 )
 from virnucpro.models.packed_esm2 import PackedESM2
 from virnucpro.models.weights import ModelSpec, OutlierStateDict, random_state_dict
@@ -57,7 +57,7 @@ def test_zero_and_huge_rows_stay_finite():
     assert back[1, 0] == pytest.approx(1e30, rel=2**-4) and back[1, 2] == 0.0  # 1 is below E4M3's range there
 
 
-@pytest.mark.skipif(not _cpu_scaled_mm(), reason="this torch build has no CPU torch._scaled_mm")
+@pytest.mark.skipif(not scaled_mm_available(torch.device("cpu")), reason="this torch build has no CPU torch._scaled_mm")
 def test_the_emulation_is_the_scaled_gemm_the_gpu_runs():
     """Same scales, same orientation (activation scale per row, weight scale per output channel), same bias:
     a transposed or swapped scale would show here, not first on the device."""

@@ -29,6 +29,7 @@ from virnucpro.data.loader import Vocabulary, collate
 from virnucpro.data.packing import token_length
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.models.packed_esm2 import PackedESM2
+from virnucpro.pipeline.runner import PRECISIONS
 from virnucpro.utils.hardware import matmul_tflops
 from virnucpro.utils.telemetry import steady_state
 
@@ -362,11 +363,8 @@ def _rounded(precision: str):
             return w8.float() * scale.reshape(-1, 1)
 
         return fp8
-    dtype = PRECISION_DTYPES[precision]
+    dtype = PRECISIONS[precision]
     return lambda name, v: v.to(dtype).float()
-
-
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def accuracy_sequences(num_sequences: int, seed: int) -> list[str]:
@@ -415,8 +413,6 @@ def accuracy(
 
 
 def _engine_accuracy(spec, state, name, seqs, device, token_budget, compiled, refs, lengths) -> dict:
-    from virnucpro.pipeline.runner import PRECISIONS
-
     vocab = Vocabulary.esm2()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -177,8 +177,6 @@ def _accuracy(args, device) -> dict:
 
 
 def run(args) -> int:
-    import json
-
     import torch
 
     from virnucpro import bench, bench_scale

@@ -18,6 +18,8 @@ runs as one cuBLASLt/CUTLASS call on an H100, so it is the first thing to measur
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 E4M3 = torch.float8_e4m3fn
@@ -47,25 +49,21 @@ def quantise_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scaled_mm_available(device: torch.device) -> bool:
-    """Whether `torch._scaled_mm` with row-wise scales runs here (Hopper+ on CUDA; recent CPU builds too)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
-    return _cpu_scaled_mm()
+    """Whether `torch._scaled_mm` with row-wise scales runs here (Hopper+ on CUDA; recent CPU builds too).
+    Asked once per device: `fp8_linear` asks for every GEMM."""
+    return _scaled_mm_available(device.type, device.index)
 
 
-_CPU_SCALED_MM: bool | None = None
-
-
-def _cpu_scaled_mm() -> bool:
-    global _CPU_SCALED_MM
-    if _CPU_SCALED_MM is None:
-        try:
-            a = torch.ones(2, 16).to(E4M3)
-            torch._scaled_mm(a, a.t(), torch.ones(2, 1), torch.ones(1, 2), out_dtype=torch.bfloat16)
-            _CPU_SCALED_MM = True
-        except (RuntimeError, NotImplementedError):
-            _CPU_SCALED_MM = False
-    return _CPU_SCALED_MM
+@functools.cache
+def _scaled_mm_available(device_type: str, index: int | None) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.get_device_capability(index) >= FP8_MIN_CAPABILITY
+    try:  # CPU: try one tiny product
+        a = torch.ones(2, 16).to(E4M3)
+        torch._scaled_mm(a, a.t(), torch.ones(2, 1), torch.ones(1, 2), out_dtype=torch.bfloat16)
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def fp8_linear(
