@@ -9,11 +9,14 @@
    the same windows), relative L2 per sequence.
 
 Usage (device, repository root, fair-esm on PYTHONPATH): python docs/benchmarks/device_checks.py OUT.json
+The quantisation and the scaled GEMM are the engine's own (`virnucpro.models.fp8`), so this measures what
+`--precision fp8` runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,9 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+from virnucpro.data.fasta import write_fasta  # noqa: E402
+from virnucpro.models.fp8 import fp8_linear, quantise_rows, quantise_weight  # noqa: E402
+
 D, FFN = 2560, 10240
 SHAPES = {"qkv": (3 * D, D), "out_proj": (D, D), "fc1": (FFN, D), "fc2": (D, FFN)}  # (N, K) of each linear
-E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 
 
 def bench(fn, iters: int = 30) -> float:
@@ -45,13 +52,6 @@ def bench(fn, iters: int = 30) -> float:
     return float(np.median(times))
 
 
-def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (per-token or per-output-channel) E4M3 quantisation: returns the fp8 tensor and its fp32 scales."""
-    amax = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
-    scale = amax / E4M3_MAX
-    return (x.float() / scale).to(torch.float8_e4m3fn), scale
-
-
 def gemm_rows() -> dict:
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
@@ -61,11 +61,8 @@ def gemm_rows() -> dict:
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=g)
     flop = 2 * n**3
     out["ceiling_bf16_tflops"] = flop / bench(lambda: a @ b) / 1e12
-    a8, sa = quantise_rows(a)
-    b8, sb = quantise_rows(b)
-    out["ceiling_fp8_rowwise_tflops"] = (
-        flop / bench(lambda: torch._scaled_mm(a8, b8.t(), sa, sb.t(), out_dtype=torch.bfloat16)) / 1e12
-    )
+    (a8, sa), (b8, sb) = quantise_rows(a), quantise_weight(b)
+    out["ceiling_fp8_rowwise_tflops"] = flop / bench(lambda: fp8_linear(a8, sa, b8, sb, None)) / 1e12
     one = torch.ones((), device=dev)
     out["ceiling_fp8_tensorwise_tflops"] = (
         flop / bench(lambda: torch._scaled_mm(a8, b8.t(), one, one, out_dtype=torch.bfloat16)) / 1e12
@@ -77,18 +74,14 @@ def gemm_rows() -> dict:
             x = torch.randn(tokens, k, device=dev, dtype=torch.bfloat16, generator=g)
             w = torch.randn(nout, k, device=dev, dtype=torch.bfloat16, generator=g) * 0.02
             bias = torch.zeros(nout, device=dev, dtype=torch.bfloat16)
-            w8, sw = quantise_rows(w)
+            w8, sw = quantise_weight(w)
             x8, sx = quant(x)
             fl = 2 * tokens * nout * k
             t_bf16 = bench(lambda x=x, w=w, bias=bias: F.linear(x, w, bias))
-            t_fp8 = bench(
-                lambda x8=x8, w8=w8, sx=sx, sw=sw, bias=bias: torch._scaled_mm(
-                    x8, w8.t(), sx, sw.t(), bias=bias, out_dtype=torch.bfloat16
-                )
-            )
+            t_fp8 = bench(lambda x8=x8, w8=w8, sx=sx, sw=sw, bias=bias: fp8_linear(x8, sx, w8, sw, bias))
             t_quant = bench(lambda x=x: quant(x))
             ref = F.linear(x.float(), w.float())
-            got = torch._scaled_mm(x8, w8.t(), sx, sw.t(), out_dtype=torch.bfloat16).float()
+            got = fp8_linear(x8, sx, w8, sw, None).float()
             rows.append(
                 {
                     "tokens": tokens,
@@ -107,9 +100,8 @@ def gemm_rows() -> dict:
 def long_fasta(path: Path, n: int = 32) -> None:
     rng = np.random.default_rng(1)
     letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
-    with path.open("w") as fh:
-        for i in range(n):
-            fh.write(f">long{i}\n{''.join(rng.choice(letters, size=int(rng.integers(1100, 3000))))}\n")
+    seqs = ["".join(rng.choice(letters, size=int(rng.integers(1100, 3000)))) for _ in range(n)]
+    write_fasta(path, [f"long{i}" for i in range(n)], seqs)
 
 
 def embed(fasta: Path, out: Path, device: str, precision: str) -> np.ndarray:
@@ -117,7 +109,8 @@ def embed(fasta: Path, out: Path, device: str, precision: str) -> np.ndarray:
     options += "--long-sequences chunk --window-overlap 256 --token-budget 8192 --num-workers 0"
     cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(out), *options.split()]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     print(f"embed {device} {precision}: {time.perf_counter() - start:.1f} s", flush=True)
     with h5py.File(out / "embeddings.h5") as h5:
         ids = [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]]
