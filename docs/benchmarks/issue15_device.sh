@@ -10,7 +10,7 @@ set -uo pipefail
 stage=$1; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
 W=/tmp/issue15
 mkdir -p $W
 export VIRNUCPRO_PRODUCTION_FASTA=$W/reads.faa
