@@ -14,6 +14,7 @@ import errno
 import importlib
 import logging
 import signal
+import os
 import sys
 
 from virnucpro import __version__
@@ -73,6 +74,16 @@ def _system_error(exc: BaseException, command: str | None) -> int | None:
     return None
 
 
+def _exit_now(code: int) -> None:
+    """Exit with `code` without the interpreter's teardown. The message is printed (stderr is line-buffered);
+    a flush that fails for lack of memory must not change the exit code."""
+    try:
+        sys.stderr.flush()
+    except BaseException:  # MemoryError included: nothing is left to report it with
+        pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_during_startup)  # until `embed` installs its flushing handler
     command = None
@@ -94,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         code = _system_error(exc, command)
         if code is None:
             raise
+        if code == EXIT_OOM:  # out of host memory: the interpreter's own teardown can fail too and turn 3 into 1
+            _exit_now(code)  # (seen under ulimit -v), so leave now; the with-blocks were unwound already
         return code
 
 
