@@ -16,6 +16,7 @@ import logging
 import signal
 import os
 import sys
+from typing import NoReturn
 
 from virnucpro import __version__
 from virnucpro.argtypes import OneLineParser
@@ -59,14 +60,10 @@ def _host_out_of_memory(exc: BaseException) -> bool:
 
 
 def _system_error(exc: BaseException, command: str | None) -> int | None:
-    """The exit code of a MemoryError, ImportError or OSError that is the host's or the user's; None: a bug."""
+    """The exit code of an ImportError or OSError that is the user's (a path of a file command); None: a bug.
+    Out of host memory is not returned but ended here (`_exit_out_of_memory`)."""
     if _host_out_of_memory(exc):
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        print(
-            f"virnucpro: out of memory ({exc.__class__.__name__}: {detail}; is a memory limit set, e.g. ulimit -v?)",
-            file=sys.stderr,
-        )
-        return EXIT_OOM
+        _exit_out_of_memory(exc)
     if isinstance(exc, OSError) and command in FILE_COMMANDS:
         where = exc.filename2 or exc.filename
         print(f"virnucpro: error: {where}: {exc.strerror or exc}", file=sys.stderr)
@@ -74,18 +71,46 @@ def _system_error(exc: BaseException, command: str | None) -> int | None:
     return None
 
 
-def _exit_now(code: int) -> None:
-    """Exit with `code` without the interpreter's teardown. The message is printed (stderr is line-buffered);
-    a flush that fails for lack of memory must not change the exit code."""
+OOM_HINT = "is a memory limit set, e.g. ulimit -v?"
+#: The out-of-memory line when not even the error's name can be formatted: encoded now, while there is memory.
+OOM_LINE = f"virnucpro: out of memory ({OOM_HINT})\n".encode()
+
+
+def _exit_out_of_memory(exc: BaseException) -> NoReturn:
+    """Out of host memory: one line on stderr and exit 3 at once, whatever else fails for lack of memory.
+
+    Memory is still exhausted here (the failed import's frames and modules are alive): print() to sys.stderr
+    raised MemoryError in about 1 run in 7 under ulimit -v 600 MB, which ended in exit 1 ("lost sys.stderr").
+    So the line is formatted with a preallocated fallback, written to fd 2 directly (a line that a failed
+    print() left in sys.stderr's buffer is dropped, not flushed, so the line stays one), and the interpreter's
+    teardown, which can fail as well, is skipped (os._exit)."""
+    line = OOM_LINE
     try:
-        sys.stderr.flush()
-    except BaseException:  # MemoryError included: nothing is left to report it with
+        error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}" if str(exc) else exc.__class__.__name__
+        line = f"virnucpro: out of memory ({error}; {OOM_HINT})\n".encode()
+    except BaseException:  # MemoryError: the fallback line
         pass
-    os._exit(code)
+    try:
+        sys.stdout.flush()  # what the command printed before (stdout may be block-buffered)
+    except BaseException:
+        pass
+    try:
+        os.write(2, line)
+    except BaseException:  # nothing is left to report it with
+        pass
+    os._exit(EXIT_OOM)
 
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_during_startup)  # until `embed` installs its flushing handler
+    try:
+        return _run(argv)
+    except MemoryError as exc:  # raised by a handler of _run (its print, ...): memory is still exhausted
+        _exit_out_of_memory(exc)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Parse, dispatch and map the errors to exit codes; out of host memory ends in `_exit_out_of_memory`."""
     command = None
     try:
         args = build_parser().parse_args(argv)
@@ -105,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         code = _system_error(exc, command)
         if code is None:
             raise
-        if code == EXIT_OOM:  # out of host memory: the interpreter's own teardown can fail too and turn 3 into 1
-            _exit_now(code)  # (seen under ulimit -v), so leave now; the with-blocks were unwound already
         return code
 
 
