@@ -318,6 +318,28 @@ def test_host_memory_limit_is_exit_3_not_a_traceback(tmp_path, small_fasta, tiny
     assert "Traceback" not in res.stderr and any("out of memory" in line for line in lines), res.stderr
 
 
+def test_out_of_memory_line_when_even_its_formatting_fails():
+    """The handler itself runs out of memory (print() raised MemoryError under `ulimit -v`): still exit 3 and
+    one line, the preallocated one."""
+    code = (
+        "from virnucpro import cli\n"
+        "class E(MemoryError):\n    def __str__(self): raise MemoryError\n"
+        "cli._exit_out_of_memory(E())"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert (res.returncode, res.stderr) == (3, cli.OOM_LINE)
+
+
+def test_a_lost_memory_error_is_out_of_memory_only_under_a_memory_limit(monkeypatch):
+    """CPython 3.11 can lose a MemoryError under `ulimit -v` (SystemError: error return without exception set):
+    out of memory there; without a limit the same SystemError is a bug (exit 1, traceback)."""
+    lost = SystemError("error return without exception set")
+    monkeypatch.setattr(cli, "_memory_limited", lambda: True)
+    assert cli._host_out_of_memory(lost) and not cli._host_out_of_memory(SystemError("something else"))
+    monkeypatch.setattr(cli, "_memory_limited", lambda: False)
+    assert not cli._host_out_of_memory(lost)
+
+
 def test_a_rank_out_of_memory_is_exit_3_with_its_peak_in_status_json(capsys, tmp_path, small_fasta, monkeypatch):
     """The job around the ranks and the ranks share one out-of-memory test (errors.out_of_memory)."""
     from virnucpro.errors import out_of_memory

@@ -15,6 +15,7 @@ import importlib
 import logging
 import signal
 import os
+import resource
 import sys
 from typing import NoReturn
 
@@ -49,19 +50,33 @@ def _stop_during_startup(signum, frame) -> None:
     raise SystemExit(EXIT_PREEMPTED)  # nothing computed yet, nothing to flush: "stopped, rerun to resume"
 
 
+#: CPython's SystemError for an error it lost (a C function failed and no exception was set).
+LOST_ERROR = ("error return without exception set", "without setting an exception")
+
+
+def _memory_limited() -> bool:
+    """Whether this process has an address-space or data limit (`ulimit -v`, `ulimit -d`)."""
+    return any(resource.getrlimit(r)[0] != resource.RLIM_INFINITY for r in (resource.RLIMIT_AS, resource.RLIMIT_DATA))
+
+
 def _host_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, or a shared library that could not be mapped (torch's import under `ulimit -v`)."""
+    """MemoryError, a shared library that could not be mapped (torch's import under `ulimit -v`), or a
+    MemoryError that CPython lost under a memory limit: torch's import under `ulimit -v 600 MB` ended about
+    1 run in 200 in "SystemError: error return without exception set" (CPython 3.11; without a limit that
+    SystemError stays a bug: exit 1 and its traceback)."""
     if isinstance(exc, MemoryError):
         return True
     if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
         return True
     text = str(exc)
+    if isinstance(exc, SystemError):
+        return any(lost in text for lost in LOST_ERROR) and _memory_limited()
     return isinstance(exc, (ImportError, OSError)) and ("failed to map segment" in text or "allocate memory" in text)
 
 
 def _system_error(exc: BaseException, command: str | None) -> int | None:
     """The exit code of an ImportError or OSError that is the user's (a path of a file command); None: a bug.
-    Out of host memory is not returned but ended here (`_exit_out_of_memory`)."""
+    Out of host memory (`_host_out_of_memory`) is not returned but ended here (`_exit_out_of_memory`)."""
     if _host_out_of_memory(exc):
         _exit_out_of_memory(exc)
     if isinstance(exc, OSError) and command in FILE_COMMANDS:
@@ -126,7 +141,7 @@ def _run(argv: list[str] | None) -> int:
         resumable = "; checkpointed rows are kept, rerun to resume" if command in RESUMABLE else ""
         print(f"virnucpro: interrupted{resumable}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (MemoryError, ImportError, OSError) as exc:
+    except (MemoryError, ImportError, OSError, SystemError) as exc:
         code = _system_error(exc, command)
         if code is None:
             raise
