@@ -8,10 +8,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     || exit 1
 export PYTHONPATH=/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv >"$OUT/gpu.csv"
-timeout "${PEERS_TIMEOUT:-150}" python3 -m snakemake --resources gpu=1 --cores 16 \
+timeout "${PEERS_TIMEOUT:-150}" python3 -m snakemake results/peers/peers.json --resources gpu=1 --cores 16 \
     --configfile docs/benchmarks/gpu_workflow.yaml docs/benchmarks/gpu_peers.yaml \
     docs/benchmarks/gpu_workflow_quick.yaml docs/benchmarks/gpu_workflow_minimal.yaml \
-    results/peers/peers.json >"$OUT/peers_snakemake.log" 2>&1
+    >"$OUT/peers_snakemake.log" 2>&1
 echo "peers rc=$?"
 cp results/peers/peers.json results/logs/peers.log "$OUT/" 2>/dev/null
 timeout "${CHECKS_TIMEOUT:-120}" python3 docs/benchmarks/device_checks.py "$OUT/device_checks.json" \
