@@ -16,9 +16,9 @@ if [ "${RERUN_MEASURED:-0}" = 1 ] && [ -f results/summary.json ]; then
     cp results/summary.json /tmp/summary_previous.json
     # shellcheck disable=SC2086
     set -- --forcerun ${RERUN_RULES:-production sweep_point optimal_validation} --config compare_to=/tmp/summary_previous.json "$@"
-else
+elif [ "${RERUN_MEASURED:-0}" != 1 ]; then
     rm -rf results .snakemake
-fi
+fi  # RERUN_MEASURED=1 without a first summary (the first run cut short): finish that run's DAG, delete nothing
 start=$(date +%s)
 # shellcheck disable=SC2086  # EXTRA_CONFIG: more config files (e.g. docs/benchmarks/gpu_peers.yaml)
 timeout "${SNAKEMAKE_TIMEOUT:-540}" python3 -m snakemake --resources gpu=1 --cores 16 --keep-going \
