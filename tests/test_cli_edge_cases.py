@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -486,6 +488,133 @@ def test_sigkill_of_the_launcher_stops_its_ranks(tmp_path, tiny_checkpoint):
         for pid in ranks:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- a DataLoader worker that dies (the OOM killer's SIGKILL): one line, exit 1, never a hang ------------------
+
+#: `virnucpro embed` with loader worker 0 SIGKILLed once batch 5 is recorded (chunks of earlier batches are on
+#: their way to disk); prints the worker pids first.
+KILL_A_WORKER = """
+import multiprocessing, os, signal, sys
+from virnucpro import cli
+from virnucpro.pipeline import runner
+
+finish = runner.BatchRecorder.finish
+
+def finish_then_kill(self, p):
+    finish(self, p)
+    if p.k == 5:
+        workers = multiprocessing.active_children()
+        print(" ".join(str(w.pid) for w in workers), flush=True)
+        os.kill(workers[0].pid, signal.SIGKILL)
+
+runner.BatchRecorder.finish = finish_then_kill
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def embed_args(fasta, outdir, checkpoint) -> list:
+    return ["embed", fasta, "-o", outdir, "--checkpoint", checkpoint, "--device", "cpu", "--precision", "fp32"] + [
+        "--num-workers", "2", "--token-budget", "512", "--checkpoint-every", "20"
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_loader_worker_ends_the_job_in_one_line_and_a_rerun_resumes(capsys, tmp_path, tiny_checkpoint):
+    """Before: the job hung at exit joining the other worker (6 of 20 kills) or ended in a traceback."""
+    from virnucpro.pipeline.output import PARTIAL_DIR, scan_partial
+
+    fasta = tmp_path / "reads.fa"
+    write_fasta(fasta, *make_sequences(600, 3, "short-reads"))  # about 60 batches: the kill lands mid-run
+    outdir = tmp_path / "out"
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-c", KILL_A_WORKER, *map(str, embed_args(fasta, outdir, tiny_checkpoint))],
+        capture_output=True,
+        text=True,
+        timeout=60,  # the hang this guards against never ends
+    )
+    seconds = time.monotonic() - t0
+    lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "[embed"))]
+    assert_one_line(res.returncode, lines, 1, "DataLoader worker 0 (pid ", "killed by SIGKILL", "out-of-memory")
+    assert "--num-workers" in lines[0] and "rerun the same command to resume" in lines[0]
+    assert seconds < 30, seconds
+    assert not any(_alive(int(pid)) for pid in res.stdout.split()), "a loader worker outlived the job"
+    status = json.loads((outdir / "status.json").read_text())
+    assert (status["status"], status["reason"], status["resumable"]) == (
+        "failed",
+        "DataLoader worker was killed by SIGKILL",
+        True,
+    )
+    kept = int(scan_partial(outdir / PARTIAL_DIR, 600).done.sum())
+    assert 20 <= kept < 600, kept  # the chunks written before the death are kept
+
+    code, lines = run_main(capsys, *embed_args(fasta, outdir, tiny_checkpoint))
+    assert code == 0, lines
+    assert json.loads((outdir / "status.json").read_text())["summary"]["resumed_sequences"] == kept
+    code, _ = run_main(capsys, *embed_args(fasta, tmp_path / "clean", tiny_checkpoint))
+    assert code == 0
+    with h5py.File(tmp_path / "clean" / "embeddings.h5") as a, h5py.File(outdir / "embeddings.h5") as b:
+        assert list(a["ids"][()]) == list(b["ids"][()])
+        np.testing.assert_allclose(b["embeddings"][()], a["embeddings"][()], rtol=0, atol=1e-5)
+
+
+#: A loader with our settings (its workers ignore SIGTERM) whose two workers hang in their second item.
+STUCK_LOADER = """
+import time
+from virnucpro.data.loader import PackedBatchDataset, make_loader
+
+class Stuck(PackedBatchDataset):
+    def __getitem__(self, k):
+        if k >= 2:
+            time.sleep(60)
+        return super().__getitem__(k)
+
+loader = make_loader(Stuck([b"MKV"] * 8, [[i] for i in range(8)]), 2, 1, pin_memory=False)
+"""
+
+
+def _stuck_loader():
+    scope: dict = {}
+    exec(STUCK_LOADER, scope)
+    return scope["loader"]
+
+
+def test_close_workers_kills_workers_that_ignore_sigterm_and_names_the_dead_one():
+    from virnucpro.data.loader import close_workers
+
+    it = iter(_stuck_loader())
+    next(it)
+    workers = list(it._workers)
+    os.kill(workers[1].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    died = close_workers(it, failed=True)
+    assert time.monotonic() - t0 < 3
+    assert not any(w.is_alive() for w in workers)
+    assert (died.worker_id, died.pid, died.signal_name) == (1, workers[1].pid, "SIGKILL")
+    assert str(died).startswith(f"DataLoader worker 1 (pid {workers[1].pid}) was killed by SIGKILL, most likely")
+    assert signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, None)  # torch's handler is back
+    assert close_workers(iter([]), failed=True) is None  # no workers (num_workers=0): nothing to do
+
+
+def test_a_worker_death_names_its_signal_or_exit_code():
+    from virnucpro.data.loader import WorkerDied
+
+    segv, glibc = WorkerDied(0, 7, -signal.SIGSEGV), WorkerDied(1, 8, 127)
+    assert str(segv) == "DataLoader worker 0 (pid 7) was killed by SIGSEGV; checkpointed rows are kept: " + (
+        "rerun the same command to resume"
+    )
+    assert glibc.how == "exited with code 127" and glibc.signal_name is None and "out-of-memory" not in str(glibc)
+
+
+def test_exit_with_a_live_loader_does_not_hang():
+    """multiprocessing's exit hook SIGTERMs the workers, which ignore it, and joined them forever: a process
+    that ended while an iterator was alive (an exception's traceback kept it) hung instead of exiting."""
+    code = STUCK_LOADER + "it = iter(loader)\nnext(it)\nraise RuntimeError('the job failed')\n"
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert res.returncode == 1 and b"RuntimeError: the job failed" in res.stderr
+    assert time.monotonic() - t0 < 20
 
 
 # --- found trying more cases ----------------------------------------------------------------------------------

@@ -7,6 +7,13 @@ main process.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import multiprocessing
+import multiprocessing.util  # its exit hook is registered on import: before ours, so it runs after
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -174,6 +181,7 @@ def make_loader(dataset: PackedBatchDataset, num_workers: int, prefetch_factor: 
         raise ValueError("num_workers must be >= 0")
     kwargs = {}
     if num_workers > 0:
+        _kill_leftover_workers_at_exit()
         kwargs = {
             "prefetch_factor": max(1, prefetch_factor),
             "persistent_workers": False,
@@ -197,8 +205,122 @@ def _identity(x):
 def _ignore_sigterm(worker_id: int) -> None:
     """Slurm signals every process of a step. A worker dying of SIGTERM makes torch raise in the main process at
     an arbitrary point; ignoring it lets the main process finish its batch, flush, and shut the workers down.
-    The same for SIGHUP and SIGUSR1, which the main process also answers with a flush (see `StopFlag`)."""
-    import signal
-
+    The same for SIGHUP and SIGUSR1, which the main process also answers with a flush (see `StopFlag`).
+    So SIGTERM cannot end a worker: the main process ends them with SIGKILL (`close_workers`)."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+
+
+# --- a worker that dies: one clear error, and no worker left behind -------------------------------------------
+
+
+class WorkerDied(RuntimeError):
+    """A DataLoader worker process died (a signal, or a native exit such as glibc's 127 when a thread cannot
+    get memory): one line naming the worker and how it ended; checkpointed rows are kept for a rerun."""
+
+    def __init__(self, worker_id: int, pid: int, exitcode: int):
+        self.worker_id, self.pid, self.exitcode = worker_id, pid, exitcode
+        super().__init__(f"DataLoader worker {worker_id} (pid {pid}) {self.how}{self._hint()}")
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.exitcode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.exitcode).name
+        except ValueError:
+            return f"signal {-self.exitcode}"
+
+    @property
+    def how(self) -> str:
+        return f"was killed by {self.signal_name}" if self.exitcode < 0 else f"exited with code {self.exitcode}"
+
+    def _hint(self) -> str:
+        resume = "checkpointed rows are kept: rerun the same command to resume"
+        if self.exitcode == -signal.SIGKILL:  # nothing else in a job SIGKILLs a worker alone (kill -9 aside)
+            return (
+                ", most likely by the out-of-memory killer (e.g. Slurm's cgroup memory limit): use fewer "
+                f"--num-workers or more memory; {resume}"
+            )
+        return f"; {resume}"
+
+
+#: How long a failure waits for a dying worker to become a zombie: its sockets are reset before it can be
+#: reaped, so the main process can fail on a reset connection (fetching a batch's shared memory from it) while
+#: the worker still looks alive; torch then raises that error, not the worker's death (3 in 20 kills).
+DEATH_WAIT_SECONDS = 1.0
+#: How long a SIGKILLed worker gets to be reaped.
+KILL_WAIT_SECONDS = 5.0
+
+
+def dead_worker(workers: Sequence, wait: float = 0.0) -> WorkerDied | None:
+    """The first worker process that ended abnormally (a signal or a non-zero exit), waiting up to `wait`
+    seconds for one to; None if none has."""
+    deadline = time.monotonic() + wait
+    while True:
+        for worker_id, w in enumerate(workers):
+            code = w.exitcode  # polls (and reaps) the process: None while it runs
+            if code not in (None, 0):
+                return WorkerDied(worker_id, w.pid, code)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+def close_workers(it, failed: bool) -> WorkerDied | None:
+    """End the worker processes of DataLoader iterator `it` for sure; the worker that had died, if one had.
+
+    Workers ignore SIGTERM (`_ignore_sigterm`), and SIGTERM is all that torch's shutdown and multiprocessing's
+    exit hook send before joining a worker: after a worker's death the exception's traceback kept the iterator,
+    so torch's shutdown never ran, and the process hung at exit joining the idle survivor. So the shutdown is
+    called here, and any worker still alive is SIGKILLed; after a failure (`failed`) all are, first. SIGCHLD
+    is ignored meanwhile: torch's handler would raise the first death again at each worker that ends."""
+    workers = list(getattr(it, "_workers", ()))  # [] without workers (num_workers=0) or before they started
+    if not workers:
+        return None
+    with _sigchld_ignored():
+        died = dead_worker(workers, DEATH_WAIT_SECONDS) if failed else None
+        if failed:
+            _kill(workers)
+        it._shutdown_workers()  # torch's own: the worker pids leave its SIGCHLD watch, the queues close
+        _kill(workers)
+    return died
+
+
+@contextlib.contextmanager
+def _sigchld_ignored():
+    """No Python SIGCHLD handler meanwhile (main thread only: elsewhere none runs anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def _kill(workers: Sequence) -> None:
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    for w in workers:
+        w.join(KILL_WAIT_SECONDS)
+
+
+_exit_hook_registered = False
+
+
+def _kill_leftover_workers_at_exit() -> None:
+    """At exit, SIGKILL the daemonic children still alive (DataLoader workers: they ignore SIGTERM), before
+    multiprocessing's exit hook SIGTERMs and then joins them forever. Registered after that hook, so it runs
+    first (atexit is last in, first out). A safety net: `close_workers` normally leaves none."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_kill_daemonic_children)
+        _exit_hook_registered = True
+
+
+def _kill_daemonic_children() -> None:
+    with _sigchld_ignored():  # torch's handler would raise at the first one killed, leaving the others
+        _kill([p for p in multiprocessing.active_children() if p.daemon])

@@ -28,6 +28,7 @@ def _failed(cfg, reason: str, **extra) -> dict:
 
 def execute_embed(cfg) -> int:
     """Run an embedding job; write `status.json` for every ending; return the exit code (UserError raised)."""
+    from virnucpro.data.loader import WorkerDied
     from virnucpro.pipeline import runner
     from virnucpro.pipeline.launcher import RankFailed
     from virnucpro.pipeline.preemption import Preempted, StopFlag
@@ -48,6 +49,11 @@ def execute_embed(cfg) -> int:
             write_json_atomic(status_path, _failed(cfg, "preempted", resumable=True, detail=str(exc)))
         print(f"virnucpro: {exc}; rerun the same command to resume", file=sys.stderr)
         return EXIT_PREEMPTED
+    except WorkerDied as exc:  # not out of memory for sure (a SIGKILL may be anyone's): the failure code
+        reason = f"DataLoader worker {exc.how}"
+        write_json_atomic(status_path, _failed(cfg, reason, detail=str(exc), resumable=True))
+        print(f"virnucpro: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except RankFailed as exc:
         write_json_atomic(status_path, _failed(cfg, str(exc).splitlines()[0]))
         print(f"virnucpro: error: {exc}", file=sys.stderr)

@@ -115,11 +115,16 @@ def _run_and_report(worker: Worker, rank: int, job: Any, stop: StopFlag, send_ba
     """Run the worker; put on the queue the message that says how it ended; return the rank's exit code."""
     import torch
 
+    from virnucpro.data.loader import WorkerDied
+
     try:
         summary = worker(job, stop, send_batch)
     except Preempted as exc:
         events.put(("preempted", rank, str(exc)))
         return EXIT_PREEMPTED
+    except WorkerDied as exc:  # how the worker ended is the whole story: no traceback
+        events.put(("error", rank, str(exc)))
+        return EXIT_FAILURE
     except UserError as exc:
         events.put(("user_error", rank, str(exc), exc.exit_code))
         return exc.exit_code

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from virnucpro.data.fasta import MAX_RESIDUES, Records, read_fasta
-from virnucpro.data.loader import PackedBatch, PackedBatchDataset, Vocabulary, collate, make_loader
+from virnucpro.data.loader import PackedBatch, PackedBatchDataset, Vocabulary, close_workers, collate, make_loader
 from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
 from virnucpro.data.windows import Items, WindowSums, check_overlap, embedded_tokens, split_into_windows
 from virnucpro.errors import UserError
@@ -260,11 +260,13 @@ class BatchRecorder:
 
 def stream_batches(loader, num_batches: int, model, device, layer: int, recorder: BatchRecorder, stop) -> bool:
     """Run the planned batches, the device one batch ahead on CUDA; True when `stop` ended the stream early
-    (the batch in flight is still finished)."""
-    it = iter(loader)
+    (the batch in flight is still finished). The loader's workers are ended before it returns or raises; a
+    worker's death is raised as `WorkerDied`."""
+    it = None
     pending: InFlight | None = None
     stopped = False
     try:
+        it = iter(loader)
         with torch.inference_mode():
             for k in range(num_batches):
                 if stop is not None and stop.is_set():
@@ -287,8 +289,12 @@ def stream_batches(loader, num_batches: int, model, device, layer: int, recorder
                 pending = launched
             if pending is not None:
                 recorder.finish(pending)
-    finally:
-        it = None  # shut the loader's workers down first: they ignore SIGTERM, so exit-time cleanup would hang
+    except BaseException as exc:  # torch raises a worker's death wherever the main process is (SIGCHLD)
+        died = close_workers(it, failed=True)
+        if died is not None and isinstance(exc, Exception):
+            raise died from exc
+        raise
+    close_workers(it, failed=False)
     return stopped
 
 
