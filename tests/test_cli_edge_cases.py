@@ -342,6 +342,37 @@ def test_a_lost_memory_error_is_out_of_memory_only_under_a_memory_limit(monkeypa
     assert not cli._host_out_of_memory(lost)
 
 
+def test_a_thread_that_cannot_start_is_out_of_memory_only_under_a_memory_limit(
+    capsys, tmp_path, small_fasta, tiny_checkpoint, monkeypatch
+):
+    """Under `ulimit -v` 740-800 MB about 1 `embed` in 20 ended in "RuntimeError: can't start new thread" (the
+    checkpoint writer's stack could not be mapped) and a traceback: out of memory there, exit 3, status OOM.
+    Without a limit it stays a bug (it may be a process-count limit)."""
+    from virnucpro import errors
+    from virnucpro.pipeline import output
+
+    no_thread = RuntimeError("can't start new thread")
+
+    def writer(*args, **kwargs):
+        raise no_thread
+
+    monkeypatch.setattr(output, "AsyncChunkWriter", writer)
+    monkeypatch.setattr(errors, "memory_limited", lambda: True)
+    args = ["embed", small_fasta, "--checkpoint", tiny_checkpoint, "--device", "cpu", "-o"]
+    code, lines = run_main(capsys, *args, tmp_path / "o")
+    lines = [line for line in lines if not line.startswith(("WARNING", "[embed"))]
+    assert_one_line(code, lines, 3, "out of memory (RuntimeError)")
+    status = json.loads((tmp_path / "o" / "status.json").read_text())
+    assert (status["reason"], status["error"]) == ("OOM", "can't start new thread")
+    monkeypatch.setattr(cli, "_memory_limited", lambda: True)
+    assert cli._host_out_of_memory(no_thread) and not cli._host_out_of_memory(RuntimeError("other"))
+    monkeypatch.setattr(errors, "memory_limited", lambda: False)
+    monkeypatch.setattr(cli, "_memory_limited", lambda: False)
+    assert errors.out_of_memory(no_thread) is None and not cli._host_out_of_memory(no_thread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):  # a bug: exit 1 and its traceback
+        cli.main([str(a) for a in (*args, tmp_path / "p")])
+
+
 def test_a_rank_out_of_memory_is_exit_3_with_its_peak_in_status_json(capsys, tmp_path, small_fasta, monkeypatch):
     """The job around the ranks and the ranks share one out-of-memory test (errors.out_of_memory)."""
     from virnucpro.errors import out_of_memory

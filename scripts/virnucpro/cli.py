@@ -15,7 +15,6 @@ import importlib
 import logging
 import signal
 import os
-import resource
 import sys
 from typing import NoReturn
 
@@ -24,6 +23,7 @@ from virnucpro.argtypes import OneLineParser
 from virnucpro.commands import MODULES, help_style
 from virnucpro.commands.embed import EXAMPLE as EMBED_EXAMPLE
 from virnucpro.errors import EXIT_INTERRUPTED, EXIT_OOM, EXIT_PREEMPTED, EXIT_USAGE, UserError
+from virnucpro.errors import memory_limited, thread_out_of_memory
 
 #: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
 FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "report", "merge-telemetry", "scaling"}
@@ -55,15 +55,15 @@ LOST_ERROR = ("error return without exception set", "without setting an exceptio
 
 
 def _memory_limited() -> bool:
-    """Whether this process has an address-space or data limit (`ulimit -v`, `ulimit -d`)."""
-    return any(resource.getrlimit(r)[0] != resource.RLIM_INFINITY for r in (resource.RLIMIT_AS, resource.RLIMIT_DATA))
+    return memory_limited()
 
 
 def _host_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, a shared library that could not be mapped (torch's import under `ulimit -v`), or a
-    MemoryError that CPython lost under a memory limit: torch's import under `ulimit -v 600 MB` ended about
-    1 run in 200 in "SystemError: error return without exception set" (CPython 3.11; without a limit that
-    SystemError stays a bug: exit 1 and its traceback)."""
+    """MemoryError, a shared library that could not be mapped (torch's import under `ulimit -v`), or under a
+    memory limit a MemoryError that CPython lost or a thread that could not start: torch's import under
+    `ulimit -v 600 MB` ended about 1 run in 200 in "SystemError: error return without exception set" (CPython
+    3.11; without a limit that SystemError stays a bug: exit 1 and its traceback); for threads see
+    `errors.thread_out_of_memory`."""
     if isinstance(exc, MemoryError):
         return True
     if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
@@ -71,6 +71,8 @@ def _host_out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     if isinstance(exc, SystemError):
         return any(lost in text for lost in LOST_ERROR) and _memory_limited()
+    if isinstance(exc, RuntimeError):
+        return thread_out_of_memory(exc, _memory_limited())
     return isinstance(exc, (ImportError, OSError)) and ("failed to map segment" in text or "allocate memory" in text)
 
 
@@ -141,7 +143,7 @@ def _run(argv: list[str] | None) -> int:
         resumable = "; checkpointed rows are kept, rerun to resume" if command in RESUMABLE else ""
         print(f"virnucpro: interrupted{resumable}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (MemoryError, ImportError, OSError, SystemError) as exc:
+    except (MemoryError, ImportError, OSError, SystemError, RuntimeError) as exc:
         code = _system_error(exc, command)
         if code is None:
             raise

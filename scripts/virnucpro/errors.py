@@ -21,10 +21,30 @@ class OutputError(UserError):
     exit_code = EXIT_IO
 
 
+def memory_limited() -> bool:
+    """Whether this process has an address-space or data limit (`ulimit -v`, `ulimit -d`)."""
+    import resource
+
+    return any(resource.getrlimit(r)[0] != resource.RLIM_INFINITY for r in (resource.RLIMIT_AS, resource.RLIMIT_DATA))
+
+
+#: Python's error when a thread cannot be created (pthread_create failed, EAGAIN).
+THREAD_NOT_STARTED = "can't start new thread"
+
+
+def thread_out_of_memory(exc: BaseException, limited: bool) -> bool:
+    """A thread that could not start is out of memory under a memory limit (`limited`): its stack could not be
+    mapped (the checkpoint writer's thread, 1 run in 20 of `embed` under ulimit -v 740 or 800 MB). Without a
+    limit it may be a process-count limit: not memory, a bug to show."""
+    return isinstance(exc, RuntimeError) and THREAD_NOT_STARTED in str(exc) and limited
+
+
 def out_of_memory(exc: BaseException) -> tuple[str, float | None] | None:
     """(one-line description, peak GPU memory in GB or None) when `exc` is an out-of-memory error (CUDA or
-    host), else None: the one test for it, used by each rank and by the job around them (a rank's error
-    carries the rank's own peak as `peak_memory_gb`)."""
+    host, or `thread_out_of_memory`), else None: the one test for it, used by each rank and by the job around
+    them (a rank's error carries the rank's own peak as `peak_memory_gb`)."""
+    if thread_out_of_memory(exc, memory_limited()):
+        return f"RuntimeError: {THREAD_NOT_STARTED}", None
     import torch  # here, not at the top: this module stays importable without torch
 
     if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
