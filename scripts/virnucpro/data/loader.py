@@ -272,9 +272,12 @@ def close_workers(it, failed: bool) -> WorkerDied | None:
 
     Workers ignore SIGTERM (`_ignore_sigterm`), and SIGTERM is all that torch's shutdown and multiprocessing's
     exit hook send before joining a worker: after a worker's death the exception's traceback kept the iterator,
-    so torch's shutdown never ran, and the process hung at exit joining the idle survivor. So the shutdown is
-    called here, and any worker still alive is SIGKILLed; after a failure (`failed`) all are, first. SIGCHLD
-    is ignored meanwhile: torch's handler would raise the first death again at each worker that ends."""
+    so torch's shutdown never ran, and the process hung at exit joining the idle survivor. So torch's shutdown
+    is called here and any worker still alive after it is SIGKILLed. After a failure (`failed`: the loop
+    raised) the dead worker is looked for and then every worker is SIGKILLed first: torch's shutdown joins a
+    worker for 5 s, SIGTERMs it and joins it 5 s more, 10 s for each stuck one (a batch's message to the main
+    process is one small, atomic pipe write, so a kill leaves no half message for a CUDA pin-memory thread).
+    SIGCHLD is ignored meanwhile: torch's handler would raise the first death again at each worker that ends."""
     workers = list(getattr(it, "_workers", ()))  # [] without workers (num_workers=0) or before they started
     if not workers:
         return None
