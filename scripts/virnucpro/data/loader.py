@@ -267,22 +267,23 @@ def dead_worker(workers: Sequence, wait: float = 0.0) -> WorkerDied | None:
         time.sleep(0.01)
 
 
-def close_workers(it, failed: bool) -> WorkerDied | None:
+def close_workers(it, failed: bool, death_wait: float = DEATH_WAIT_SECONDS) -> WorkerDied | None:
     """End the worker processes of DataLoader iterator `it` for sure; the worker that had died, if one had.
 
     Workers ignore SIGTERM (`_ignore_sigterm`), and SIGTERM is all that torch's shutdown and multiprocessing's
     exit hook send before joining a worker: after a worker's death the exception's traceback kept the iterator,
     so torch's shutdown never ran, and the process hung at exit joining the idle survivor. So torch's shutdown
     is called here and any worker still alive after it is SIGKILLed. After a failure (`failed`: the loop
-    raised) the dead worker is looked for and then every worker is SIGKILLed first: torch's shutdown joins a
-    worker for 5 s, SIGTERMs it and joins it 5 s more, 10 s for each stuck one (a batch's message to the main
-    process is one small, atomic pipe write, so a kill leaves no half message for a CUDA pin-memory thread).
+    raised) the dead worker is looked for (for up to `death_wait` seconds) and then every worker is SIGKILLed
+    first: torch's shutdown joins a worker for 5 s, SIGTERMs it and joins it 5 s more, 10 s for each stuck one
+    (a batch's message to the main process is one small, atomic pipe write, so a kill leaves no half message
+    for a CUDA pin-memory thread).
     SIGCHLD is ignored meanwhile: torch's handler would raise the first death again at each worker that ends."""
     workers = list(getattr(it, "_workers", ()))  # [] without workers (num_workers=0) or before they started
     if not workers:
         return None
     with _sigchld_ignored():
-        died = dead_worker(workers, DEATH_WAIT_SECONDS) if failed else None
+        died = dead_worker(workers, death_wait) if failed else None
         if failed:
             _kill(workers)
         it._shutdown_workers()  # torch's own: the worker pids leave its SIGCHLD watch, the queues close

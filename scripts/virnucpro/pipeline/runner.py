@@ -289,12 +289,15 @@ def stream_batches(loader, num_batches: int, model, device, layer: int, recorder
                 pending = launched
             if pending is not None:
                 recorder.finish(pending)
+        close_workers(it, failed=False)  # in the try: a death signalled just before it is still a WorkerDied
     except BaseException as exc:  # torch raises a worker's death wherever the main process is (SIGCHLD)
+        if not isinstance(exc, Exception):  # a second Ctrl-C, SystemExit: end the workers, wait for no death
+            close_workers(it, failed=True, death_wait=0.0)
+            raise
         died = close_workers(it, failed=True)
-        if died is not None and isinstance(exc, Exception):
+        if died is not None:
             raise died from exc
         raise
-    close_workers(it, failed=False)
     return stopped
 
 
