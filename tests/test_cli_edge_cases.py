@@ -523,8 +523,8 @@ def test_sigkill_of_the_launcher_stops_its_ranks(tmp_path, tiny_checkpoint):
 
 # --- a DataLoader worker that dies (the OOM killer's SIGKILL): one line, exit 1, never a hang ------------------
 
-#: `virnucpro embed` with loader worker 0 SIGKILLed once batch 5 is recorded (chunks of earlier batches are on
-#: their way to disk); prints the worker pids first.
+#: `virnucpro embed` with one loader worker SIGKILLed once batch 5 is recorded (chunks of earlier batches are on
+#: their way to disk); prints the victim's pid, then every worker's.
 KILL_A_WORKER = """
 import multiprocessing, os, signal, sys
 from virnucpro import cli
@@ -536,7 +536,7 @@ def finish_then_kill(self, p):
     finish(self, p)
     if p.k == 5:
         workers = multiprocessing.active_children()
-        print(" ".join(str(w.pid) for w in workers), flush=True)
+        print(workers[0].pid, " ".join(str(w.pid) for w in workers), flush=True)
         os.kill(workers[0].pid, signal.SIGKILL)
 
 runner.BatchRecorder.finish = finish_then_kill
@@ -567,10 +567,12 @@ def test_a_killed_loader_worker_ends_the_job_in_one_line_and_a_rerun_resumes(cap
     )
     seconds = time.monotonic() - t0
     lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "[embed"))]
-    assert_one_line(res.returncode, lines, 1, "DataLoader worker 0 (pid ", "killed by SIGKILL", "out-of-memory")
+    victim, *workers = map(int, res.stdout.split())
+    assert_one_line(res.returncode, lines, 1, f"(pid {victim}) was killed by SIGKILL", "out-of-memory")
+    assert re.match(r"virnucpro: error: DataLoader worker [01] \(pid", lines[0]), lines  # active_children: a set
     assert "--num-workers" in lines[0] and "rerun the same command to resume" in lines[0]
     assert seconds < 30, seconds
-    assert not any(_alive(int(pid)) for pid in res.stdout.split()), "a loader worker outlived the job"
+    assert len(workers) == 2 and not any(map(_alive, workers)), "a loader worker outlived the job"
     status = json.loads((outdir / "status.json").read_text())
     assert (status["status"], status["reason"], status["resumable"]) == (
         "failed",
