@@ -58,3 +58,31 @@ def test_a_rank_user_error_keeps_its_exit_code(tmp_path):
         launch_ranks(output_error_worker, [(0, str(tmp_path)), (1, str(tmp_path))], stop)
     assert info.value.exit_code == EXIT_IO
     assert "disk full" in str(info.value)
+
+
+def test_a_rank_reports_a_dead_loader_worker_in_one_line_and_a_thread_under_a_memory_limit_as_oom(monkeypatch):
+    """A rank's WorkerDied is the whole story (no traceback); "can't start new thread" is out of memory only
+    under a memory limit (`errors.thread_out_of_memory`), as in the job around the ranks."""
+    import queue
+    import signal
+
+    from virnucpro import errors
+    from virnucpro.data.loader import WorkerDied
+    from virnucpro.errors import EXIT_FAILURE, EXIT_OOM
+    from virnucpro.pipeline.launcher import _run_and_report
+
+    def report(exc: BaseException, limited: bool) -> tuple[int, tuple]:
+        def worker(job, stop, on_batch):
+            raise exc
+
+        monkeypatch.setattr(errors, "memory_limited", lambda: limited)
+        events: queue.Queue = queue.Queue()
+        code = _run_and_report(worker, 1, None, None, None, events)
+        return code, events.get_nowait()
+
+    died = WorkerDied(0, 7, -signal.SIGKILL)
+    assert report(died, False) == (EXIT_FAILURE, ("error", 1, str(died)))
+    no_thread = RuntimeError("can't start new thread")
+    assert report(no_thread, True) == (EXIT_OOM, ("oom", 1, "RuntimeError: can't start new thread", None))
+    code, (kind, rank, text) = report(no_thread, False)  # without a limit: a bug, with its traceback
+    assert (code, kind, rank) == (EXIT_FAILURE, "error", 1) and "Traceback" in text

@@ -132,6 +132,10 @@ def _run_and_report(worker: Worker, rank: int, job: Any, stop: StopFlag, send_ba
         events.put(("oom", rank, *out_of_memory(exc)))
         return EXIT_OOM
     except BaseException as exc:  # a bug: send the traceback, the parent prints it
+        oom = out_of_memory(exc) if isinstance(exc, RuntimeError) else None  # a thread, under a memory limit
+        if oom is not None:
+            events.put(("oom", rank, *oom))
+            return EXIT_OOM
         events.put(("error", rank, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
         return EXIT_FAILURE
     events.put(("done", rank, summary))
