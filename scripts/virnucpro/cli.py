@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok; 2 bad input or usage (one line on stderr); 3 out of memory; 74 the output could not be written
 (disk full, quota; rerun to resume); 75 stopped by SIGTERM/SIGINT after flushing checkpoints (rerun to resume);
-130 a second Ctrl-C (stopped at once); 1 anything unexpected (with its traceback, since that is a bug).
+130 a second Ctrl-C (stopped at once); 1 a DataLoader worker that died (one line; rerun to resume), a failed
+rank, or anything unexpected (with its traceback, since that is a bug).
 
 This module parses, dispatches to `virnucpro.commands.<name>.run` and maps errors to exit codes; each subcommand
 lives in its own module there.

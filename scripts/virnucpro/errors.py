@@ -1,7 +1,7 @@
 """Exit codes and the user-facing error type: one line on stderr, no traceback."""
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # an unexpected error (a bug): traceback shown
+EXIT_FAILURE = 1  # a DataLoader worker that died (one line), a failed rank, or an unexpected error (a bug: traceback)
 EXIT_USAGE = 2  # bad input or bad options
 EXIT_OOM = 3  # out of memory (CUDA or host); status.json says so
 EXIT_IO = 74  # the output could not be written (disk full, quota, read-only); rerun to resume (EX_IOERR)

@@ -15,7 +15,8 @@ EXIT_CODES = (
     f"(status.json reason: OOM); {EXIT_IO} the output could not be written (disk full, quota; rerun to "
     f"resume); {EXIT_PREEMPTED} stopped by SIGTERM/SIGINT after flushing checkpoints "
     f"(rerun the same command to resume); {EXIT_INTERRUPTED} a second Ctrl-C (stopped at once); "
-    f"{EXIT_FAILURE} unexpected error (traceback: a bug)"
+    f"{EXIT_FAILURE} a DataLoader worker that died (one line; rerun to resume), a failed rank, or an "
+    "unexpected error (traceback: a bug)"
 )
 #: Subcommand modules, in the order `virnucpro --help` lists them.
 MODULES = (
