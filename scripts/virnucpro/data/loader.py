@@ -267,6 +267,12 @@ def dead_worker(workers: Sequence, wait: float = 0.0) -> WorkerDied | None:
         time.sleep(0.01)
 
 
+#: How torch's SIGCHLD handler words a worker's death.
+TORCH_WORKER_DIED = "DataLoader worker (pid"
+#: How many times `close_workers` tries when torch's SIGCHLD handler interrupts it (at most once per worker).
+CLOSE_ATTEMPTS = 4
+
+
 def close_workers(it, failed: bool, death_wait: float = DEATH_WAIT_SECONDS) -> WorkerDied | None:
     """End the worker processes of DataLoader iterator `it` for sure; the worker that had died, if one had.
 
@@ -278,10 +284,23 @@ def close_workers(it, failed: bool, death_wait: float = DEATH_WAIT_SECONDS) -> W
     first: torch's shutdown joins a worker for 5 s, SIGTERMs it and joins it 5 s more, 10 s for each stuck one
     (a batch's message to the main process is one small, atomic pipe write, so a kill leaves no half message
     for a CUDA pin-memory thread).
-    SIGCHLD is ignored meanwhile: torch's handler would raise the first death again at each worker that ends."""
+    SIGCHLD is ignored meanwhile: torch's handler would raise the first death again at each worker that ends.
+    Until it is set aside that handler can still raise a death here (1 in 40 kills): then this starts over, as
+    after a failure."""
     workers = list(getattr(it, "_workers", ()))  # [] without workers (num_workers=0) or before they started
     if not workers:
         return None
+    for _ in range(CLOSE_ATTEMPTS - 1):
+        try:
+            return _close(it, workers, failed, death_wait)
+        except RuntimeError as exc:
+            if not str(exc).startswith(TORCH_WORKER_DIED):
+                raise
+            failed = True  # a worker died: find it, kill the others
+    return _close(it, workers, failed, death_wait)
+
+
+def _close(it, workers: list, failed: bool, death_wait: float) -> WorkerDied | None:
     with _sigchld_ignored():
         died = dead_worker(workers, death_wait) if failed else None
         if failed:
