@@ -284,10 +284,13 @@ def dead_worker(workers: Sequence, wait: float = 0.0) -> WorkerDied | None:
         time.sleep(0.01)
 
 
-#: How torch's SIGCHLD handler words a worker's death.
-TORCH_WORKER_DIED = "DataLoader worker (pid"
-#: How many times `close_workers` tries when torch's SIGCHLD handler interrupts it (at most once per worker).
+#: How many times to call `close_workers` when torch's SIGCHLD handler interrupts it (at most once per worker).
 CLOSE_ATTEMPTS = 4
+
+
+def torch_worker_death(exc: BaseException) -> bool:
+    """Whether `exc` is torch's SIGCHLD handler raising a worker's death."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid")
 
 
 def close_workers(it, failed: bool, death_wait: float = DEATH_WAIT_SECONDS) -> WorkerDied | None:
@@ -302,22 +305,11 @@ def close_workers(it, failed: bool, death_wait: float = DEATH_WAIT_SECONDS) -> W
     (a batch's message to the main process is one small, atomic pipe write, so a kill leaves no half message
     for a CUDA pin-memory thread).
     SIGCHLD is ignored meanwhile: torch's handler would raise the first death again at each worker that ends.
-    Until it is set aside that handler can still raise a death here (1 in 40 kills): then this starts over, as
-    after a failure."""
+    Until it is set aside that handler can still raise a death here, even at this function's first line (2 in
+    80 kills): the caller calls it again, from a `try` (`torch_worker_death`, `CLOSE_ATTEMPTS`)."""
     workers = list(getattr(it, "_workers", ()))  # [] without workers (num_workers=0) or before they started
     if not workers:
         return None
-    for _ in range(CLOSE_ATTEMPTS - 1):
-        try:
-            return _close(it, workers, failed, death_wait)
-        except RuntimeError as exc:
-            if not str(exc).startswith(TORCH_WORKER_DIED):
-                raise
-            failed = True  # a worker died: find it, kill the others
-    return _close(it, workers, failed, death_wait)
-
-
-def _close(it, workers: list, failed: bool, death_wait: float) -> WorkerDied | None:
     with _sigchld_ignored():
         died = dead_worker(workers, death_wait) if failed else None
         if failed:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from virnucpro.data.fasta import MAX_RESIDUES, Records, read_fasta
-from virnucpro.data.loader import PackedBatch, PackedBatchDataset, Vocabulary, close_workers, collate, make_loader
+from virnucpro.data.loader import CLOSE_ATTEMPTS, DEATH_WAIT_SECONDS, PackedBatch, PackedBatchDataset, Vocabulary
+from virnucpro.data.loader import close_workers, collate, make_loader, torch_worker_death
 from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
 from virnucpro.data.windows import Items, WindowSums, check_overlap, embedded_tokens, split_into_windows
 from virnucpro.errors import UserError
@@ -291,11 +292,19 @@ def stream_batches(loader, num_batches: int, model, device, layer: int, recorder
                 recorder.finish(pending)
         close_workers(it, failed=False)  # in the try: a death signalled just before it is still a WorkerDied
     except BaseException as exc:  # torch raises a worker's death wherever the main process is (SIGCHLD)
-        if not isinstance(exc, Exception):  # a second Ctrl-C, SystemExit: end the workers, wait for no death
-            close_workers(it, failed=True, death_wait=0.0)
-            raise
-        died = close_workers(it, failed=True)
-        if died is not None:
+        # Until close_workers sets torch's handler aside, the handler can raise a death again at any call, the
+        # first line of close_workers included (2 in 80 kills): so nothing is called before the `try`.
+        attempts = 0
+        while True:
+            try:
+                attempts += 1
+                wait = DEATH_WAIT_SECONDS if isinstance(exc, Exception) else 0.0  # a second Ctrl-C: no wait
+                died = close_workers(it, failed=True, death_wait=wait)
+                break
+            except RuntimeError as again:
+                if attempts == CLOSE_ATTEMPTS or not torch_worker_death(again):
+                    raise
+        if died is not None and isinstance(exc, Exception):
             raise died from exc
         raise
     return stopped
