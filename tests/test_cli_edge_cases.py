@@ -592,6 +592,46 @@ def test_a_killed_loader_worker_ends_the_job_in_one_line_and_a_rerun_resumes(cap
         np.testing.assert_allclose(b["embeddings"][()], a["embeddings"][()], rtol=0, atol=1e-5)
 
 
+#: `virnucpro embed` whose loader workers cannot send batch 3 to the main process: pickling it raises MemoryError,
+#: as pickling a batch into shared memory did under ulimit -v 740 MB.
+UNSENDABLE_BATCH = """
+import sys
+from virnucpro import cli
+from virnucpro.data import loader
+
+class Unsendable:
+    def __reduce__(self):
+        raise MemoryError
+
+getitem = loader.PackedBatchDataset.__getitem__
+loader.PackedBatchDataset.__getitem__ = lambda self, k: Unsendable() if k == 3 else getitem(self, k)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_batch_that_a_worker_cannot_send_ends_the_job_in_one_line(tmp_path, tiny_checkpoint):
+    """Before: the worker printed the MemoryError and dropped the batch, and the main process waited for it
+    forever (5 of 20 runs under ulimit -v 740 MB hung so)."""
+    fasta = tmp_path / "reads.fa"
+    write_fasta(fasta, *make_sequences(100, 3, "short-reads"))
+    outdir = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-c", UNSENDABLE_BATCH, *map(str, embed_args(fasta, outdir, tiny_checkpoint))],
+        capture_output=True,
+        text=True,
+        timeout=60,  # the hang this guards against never ends
+    )
+    lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "[embed"))]
+    assert_one_line(res.returncode, lines, 1, "ran out of memory sending a batch: use fewer --num-workers")
+    assert re.match(r"virnucpro: error: DataLoader worker [01] \(pid \d+\) ran out of memory", lines[0]), lines
+    status = json.loads((outdir / "status.json").read_text())
+    assert (status["status"], status["reason"], status["resumable"]) == (
+        "failed",
+        "DataLoader worker ran out of memory",
+        True,
+    )
+
+
 #: A loader with our settings (its workers ignore SIGTERM) whose two workers hang in their second item.
 STUCK_LOADER = """
 import time

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import multiprocessing
+import multiprocessing.queues
 import multiprocessing.util  # its exit hook is registered on import: before ours, so it runs after
+import os
 import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from virnucpro.data.packing import token_length
+from virnucpro.errors import EXIT_FAILURE, EXIT_OOM
 
 
 def _alphabet():
@@ -215,6 +220,20 @@ def _ignore_sigterm(worker_id: int) -> None:
 def _init_worker(worker_id: int) -> None:
     _ignore_sigterm(worker_id)
     sys.excepthook = _quiet_lost_connection
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_batch_not_sent)  # this process only
+
+
+def _batch_not_sent(exc: BaseException, obj) -> None:
+    """multiprocessing's hook for a message that a queue's feeder thread could not send. In a worker that message
+    is a batch, pickled into shared memory; under a memory limit that failed (MemoryError, std::bad_alloc) and
+    the batch was dropped with a traceback while the main process waited for it forever (5 of 20 runs under
+    ulimit -v 740 MB). The worker exits instead, `EXIT_OOM` when out of memory, else `EXIT_FAILURE` after the
+    traceback (a bug): the main process names it (`WorkerDied`)."""
+    out_of_memory = isinstance(exc, MemoryError) or "bad_alloc" in str(exc)
+    if not (out_of_memory or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)):
+        traceback.print_exception(exc)
+        os._exit(EXIT_FAILURE)
+    os._exit(EXIT_OOM)
 
 
 def _quiet_lost_connection(exc_type, exc, tb) -> None:
@@ -232,8 +251,9 @@ def _quiet_lost_connection(exc_type, exc, tb) -> None:
 
 
 class WorkerDied(RuntimeError):
-    """A DataLoader worker process died (a signal, or a native exit such as glibc's 127 when a thread cannot
-    get memory): one line naming the worker and how it ended; checkpointed rows are kept for a rerun."""
+    """A DataLoader worker process died (a signal, a native exit such as glibc's 127 when a thread cannot get
+    memory, or `EXIT_OOM` from `_batch_not_sent`): one line naming the worker and how it ended; checkpointed rows
+    are kept for a rerun."""
 
     def __init__(self, worker_id: int, pid: int, exitcode: int):
         self.worker_id, self.pid, self.exitcode = worker_id, pid, exitcode
@@ -250,6 +270,8 @@ class WorkerDied(RuntimeError):
 
     @property
     def how(self) -> str:
+        if self.exitcode == EXIT_OOM:  # `_batch_not_sent`
+            return "ran out of memory"
         return f"was killed by {self.signal_name}" if self.exitcode < 0 else f"exited with code {self.exitcode}"
 
     def _hint(self) -> str:
@@ -259,6 +281,8 @@ class WorkerDied(RuntimeError):
                 ", most likely by the out-of-memory killer (e.g. Slurm's cgroup memory limit): use fewer "
                 f"--num-workers or more memory; {resume}"
             )
+        if self.exitcode == EXIT_OOM:
+            return f" sending a batch: use fewer --num-workers or more memory; {resume}"
         return f"; {resume}"
 
 
