@@ -338,8 +338,10 @@ def close_workers(it, failed: bool, death_wait: float = DEATH_WAIT_SECONDS) -> W
         died = dead_worker(workers, death_wait) if failed else None
         if failed:
             _kill(workers)
-        it._shutdown_workers()  # torch's own: the worker pids leave its SIGCHLD watch, the queues close
-        _kill(workers)
+        try:  # under a memory limit its put(None) to a worker can fail to start the queue's thread
+            it._shutdown_workers()  # torch's own: the worker pids leave its SIGCHLD watch, the queues close
+        finally:
+            _kill(workers)
     return died
 
 
