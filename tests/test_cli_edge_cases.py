@@ -556,7 +556,7 @@ def test_a_killed_loader_worker_ends_the_job_in_one_line_and_a_rerun_resumes(cap
     from virnucpro.pipeline.output import PARTIAL_DIR, scan_partial
 
     fasta = tmp_path / "reads.fa"
-    write_fasta(fasta, *make_sequences(600, 3, "short-reads"))  # about 60 batches: the kill lands mid-run
+    write_fasta(fasta, *make_sequences(300, 3, "short-reads"))  # about 30 batches: the kill lands mid-run
     outdir = tmp_path / "out"
     t0 = time.monotonic()
     res = subprocess.run(
@@ -579,8 +579,8 @@ def test_a_killed_loader_worker_ends_the_job_in_one_line_and_a_rerun_resumes(cap
         "DataLoader worker was killed by SIGKILL",
         True,
     )
-    kept = int(scan_partial(outdir / PARTIAL_DIR, 600).done.sum())
-    assert 20 <= kept < 600, kept  # the chunks written before the death are kept
+    kept = int(scan_partial(outdir / PARTIAL_DIR, 300).done.sum())
+    assert 20 <= kept < 300, kept  # the chunks written before the death are kept
 
     code, lines = run_main(capsys, *embed_args(fasta, outdir, tiny_checkpoint))
     assert code == 0, lines
