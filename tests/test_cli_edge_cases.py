@@ -730,7 +730,7 @@ loader = make_loader(Hook([b"MKV"] * 2, [[0], [1]]), 1, 1, pin_memory=False)
 
 def test_a_worker_does_not_report_a_connection_the_main_process_dropped(capsys):
     """A surviving worker's resource-sharer thread printed a reset connection (the main process was interrupted
-    mid-fetch by a death) around the job's one line: 4 in 60 kills."""
+    mid-fetch by a death) around the job's one line: 4 in 80 kills."""
     from virnucpro.data.loader import _quiet_lost_connection
 
     scope: dict = {}

@@ -240,7 +240,7 @@ def _quiet_lost_connection(exc_type, exc, tb) -> None:
     """A worker's `sys.excepthook`: a connection that the main process dropped is not reported. The main process
     fetches each batch's shared memory from the worker's resource-sharer thread; when a worker's death is raised
     in the middle of a fetch (torch's SIGCHLD handler raises at any point), a surviving worker's thread printed
-    the reset connection, 20 lines of traceback around the job's one line (4 in 60 kills), just before it was
+    the reset connection, 20 lines of traceback around the job's one line (4 in 80 kills), just before it was
     killed itself. A worker's own errors reach the main process through torch, not this hook."""
     if issubclass(exc_type, (ConnectionError, EOFError)):
         return
