@@ -167,6 +167,10 @@ def test_resumed_runs_are_flagged_and_refused_for_scaling_and_checkpoint_overhea
     assert ok03[0].status == "PASS"
     ckpt = checkpoint_verdict({**prod(1, 10.0, resumed=True), "label": "checkpoint_on"}, prod(1, 10.0), {})
     assert ckpt.status == "N/A" and "resumed" in ckpt.reason
+    faster_with = checkpoint_verdict({**prod(1, 2.62), "label": "checkpoint_on"}, prod(1, 2.80), {})
+    assert faster_with.value < 0 and "below what these runs resolve" in faster_with.reason  # H200, 2026-12-07
+    slower_with = checkpoint_verdict({**prod(1, 2.9), "label": "checkpoint_on"}, prod(1, 2.8), {})
+    assert slower_with.status == "PASS" and slower_with.reason is None
 
 
 def test_every_run_is_marked_valid_or_invalid_by_its_warm_up(tmp_path):
