@@ -311,6 +311,24 @@ def test_peers_ratios_use_each_kind_at_its_best(tmp_path):
         "x fair-esm extract.py recipe": 10.0,
     }
     assert "2.00 x fair-esm (at its best)" in out["html"] and "not installed" in out["html"]
+    assert ctx["peers"]["spread_pct"] is None and "Uncertain" not in out["html"]  # no probes: nothing to say
+
+
+def test_peers_that_disagree_with_their_own_probe_are_marked_uncertain(tmp_path):
+    """On 3,000 reads (H200, 2026-12-07) HF bf16 probed 40,812 tokens/s at 16,384 tokens and then ran 47,354."""
+    grid = [{"token_budget": 16384, "tokens_per_sec": 40812.0}, {"token_budget": 65536, "tokens_per_sec": 38426.0}]
+    steady = {"engine": "y", "kind": "fair-esm", "tokens_per_sec": 255.0, "token_budget": 16384}
+    steady["budget_grid"] = [{"token_budget": 16384, "tokens_per_sec": 250.0}]  # 2 %: within the note's bound
+    rows = [
+        steady,
+        {"engine": "z", "kind": "hf", "tokens_per_sec": 47354.0, "token_budget": 16384, "budget_grid": grid},
+    ]
+    ctx, out = full_context(tmp_path, peers={"model": "m", "device": "H200", "runs": rows})
+    assert abs(ctx["peers"]["spread_pct"] - 100 * (47354 - 40812) / 47354) < 1e-9
+    assert "differ by up to 14 %" in out["html"] and "UNCERTAIN: a peer's budget probe" in out["txt"]
+    rows[1]["budget_grid"] = [{"token_budget": 16384, "tokens_per_sec": 47000.0}]  # 0.7 %: no caveat
+    ctx, out = full_context(tmp_path, peers={"model": "m", "device": "H200", "runs": rows})
+    assert "caveat" not in ctx["peers"] and "UNCERTAIN" not in out["txt"]
 
 
 def test_merge_telemetry_reads_the_shards_its_result_lists(tmp_path, capsys):

@@ -21,6 +21,22 @@ def fastest(rows: list[dict], kind: str) -> dict | None:
     return max(mine, key=lambda r: r["tokens_per_sec"]) if mine else None
 
 
+#: Above this disagreement between a peer's budget probe and its timed run of the same budget, the report says
+#: that the ratios are no better than that (3,000 reads on an H200: up to 16 %, 2026-12-07).
+PEER_SPREAD_NOTE_PCT = 5.0
+
+
+def probe_spread_pct(rows: list[dict]) -> float | None:
+    """The largest difference, in % of the timed rate, between a peer row's timed run and its budget probe of the
+    same budget: two measurements of one setting, so a floor on how far the peers' figures can be trusted."""
+    spreads = []
+    for r in rows:
+        probe = next((g for g in r.get("budget_grid") or [] if g.get("token_budget") == r.get("token_budget")), None)
+        if probe and probe.get("tokens_per_sec") and r.get("tokens_per_sec"):
+            spreads.append(100 * abs(r["tokens_per_sec"] - probe["tokens_per_sec"]) / r["tokens_per_sec"])
+    return max(spreads, default=None)
+
+
 def peer_comparison(peers: dict | None, production: list[dict]) -> dict[str, Any] | None:
     """Ratios of the narrowest finished production run's per-GPU steady tokens/s over each kind's fastest row."""
     if peers is None:
@@ -37,7 +53,13 @@ def peer_comparison(peers: dict | None, production: list[dict]) -> dict[str, Any
         "engine_run": None,
         "engine_tokens_per_sec": None,
         "na": {k: v for k, v in (peers.get("na") or {}).items()},
+        "spread_pct": probe_spread_pct(rows),
     }
+    if out["spread_pct"] is not None and out["spread_pct"] > PEER_SPREAD_NOTE_PCT:
+        out["caveat"] = (
+            f"a peer's budget probe and its timed run of the same budget differ by up to {out['spread_pct']:.0f} % "
+            "on this sample: read the ratios as no better than that (more peers.sequences make it tighter)"
+        )
     if not ok:
         out["note"] = "no finished production run to compare with"
         return out
