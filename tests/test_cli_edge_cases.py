@@ -336,9 +336,9 @@ def test_a_lost_memory_error_is_out_of_memory_only_under_a_memory_limit(monkeypa
     """CPython 3.11 can lose a MemoryError under `ulimit -v` (SystemError: error return without exception set):
     out of memory there; without a limit the same SystemError is a bug (exit 1, traceback)."""
     lost = SystemError("error return without exception set")
-    monkeypatch.setattr(cli, "_memory_limited", lambda: True)
+    monkeypatch.setattr(cli, "memory_limited", lambda: True)
     assert cli._host_out_of_memory(lost) and not cli._host_out_of_memory(SystemError("something else"))
-    monkeypatch.setattr(cli, "_memory_limited", lambda: False)
+    monkeypatch.setattr(cli, "memory_limited", lambda: False)
     assert not cli._host_out_of_memory(lost)
 
 
@@ -364,10 +364,10 @@ def test_a_thread_that_cannot_start_is_out_of_memory_only_under_a_memory_limit(
     assert_one_line(code, lines, 3, "out of memory (RuntimeError)")
     status = json.loads((tmp_path / "o" / "status.json").read_text())
     assert (status["reason"], status["error"]) == ("OOM", "can't start new thread")
-    monkeypatch.setattr(cli, "_memory_limited", lambda: True)
+    monkeypatch.setattr(cli, "memory_limited", lambda: True)
     assert cli._host_out_of_memory(no_thread) and not cli._host_out_of_memory(RuntimeError("other"))
     monkeypatch.setattr(errors, "memory_limited", lambda: False)
-    monkeypatch.setattr(cli, "_memory_limited", lambda: False)
+    monkeypatch.setattr(cli, "memory_limited", lambda: False)
     assert errors.out_of_memory(no_thread) is None and not cli._host_out_of_memory(no_thread)
     with pytest.raises(RuntimeError, match="can't start new thread"):  # a bug: exit 1 and its traceback
         cli.main([str(a) for a in (*args, tmp_path / "p")])

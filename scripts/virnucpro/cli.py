@@ -55,10 +55,6 @@ def _stop_during_startup(signum, frame) -> None:
 LOST_ERROR = ("error return without exception set", "without setting an exception")
 
 
-def _memory_limited() -> bool:
-    return memory_limited()
-
-
 def _host_out_of_memory(exc: BaseException) -> bool:
     """MemoryError, a shared library that could not be mapped (torch's import under `ulimit -v`), or under a
     memory limit a MemoryError that CPython lost or a thread that could not start: torch's import under
@@ -71,9 +67,9 @@ def _host_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc)
     if isinstance(exc, SystemError):
-        return any(lost in text for lost in LOST_ERROR) and _memory_limited()
+        return any(lost in text for lost in LOST_ERROR) and memory_limited()
     if isinstance(exc, RuntimeError):
-        return thread_out_of_memory(exc, _memory_limited())
+        return thread_out_of_memory(exc, memory_limited())
     return isinstance(exc, (ImportError, OSError)) and ("failed to map segment" in text or "allocate memory" in text)
 
 

@@ -113,8 +113,6 @@ def _rank_main(worker: Worker, rank: int, job: Any, events, log_level: int, pare
 
 def _run_and_report(worker: Worker, rank: int, job: Any, stop: StopFlag, send_batch, events) -> int:
     """Run the worker; put on the queue the message that says how it ended; return the rank's exit code."""
-    import torch
-
     from virnucpro.data.loader import WorkerDied
 
     try:
@@ -128,14 +126,12 @@ def _run_and_report(worker: Worker, rank: int, job: Any, stop: StopFlag, send_ba
     except UserError as exc:
         events.put(("user_error", rank, str(exc), exc.exit_code))
         return exc.exit_code
-    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-        events.put(("oom", rank, *out_of_memory(exc)))
-        return EXIT_OOM
-    except BaseException as exc:  # a bug: send the traceback, the parent prints it
-        oom = out_of_memory(exc) if isinstance(exc, RuntimeError) else None  # a thread, under a memory limit
+    except BaseException as exc:
+        oom = out_of_memory(exc)  # CUDA or host memory, or a thread that could not start under a memory limit
         if oom is not None:
             events.put(("oom", rank, *oom))
             return EXIT_OOM
+        # a bug: send the traceback, the parent prints it
         events.put(("error", rank, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
         return EXIT_FAILURE
     events.put(("done", rank, summary))
