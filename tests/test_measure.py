@@ -54,8 +54,9 @@ def test_intervals_hand_values():
     assert geometric_ci([5.0]) is None and ratio_ci([1.0, 2.0], [3.0]) is None
 
 
-def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95):
-    reps = [rate * math.exp(rng.gauss(0.0, sigma)) for _ in range(repeats)]
+def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95, reps=None):
+    """A finished point with `repeats` noisy windows around `rate` (or exactly `reps`)."""
+    reps = reps or [rate * math.exp(rng.gauss(0.0, sigma)) for _ in range(repeats)]
     return {
         "label": label,
         "group": group,
@@ -111,14 +112,14 @@ def test_the_cpu_defaults_allowance_covers_a_slow_baseline_job_seen_in_ci():
     """CI's 2-core machine, the real CPU placebo below (2026-12-07): the baseline's job ran at 1,391 sequences/s
     with tight windows and two identical points at 1,808 and 1,771: at between_job_cv 0.05 that crowned a 1.34x
     placebo. Job medians of one setting there spread ~11 % (5 runs of that test); the CPU default is 0.15."""
-    results = []
-    for label, group, reps in (
-        ("baseline", "baseline", [1375.0, 1390.9, 1405.0]),
-        ("same_a", "packing", [1700.0, 1807.8, 1930.0]),
-        ("same_b", "dataloader", [1500.0, 1770.9, 2100.0]),
-    ):
-        r = simulated(label, group, 1.0, random.Random(0), 0.0)
-        results.append({**r, "repeats": reps, "tokens_per_sec": {"repeats": [50 * x for x in reps]}})
+    results = [
+        simulated(label, group, None, None, None, reps=reps)
+        for label, group, reps in (
+            ("baseline", "baseline", [1375.0, 1390.9, 1405.0]),
+            ("same_a", "packing", [1700.0, 1807.8, 1930.0]),
+            ("same_b", "dataloader", [1500.0, 1770.9, 2100.0]),
+        )
+    ]
     assert sweep_decision(results, 0.5, between_job_cv=0.05)["significant"]
     assert not sweep_decision(results, 0.5, between_job_cv=0.15)["significant"]
 
