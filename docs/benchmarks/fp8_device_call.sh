@@ -4,9 +4,7 @@
 # random weights (a) as built and (b) with outlier channels injected; each step time-boxed, outputs under $OUT.
 # Usage (repository root on the device, carry .whl): bash docs/benchmarks/fp8_device_call.sh
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-export PYTHONPATH=/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv >"$OUT/gpu.csv"
 B="python3 -m virnucpro.cli bench"
 step() {  # step NAME SECONDS COMMAND...: time-boxed, its log under $OUT, one line of outcome

@@ -6,9 +6,7 @@
 # Usage: [EXTRA_CONFIG=FILE] [RERUN_MEASURED=1] bash docs/benchmarks/issue13_device.sh NAME [snakemake args...]   (wheels in .whl/, see GUIDE)
 set -uo pipefail
 name=$1; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv >"$OUT/gpu_$name.csv"
 if [ "${RERUN_MEASURED:-0}" = 1 ] && [ -f results/summary.json ]; then
     # Second run on the same (warm) machine: production, every sweep point and the validation measured again,

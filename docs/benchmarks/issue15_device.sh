@@ -8,9 +8,7 @@
 #   bash docs/benchmarks/issue15_device.sh finish         # the remaining shards, gather, report, comparison
 set -uo pipefail
 stage=$1; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-export PYTHONPATH=/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 W=/tmp/issue15
 mkdir -p $W
 export VIRNUCPRO_PRODUCTION_FASTA=$W/reads.faa

@@ -4,9 +4,7 @@
 # time-boxed so the call ends inside its limit; every output under $OUT.
 # Usage (repository root on the device, carry .whl): bash docs/benchmarks/short_device_call.sh
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-export PYTHONPATH=/tmp/site:$PWD/scripts PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv >"$OUT/gpu.csv"
 timeout "${PEERS_TIMEOUT:-150}" python3 -m snakemake results/peers/peers.json --resources gpu=1 --cores 16 \
     --configfile docs/benchmarks/gpu_workflow.yaml docs/benchmarks/gpu_peers.yaml \
