@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -311,6 +312,8 @@ def test_the_production_report_shows_shards_and_says_why_there_is_no_projection(
     assert summary["projection"]["available"] is False and "use_best" in summary["projection"]["reason"]
     html = (root / "results/embed/report.html").read_text()
     assert "N/A: embed.use_best is false" in html and 'id="shards"' in html
+    assert summary["overhead"]["available"] and summary["overhead"]["median_fixed_seconds"] > 0
+    assert 'id="overhead"' in html
 
 
 def test_a_projection_from_the_best_configuration_is_set_against_the_run(embed_run, tmp_path):
@@ -330,6 +333,32 @@ def test_a_projection_from_the_best_configuration_is_set_against_the_run(embed_r
     assert p["ratio"] == pytest.approx(context["total_gpu_hours"] / p["projected_gpu_hours"])
     embed_report.write(context, tmp_path / "r.html", tmp_path / "s.json")
     assert "packing:b1024" in (tmp_path / "r.html").read_text()
+
+
+def overhead_shard(fixed: float, loop: float, sequences: int) -> dict:
+    return {
+        "sequences": sequences,
+        "fixed_seconds": fixed,
+        "loop_seconds": loop,
+        "fixed_phases": {"python_startup": fixed / 2, "load_weights": fixed / 2},
+    }
+
+
+def test_the_cost_of_splitting_is_the_fixed_cost_each_extra_job_pays_again():
+    # issue 15's H100 run in round numbers: 4 shards of 250,000 reads, ~20 s outside a 120-s loop each
+    o = embed_report.job_overhead([overhead_shard(20.0, 120.0, 250_000)] * 4)
+    assert o["extra_vs_one_job"] == pytest.approx(3 * 20 / (4 * 140 - 3 * 20))  # one job pays 20 s once
+    assert not o["within_limit"] and "12.0 % more GPU time" in o["advice"]
+    rate = 250_000 / 120
+    assert o["min_sequences_per_shard"] == math.ceil(20 * 19 * rate)  # fixed <= 5 % of the job: loop >= 19 F
+    assert o["fixed_by_phase"] == {"python_startup": 10.0, "load_weights": 10.0}
+    big = embed_report.job_overhead([overhead_shard(20.0, 1200.0, 2_500_000)] * 4)
+    assert big["within_limit"] and big["advice"] is None and big["extra_vs_one_job"] < 0.05
+
+
+def test_the_cost_of_splitting_is_na_without_phases():
+    o = embed_report.job_overhead([{"sequences": 5, "fixed_seconds": None, "loop_seconds": None}])
+    assert o["available"] is False and "phases" in o["reason"]
 
 
 def test_a_rerun_does_nothing(embed_run):

@@ -3,12 +3,16 @@
 Per shard: sequences, tokens, wall time over all its attempts (a cancelled or preempted attempt costs GPU time
 too), the loop's rate, Slurm job ids; stragglers (wall over 1.25x the median); total GPU-hours; and, when the
 target ran the best configuration, the projection that configuration's measured rate made before the run
-against what the run took.
+against what the run took; and what splitting cost: each shard job pays start-up, weights, compile and warm-up
+again, so N shards spend about (N - 1) x that fixed cost more GPU time than one job of the same input (measured
+on an H100, 2026-12-07: ~19 s a job, +11.8 % for 4 shards of 250,000 reads), and the report says how large a shard
+must be to keep it under `OVERHEAD_LIMIT`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,8 +21,11 @@ from typing import Any
 from virnucpro.pipeline.shards import read_attempts
 from virnucpro.report.render import _environment, git_commit
 from virnucpro.utils.jsonfile import read_json
+from virnucpro.utils.phases import PER_SEQUENCE_PHASES
 
 STRAGGLER_FACTOR = 1.25
+#: The extra GPU time over one job of the same input that sharding may cost before the report advises larger shards.
+OVERHEAD_LIMIT = 0.05
 
 
 def shard_row(entry: dict, directory: Path, gpus: int) -> dict[str, Any]:
@@ -29,6 +36,8 @@ def shard_row(entry: dict, directory: Path, gpus: int) -> dict[str, Any]:
     timed = [a["wall_seconds"] for a in attempts if a.get("wall_seconds") is not None]
     wall = sum(timed) if timed else summary.get("job_wall_seconds")
     ids = sorted({a["slurm_job_id"] for a in attempts if a.get("slurm_job_id")})
+    phases = summary.get("phases") or {}
+    fixed = {k: v for k, v in phases.items() if k not in PER_SEQUENCE_PHASES}
     return {
         "index": entry["index"],
         "sequences": entry["sequences"],
@@ -37,7 +46,9 @@ def shard_row(entry: dict, directory: Path, gpus: int) -> dict[str, Any]:
         "untimed_attempts": len(attempts) - len(timed),
         "wall_seconds": wall,
         "gpu_hours": wall * gpus / 3600 if wall is not None else None,
-        "loop_seconds": (summary.get("phases") or {}).get("loop"),
+        "loop_seconds": phases.get("loop"),
+        "fixed_phases": fixed,  # the completing attempt's phases that any job pays whatever its size
+        "fixed_seconds": sum(fixed.values()) if "loop" in phases else None,
         "tokens_per_sec": summary.get("avg_tokens_per_sec"),
         "resumed_sequences": summary.get("resumed_sequences") or 0,
         "slurm_job_ids": ids,
@@ -72,6 +83,47 @@ def projection(best: dict | None, total_tokens: int, shards: list[dict], gpus: i
         "note": "the projection is the loop alone at the best point's median steady rate on one GPU (sweep "
         "workload, tokens); each shard job adds its fixed costs (start-up, weights, compile, warm-up), and a "
         "resumed shard's loop covers only what was left",
+    }
+
+
+def job_overhead(shards: list[dict]) -> dict[str, Any]:
+    """What splitting the input into these shard jobs cost over one job of the same input, from their phases.
+
+    F = the median shard's fixed seconds (phases paid whatever the job's size: imports, weights, compile, warm-up,
+    ...); one job would have paid F once instead of once per shard, so the extra is (n - 1) F over the shards'
+    own GPU time less that. A shard keeps its own fixed share under `OVERHEAD_LIMIT` from a loop of
+    F (1 - limit) / limit seconds on: at the shards' loop rate, `min_sequences_per_shard`. Estimates (one GPU's
+    seconds; a job of g GPUs pays F on each), N/A without phases.
+    """
+    timed = [s for s in shards if s.get("fixed_seconds") is not None and s.get("loop_seconds")]
+    if not timed:
+        return {"available": False, "reason": "the shards' status.json has no phases (made by an older version?)"}
+    fixed = statistics.median(s["fixed_seconds"] for s in timed)
+    n = len(shards)
+    job_seconds = sum(s["fixed_seconds"] + s["loop_seconds"] for s in timed)
+    one_job = job_seconds - (len(timed) - 1) * fixed
+    rate = sum(s["sequences"] for s in timed) / sum(s["loop_seconds"] for s in timed)
+    names = sorted({k for s in timed for k in s["fixed_phases"]})
+    by_phase = {k: statistics.median(s["fixed_phases"].get(k, 0.0) for s in timed) for k in names}
+    extra = (n - 1) * fixed / one_job if one_job > 0 else None
+    minimum = math.ceil(fixed * (1 - OVERHEAD_LIMIT) / OVERHEAD_LIMIT * rate)
+    return {
+        "available": True,
+        "median_fixed_seconds": fixed,
+        "fixed_by_phase": {k: v for k, v in sorted(by_phase.items(), key=lambda kv: -kv[1]) if v >= 0.05},
+        "extra_vs_one_job": extra,
+        "limit": OVERHEAD_LIMIT,
+        "within_limit": extra is not None and extra <= OVERHEAD_LIMIT,
+        "sequences_per_loop_second": rate,
+        "min_sequences_per_shard": minimum,
+        "advice": (
+            None
+            if extra is None or extra <= OVERHEAD_LIMIT
+            else f"each shard job spends ~{fixed:.1f} s outside its loop, so {n} shards cost ~{100 * extra:.1f} % "
+            f"more GPU time than one job; shards of >= {minimum:,} sequences (embed.shards <= "
+            f"{max(1, sum(s['sequences'] for s in shards) // minimum)} for this input) keep it under "
+            f"{100 * OVERHEAD_LIMIT:.0f} % -- more shards still help when GPUs or time limits are the constraint"
+        ),
     }
 
 
@@ -113,6 +165,7 @@ def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path
         "total_gpu_hours": sum(s["gpu_hours"] for s in shards if s["gpu_hours"] is not None),
         "span_seconds": max(ends) - min(starts) if starts and ends else None,
         "projection": projection(best, manifest["total_tokens"], shards, gpus),
+        "overhead": job_overhead(shards),
         "settings": (best or {}).get("params"),
         "slurm_job_ids": sorted({i for s in shards for i in s["slurm_job_ids"]}),
     }
