@@ -207,7 +207,16 @@ def test_phases_cover_the_process_wall_time(reads, tiny_checkpoint, tmp_path):
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "o" / "status.json").read_text())["summary"]
     phases, wall = summary["phases"], summary["job_wall_seconds"]
-    for name in ("python_startup", "read_input", "load_weights", "compile", "warmup", "loop", "finalize"):
+    for name in (
+        "python_startup",
+        "read_input",
+        "load_weights",
+        "compile",
+        "warmup",
+        "monitor_setup",
+        "loop",
+        "finalize",
+    ):
         assert name in phases, name
     assert phases["python_startup"] > 0 and phases["loop"] > 0
     assert abs(sum(phases.values()) - wall) <= 0.03 * wall  # `other` included: nothing double-counted

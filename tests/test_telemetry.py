@@ -145,3 +145,27 @@ def test_write_json_atomic_replaces_whole_files_only(tmp_path):
     assert read_json(path) == {"a": 1}
     write_json_atomic(path, {"b": tmp_path}, default=str)
     assert read_json(path) == {"b": str(tmp_path)}
+
+
+def test_the_driver_version_comes_from_nvml_before_nvidia_smi(monkeypatch):
+    """nvidia-smi costs ~0.5 s a call on an H100 host, paid by every job; NVML answers in milliseconds."""
+    import subprocess
+
+    import nvitop
+
+    from virnucpro.utils import hardware
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("nvidia-smi called although NVML answered")
+
+    monkeypatch.setattr(nvitop.Device, "driver_version", staticmethod(lambda: "580.159.04"))
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert hardware._driver_version() == "580.159.04"
+
+    def nvml_missing():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    smi = subprocess.CompletedProcess([], 0, stdout="570.1\n", stderr="")
+    monkeypatch.setattr(nvitop.Device, "driver_version", staticmethod(nvml_missing))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: smi)
+    assert hardware._driver_version() == "570.1"

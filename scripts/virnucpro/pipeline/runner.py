@@ -482,8 +482,9 @@ def run_rank(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     model, weights, facts = prepare_rank(job, device, weights, clock)
-    monitor = NvitopMonitor([device.index] if device.type == "cuda" else [], interval=cfg.monitor_interval)
-    telemetry = rank_telemetry(job, device, monitor, facts)
+    with clock.phase("monitor_setup"):  # NVML opened, hardware facts read: outside every other phase
+        monitor = NvitopMonitor([device.index] if device.type == "cuda" else [], interval=cfg.monitor_interval)
+        telemetry = rank_telemetry(job, device, monitor, facts)
     pad_to = cfg.token_budget if job.compiled else None
     preempted: Preempted | None = None
     t_start = time.perf_counter()
