@@ -119,7 +119,7 @@ def job_overhead(shards: list[dict]) -> dict[str, Any]:
         "advice": (
             None
             if extra is None or extra <= OVERHEAD_LIMIT
-            else f"each shard job spends ~{fixed:.1f} s outside its loop, so {n} shards cost ~{100 * extra:.1f} % "
+            else f"Each shard job spends ~{fixed:.1f} s outside its loop, so {n} shards cost ~{100 * extra:.1f} % "
             f"more GPU time than one job; shards of >= {minimum:,} sequences (embed.shards <= "
             f"{max(1, sum(s['sequences'] for s in shards) // minimum)} for this input) keep it under "
             f"{100 * OVERHEAD_LIMIT:.0f} % -- more shards still help when GPUs or time limits are the constraint"
