@@ -121,6 +121,26 @@ def ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, known_
     }
 
 
+def paired_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict | None:
+    """Ratio of the geometric means of `a` over `b` whose values are paired (a[i] and b[i] measured back to back
+    in one job): Student's t interval of the mean log ratio, so drift that hits both of a pair alike cancels.
+    None with fewer than 2 pairs. Returns {ratio, low, high, df, level}, as `ratio_ci`."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples must have equal lengths, not {len(a)} and {len(b)}")
+    if len(a) < 2:
+        return None
+    diffs = [x - y for x, y in zip(_logs(a), _logs(b))]
+    centre, df = statistics.fmean(diffs), float(len(diffs) - 1)
+    half = t_quantile(0.5 + level / 2, df) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {
+        "ratio": math.exp(centre),
+        "low": math.exp(centre - half),
+        "high": math.exp(centre + half),
+        "df": df,
+        "level": level,
+    }
+
+
 def describe(values: Sequence[float], level: float = 0.95) -> dict:
     """Per-repeat values with their median and the `level` interval of their geometric mean."""
     values = [float(v) for v in values]
