@@ -4,11 +4,12 @@ Each point's speedup over the baseline is the ratio of geometric means of their 
 Welch's t interval on the logs (`stats.ratio_ci`). The windows of one job cannot show drift between jobs (another
 process on the host, GPU clocks and temperature, memory placement): `between_job_cv`, the relative spread of one
 configuration's rate from job to job, is added to every comparison of two jobs as a known variance (2 log(1 +
-cv)^2), and the optimal validation reports the drift it actually sees. The m points compared (finished, packing
->= the minimum, >= 2 repeats, a precision that passes the accuracy gate) are covered together: each interval is
-taken at 1 - alpha/m (Bonferroni), so all m hold at once with probability >= 1 - alpha (95 %). A winner is
-declared only when its interval's LOWER bound is above 1 + `min_gain`; among several, the one with the highest
-lower bound (the gain that can be promised; the highest point estimate would favour the noisiest point).
+cv)^2), and the optimal validation reports the drift it actually sees and checks a winner against the baseline's
+settings measured in its own job (paired windows: drift between jobs cannot enter). The m points compared
+(finished, packing >= the minimum, >= 2 repeats, a precision that passes the accuracy gate) are covered together:
+each interval is taken at 1 - alpha/m (Bonferroni), so all m hold at once with probability >= 1 - alpha (95 %). A
+winner is declared only when its interval's LOWER bound is above 1 + `min_gain`; among several, the one with the
+highest lower bound (the gain that can be promised; the highest point estimate would favour the noisiest point).
 Otherwise the recommendation is the baseline.
 """
 
