@@ -19,7 +19,7 @@ from virnucpro.data.loader import make_loader
 from virnucpro.data.synthetic import make_sequences
 from virnucpro.pipeline.measure import CycledBatches, Protocol, is_stable, run_window, warm_until_stable
 from virnucpro.report.significance import sweep_decision, validation_check
-from virnucpro.report.stats import geometric_ci, ratio_ci, t_quantile
+from virnucpro.report.stats import geometric_ci, paired_ratio_ci, ratio_ci, t_quantile
 
 
 @pytest.mark.parametrize(
@@ -52,6 +52,11 @@ def test_intervals_hand_values():
     assert r["low"] == pytest.approx(math.exp(0.2 - half), rel=1e-6)
     assert r["high"] == pytest.approx(math.exp(0.2 + half), rel=1e-6)
     assert geometric_ci([5.0]) is None and ratio_ci([1.0, 2.0], [3.0]) is None
+    # paired: log ratios 0.1, 0.2, 0.3 (whatever the common factor of each pair): 0.2 +- t(2) * 0.1 / sqrt(3)
+    p = paired_ratio_ci([math.exp(x + c) for x, c in ((0.1, 0), (0.2, 5), (0.3, -2))], [1.0, math.exp(5), math.exp(-2)])
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert p["df"] == 2 and p["ratio"] == pytest.approx(math.exp(0.2))
+    assert p["low"] == pytest.approx(math.exp(0.2 - half), rel=1e-6) and paired_ratio_ci([1.0], [2.0]) is None
 
 
 def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95, reps=None):
@@ -164,6 +169,37 @@ def test_validation_contradiction_is_reported():
     v = validation_check(faster, base, no_winner)
     assert v["contradicted"] and v["drift_between_jobs"] and v["rate_vs_sweep"] == pytest.approx(1.2, rel=0.01)
     assert "drift" in v["note"] and "baseline's settings" in v["note"]
+
+
+def test_the_in_job_baseline_decides_the_validation_not_a_slow_sweep_baseline():
+    """The sweep's baseline job ran 20 % slow and crowned a placebo: against that sample the validation would
+    confirm the claim; the baseline's settings measured in the validation job, windows paired, show no gain. With a
+    real gain the paired comparison confirms it, its interval not widened by the drift each pair shares."""
+    rng = random.Random(11)
+    best = {"significant": True, "label": "p1", "speedup_ci95": [1.10, 1.30], "min_gain": 0.02}
+    best["between_job_cv"], best["sweep_points"] = 0.01, [simulated("p1", "packing", 120, rng, 0.002)]
+    slow_sweep_base = simulated("baseline", "baseline", 100, rng, 0.002)
+    drift = [math.exp(rng.gauss(0.0, 0.05)) for _ in range(5)]  # the validation job's windows drift, pairs alike
+
+    def in_job(rate, label):
+        return simulated(
+            label, "optimal", None, None, None, reps=[rate * d * math.exp(rng.gauss(0, 0.002)) for d in drift]
+        )
+
+    placebo = {**in_job(120, "optimal"), "baseline_in_job": in_job(120, "optimal:baseline_in_job")}
+    v = validation_check(placebo, slow_sweep_base, best)
+    assert v["comparison"] == "in-job paired" and v["speedup"] == pytest.approx(1.0, abs=0.01)
+    assert v["speedup_vs_sweep_baseline_ci95"][0] > 1.02  # the old comparison would have confirmed
+    assert not v["confirmed"] and v["contradicted"] and "not confirmed" in v["note"]
+    assert v["drift_between_jobs"] and v["baseline_rate_vs_sweep"] == pytest.approx(1.2, rel=0.05)
+    gain = {**in_job(120, "optimal"), "baseline_in_job": in_job(100, "optimal:baseline_in_job")}
+    v = validation_check(gain, simulated("baseline", "baseline", 100, rng, 0.002), best)
+    assert v["confirmed"] and not v["contradicted"] and v["speedup_ci95"][0] > 1.15
+    welch = ratio_ci(gain["repeats"], gain["baseline_in_job"]["repeats"])  # unpaired: the drift widens it
+    assert math.log(welch["high"] / welch["low"]) > 5 * math.log(v["speedup_ci95"][1] / v["speedup_ci95"][0])
+    failed = {**gain, "baseline_in_job": {**gain["baseline_in_job"], "status": "failed"}}
+    v = validation_check(failed, slow_sweep_base, best)
+    assert v["confirmed"] is None and v["speedup"] is None and v["speedup_vs_sweep_baseline"] > 1.1
 
 
 def fake_stream(durations, tokens=100):
@@ -291,8 +327,44 @@ def test_a_real_placebo_sweep_on_cpu_declares_no_winner(tmp_path, tiny_checkpoin
         )
         == 0
     )
-    v = json.loads(opt.read_text())["validation"]
+    optimal = json.loads(opt.read_text())
+    v = optimal["validation"]
     assert v["significant_claim"] is False and len(v["speedup_ci95"]) == 2
+    assert "baseline_in_job" not in optimal and v["comparison"] == "sweep baseline job"  # one configuration
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_validation_interleaves_the_recommended_and_the_baseline_settings(tmp_path, tiny_checkpoint, precision):
+    """A winner's validation measures it and the baseline's settings in one job: warmed up each, then windows
+    alternating (recommended, baseline, ...), the requested repeats each, each with its own loader; one model
+    when the precisions agree, a second one when they differ."""
+    ids, seqs = make_sequences(20, 3, "short-reads")
+    fasta = tmp_path / "w.fa"
+    write_fasta(fasta, ids, seqs)
+    base = tmp_path / "baseline.json"
+    assert measure(fasta, tiny_checkpoint, base, "baseline", "baseline") == 0
+    params = json.loads(base.read_text())["params"]
+    best = tmp_path / "best.json"
+    winner = {**params, "token_budget": 1024, "precision": precision}
+    best.write_text(json.dumps({"significant": True, "label": "p", "params": winner, "speedup_ci95": [1.1, 1.3]}))
+    opt = tmp_path / "optimal.json"
+    assert (
+        measure(fasta, tiny_checkpoint, opt, "optimal", "optimal", "--params-from", str(best), "--baseline", str(base))
+        == 0
+    )
+    r = json.loads(opt.read_text())
+    b = r["baseline_in_job"]
+    assert r["status"] == b["status"] == "ok" and len(r["repeats"]) == len(b["repeats"]) == 3
+    assert r["params"]["token_budget"] == 1024 and b["params"] == params and b["ci95"] and b["tokens_per_sec"]
+    starts = sorted((w["start"], name) for name, x in (("rec", r), ("base", b)) for w in x["measurement"]["windows"])
+    assert [name for _, name in starts] == ["rec", "base"] * 3
+    ends = {w["start"]: w["end"] for x in (r, b) for w in x["measurement"]["windows"]}
+    assert all(ends[a] <= c for (a, _), (c, _) in zip(starts, starts[1:]))  # windows never overlap
+    assert all(x["measurement"]["warmup"]["window_tokens_per_sec"] for x in (r, b))
+    assert b["measurement"]["interleaved"] == {"position": 1, "of": 2, "shared_model": precision == "fp32"}
+    assert r["measurement"]["workload"]["batches"] < b["measurement"]["workload"]["batches"]  # its own plan
+    v = r["validation"]
+    assert v["comparison"] == "in-job paired" and len(v["speedup_ci95"]) == 2 and v["speedup_vs_sweep_baseline"]
 
 
 def test_a_failing_point_is_recorded_and_bad_protocol_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):

@@ -441,3 +441,21 @@ def test_the_precision_table_puts_accuracy_next_to_speed_and_says_why_where_not_
     assert (
         ctx["precision_rows"] == [] and "N/A: no precision sweep" in out["html"] and "N/A: no precision" in out["txt"]
     )
+
+
+def test_the_validation_shows_the_in_job_comparison_when_there_is_one(tmp_path):
+    winner = {"label": "packing:b2", "params": {"token_budget": 2}, "steady": None, "significant": True}
+    winner |= {"speedup_over_baseline": 1.2, "speedup_ci95": [1.1, 1.3]}
+    optimal = point("optimal_validation", 100.0, 0.95, group="optimal")
+    optimal["steady"]["projected_hours"] = 1.5
+    v = {"significant_claim": True, "speedup": 1.004, "speedup_ci95": [0.98, 1.03], "confirmed": False}
+    optimal |= {"baseline_in_job": point("optimal_validation:baseline_in_job", 99.6, 0.95, group="optimal")}
+    optimal["validation"] = {**v, "contradicted": True, "drift_between_jobs": True}
+    _, out = full_context(tmp_path / "a", best=winner, extra=[optimal])
+    html = " ".join(out["html"].split())
+    assert "1.004× (95 % interval 0.980–1.030) the baseline's settings measured in the same job" in html
+    assert "contradicts the sweep" in html and "jobs drifted" in html
+    del optimal["baseline_in_job"]
+    optimal["validation"] = {**v, "significant_claim": False, "contradicted": False, "drift_between_jobs": False}
+    _, out = full_context(tmp_path / "b", best=winner, extra=[optimal])
+    assert "the sweep's baseline job: agrees (no gain claimed)" in " ".join(out["html"].split())

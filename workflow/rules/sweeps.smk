@@ -1,7 +1,8 @@
 # Stage 3: parameter sweeps, one time-boxed throughput measurement per point (a failed or OOM point is
 # recorded, the workflow goes on), with a precision sweep one accuracy check per precision measured; then the
 # best configuration (significant winners whose precision passes the accuracy gate) and its validation: the
-# recommended settings measured again, in a job of their own, on the same workload as the baseline.
+# recommended settings measured again, in a job of their own, on the same workload as the baseline; with a winner,
+# that job measures the baseline's settings too, windows alternating, and compares the two (`validation`).
 import shlex
 
 

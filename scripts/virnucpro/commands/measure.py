@@ -43,7 +43,8 @@ def register(sub) -> None:
         "--baseline",
         type=Path,
         help="with --params-from: the baseline's result JSON; adds `validation` (does this measurement "
-        "agree with the best-config claim?)",
+        "agree with the best-config claim?); when its settings differ, they are measured in this job too, "
+        "windows alternating (`baseline_in_job`)",
     )
     p.add_argument("--strict", action="store_true", help="a failure is the job's failure (no result written)")
     p.set_defaults(handler=run)

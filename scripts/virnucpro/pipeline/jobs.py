@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from virnucpro.errors import EXIT_FAILURE, EXIT_OK, EXIT_OOM, EXIT_PREEMPTED, UserError, out_of_memory
@@ -108,16 +108,29 @@ def _record_earlier_completion(status_path: Path, cfg, summary: dict) -> None:
     )
 
 
+def apply_params(cfg, params: dict):
+    """Override `cfg`'s sweep knobs with those in `params` (world size excepted); returns `cfg`."""
+    for knob in KNOBS:
+        if knob in params and knob != "world_size":
+            setattr(cfg, knob, params[knob])
+    return cfg
+
+
 def apply_params_from(cfg, path: Path | None):
     """Override `cfg`'s sweep knobs with the `params` of a best-config JSON (world size excepted): precision too,
     which best-config recommends only when it passes the accuracy gate (`report.accuracy`)."""
     if path is None:
         return cfg
-    best = read_object(path, "--params-from").get("params") or {}
-    for knob in KNOBS:
-        if knob in best and knob != "world_size":
-            setattr(cfg, knob, best[knob])
-    return cfg
+    return apply_params(cfg, read_object(path, "--params-from").get("params") or {})
+
+
+def in_job_baseline(cfg, baseline: dict | None):
+    """The baseline's settings as a config to measure beside `cfg` in the validation job, or None when they are
+    `cfg`'s own (no winner: one configuration is measured, as before)."""
+    params = (baseline or {}).get("params") or {}
+    if not any(knob in params and params[knob] != getattr(cfg, knob) for knob in KNOBS if knob != "world_size"):
+        return None
+    return apply_params(replace(cfg), params)
 
 
 def _failure(exc: Exception) -> tuple[int, str]:
@@ -161,14 +174,14 @@ def run_point(cfg, label: str, group: str, result_path: Path, strict: bool, disc
     return EXIT_OK
 
 
-def _measure(cfg, protocol, strict: bool):
-    """(measurement, exit code, reason): failures are recorded unless `strict` (out of memory always is)."""
-    from virnucpro.pipeline.measure import measure_throughput
+def _measure(cfgs, protocol, strict: bool):
+    """(measurements, exit code, reason): failures are recorded unless `strict` (out of memory always is)."""
+    from virnucpro.pipeline.measure import measure_configs
     from virnucpro.pipeline.preemption import StopFlag
 
     try:
         with StopFlag() as stop:
-            return measure_throughput(cfg, protocol, stop), EXIT_OK, None
+            return measure_configs(cfgs, protocol, stop), EXIT_OK, None
     except Exception as exc:
         if out_of_memory(exc) is not None:
             print(f"virnucpro: out of memory ({exc.__class__.__name__})", file=sys.stderr)
@@ -178,36 +191,51 @@ def _measure(cfg, protocol, strict: bool):
         return (None, *_failure(exc))
 
 
-def measure_point(cfg, protocol, label: str, group: str, result_path: Path, strict: bool, baseline, params_from) -> int:
-    """`measure`: write the throughput result of one configuration (none when strict and it failed, or when
-    preempted: a rerun measures again); with `baseline` and `params_from`, whether it agrees with the
-    best-config claim (`validation`)."""
-    from virnucpro.pipeline.preemption import Preempted
-    from virnucpro.report.results import measured_result
-    from virnucpro.report.significance import validation_check
-
-    try:
-        measurement, code, reason = _measure(cfg, protocol, strict)
-    except Preempted as exc:
-        print(f"virnucpro: {exc}", file=sys.stderr)
-        return EXIT_PREEMPTED  # nothing to keep: a rerun measures again
-    if code != EXIT_OK and strict:
-        return code
-    params = {k: getattr(cfg, k) for k in KNOBS} | {"world_size": 1}
-    result = measured_result(label, group, params, measurement, code, reason, cfg.target_sequences)
-    if baseline and params_from:
-        result["validation"] = validation_check(
-            result, read_object(baseline, "--baseline"), read_object(params_from, "--params-from")
-        )
-    write_json_atomic(result_path, result)
-    if result["status"] != "ok":
-        print(f"{label}: failed ({result['reason']})")
-        return EXIT_OK
+def _summary_line(label: str, result: dict, measurement: dict, protocol) -> str:
     lo, hi = result["ci95"] or (float("nan"),) * 2
-    print(
+    return (
         f"{label}: {result['median']:,.1f} sequences/s median of {len(result['repeats'])} windows of "
         f"{protocol.seconds:g} s (95 % interval {lo:,.1f}-{hi:,.1f}); warm-up "
         f"{'stable' if measurement['warmup']['stabilised'] else 'NOT stable'} after "
         f"{measurement['warmup']['seconds']:.1f} s"
     )
+
+
+def measure_point(cfg, protocol, label: str, group: str, result_path: Path, strict: bool, baseline, params_from) -> int:
+    """`measure`: write the throughput result of one configuration (none when strict and it failed, or when
+    preempted: a rerun measures again); with `baseline` and `params_from`, whether it agrees with the
+    best-config claim (`validation`). When the recommended settings differ from the baseline's, the baseline's
+    are measured in the same job, windows alternating (`baseline_in_job`), and the claim is checked against them."""
+    from virnucpro.pipeline.preemption import Preempted
+    from virnucpro.report.results import measured_result
+    from virnucpro.report.significance import validation_check
+
+    base_result = read_object(baseline, "--baseline") if baseline and params_from else None
+    base_cfg = in_job_baseline(cfg, base_result)
+    cfgs = [cfg] if base_cfg is None else [cfg, base_cfg]
+    try:
+        measurements, code, reason = _measure(cfgs, protocol, strict)
+    except Preempted as exc:
+        print(f"virnucpro: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED  # nothing to keep: a rerun measures again
+    if code != EXIT_OK and strict:
+        return code
+    measurements = measurements or [None] * len(cfgs)
+    results = [
+        measured_result(
+            name, group, {k: getattr(c, k) for k in KNOBS} | {"world_size": 1}, m, code, reason, cfg.target_sequences
+        )
+        for name, c, m in zip((label, f"{label}:baseline_in_job"), cfgs, measurements)
+    ]
+    result = results[0]
+    if base_cfg is not None:
+        result["baseline_in_job"] = results[1]
+    if base_result is not None:
+        result["validation"] = validation_check(result, base_result, read_object(params_from, "--params-from"))
+    write_json_atomic(result_path, result)
+    if result["status"] != "ok":
+        print(f"{label}: failed ({result['reason']})")
+        return EXIT_OK
+    for r, m in zip(results, measurements):
+        print(_summary_line(r["label"], r, m, protocol))
     return EXIT_OK

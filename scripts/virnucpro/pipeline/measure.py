@@ -7,7 +7,9 @@ through the real DataLoader (the point's workers, prefetch, budget and buffer), 
 of input however long the window; the embeddings are read back to the host, as in a run, and discarded.
 Repeats are windows inside one job, not separate jobs: one model build and warm-up instead of R, and the
 windows see the same process; what they cannot see (drift between jobs) is why a winner must also beat
-`min_gain` and is measured again by the optimal validation.
+`min_gain` and is measured again by the optimal validation. That job measures the recommended settings and the
+baseline's in one process, windows alternating (`measure_configs`), so that its comparison does not depend on
+how fast the sweep's baseline job happened to run.
 """
 
 from __future__ import annotations
@@ -69,48 +71,81 @@ class CycledBatches(PackedBatchDataset):
         return super().__getitem__(k % len(self.batches))
 
 
+class FinishedBatches:
+    """(finish time, batch, loader wait ms) of each batch, in order. On CUDA the device is kept one batch ahead
+    (batch k launched before batch k-1's rows are awaited, as in the runner's loop); iterate it under
+    `torch.inference_mode()`. Raises `Preempted` between batches once `stop` is set. `drain()` awaits the batch
+    still on the device, so that interleaved windows of two configurations never share the device."""
+
+    def __init__(self, batches: Iterator[PackedBatch], model, device: torch.device, layer: int, stop=None):
+        self.batches, self.model, self.device, self.layer, self.stop = batches, model, device, layer, stop
+        self.pending = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[float, PackedBatch, float]:
+        while True:
+            if self.stop is not None and self.stop.is_set():
+                raise Preempted(f"stopped by {self.stop.signal_name} while measuring; rerun to measure again")
+            t0 = time.perf_counter()
+            batch = next(self.batches)
+            wait_ms = (time.perf_counter() - t0) * 1000
+            pooled = self.model.embed(batch.to(self.device), self.layer)
+            if self.device.type != "cuda":
+                return time.perf_counter(), batch, wait_ms
+            rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+            rows.copy_(pooled, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            previous, self.pending = self.pending, (event, batch, wait_ms)
+            if previous is not None:
+                previous[0].synchronize()
+                return time.perf_counter(), previous[1], previous[2]
+
+    def drain(self) -> tuple[float, PackedBatch, float] | None:
+        """The batch still on the device, awaited (None when there is none)."""
+        if self.pending is None:
+            return None
+        (event, batch, wait_ms), self.pending = self.pending, None
+        event.synchronize()
+        return time.perf_counter(), batch, wait_ms
+
+    def close(self) -> None:
+        """Drop the loader's iterator: its workers (which ignore SIGTERM) are shut down now, not at exit."""
+        self.batches = self.pending = None
+
+
 def finished_batches(
     batches: Iterator[PackedBatch], model, device: torch.device, layer: int, stop: StopFlag | None = None
-) -> Iterator[tuple[float, PackedBatch, float]]:
-    """(finish time, batch, loader wait ms) of each batch, in order. On CUDA the device is kept one batch
-    ahead (batch k launched before batch k-1's rows are awaited, as in the runner's loop); call it under
-    `torch.inference_mode()`. Raises `Preempted` between batches once `stop` is set."""
-    pending = None
-    while True:
-        if stop is not None and stop.is_set():
-            raise Preempted(f"stopped by {stop.signal_name} while measuring; rerun to measure again")
-        t0 = time.perf_counter()
-        batch = next(batches)
-        wait_ms = (time.perf_counter() - t0) * 1000
-        pooled = model.embed(batch.to(device), layer)
-        if device.type != "cuda":
-            yield time.perf_counter(), batch, wait_ms
-            continue
-        rows = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
-        rows.copy_(pooled, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        if pending is not None:
-            pending[0].synchronize()
-            yield time.perf_counter(), pending[1], pending[2]
-        pending = (event, batch, wait_ms)
+) -> FinishedBatches:
+    """The finished batches of `batches` run through `model` (see `FinishedBatches`)."""
+    return FinishedBatches(batches, model, device, layer, stop)
 
 
 def run_window(
-    stream: Iterator, seconds: float, start: float, token_budget: int, monitor: NvitopMonitor | None = None
+    stream: Iterator,
+    seconds: float,
+    start: float,
+    token_budget: int,
+    monitor: NvitopMonitor | None = None,
+    drain: bool = False,
 ) -> dict:
     """Consume finished batches until `seconds` have passed since `start` (a perf_counter time); the window ends
-    when the first batch finishing after that does, so it holds whole batches and the next one starts there."""
-    tokens = sequences = 0
-    waits, packing = [], []
-    end = start
-    for end, batch, wait_ms in stream:
-        tokens += batch.num_tokens
-        sequences += batch.num_sequences
-        waits.append(wait_ms)
-        packing.append(batch.num_tokens / token_budget)
-        if end - start >= seconds:
+    when the first batch finishing after that does, so it holds whole batches and the next one starts there.
+    With `drain`, the batch still on the device is awaited and counted too (interleaved windows)."""
+    items = []
+    for item in stream:
+        items.append(item)
+        if item[0] - start >= seconds:
             break
+    if drain and (last := stream.drain()) is not None:
+        items.append(last)
+    end = items[-1][0] if items else start
+    tokens = sum(batch.num_tokens for _, batch, _ in items)
+    sequences = sum(batch.num_sequences for _, batch, _ in items)
+    waits = [wait_ms for _, _, wait_ms in items]
+    packing = [batch.num_tokens / token_budget for _, batch, _ in items]
     elapsed = end - start
     utils = [
         s["gpu_util"]
@@ -163,6 +198,21 @@ def measure_windows(
     return {"warmup": warmup, "windows": windows}
 
 
+def measure_interleaved(arms: list[tuple[FinishedBatches, int]], protocol: Protocol, monitor=None) -> list[dict]:
+    """Each (stream, token budget) warmed up until stable in turn, then `protocol.repeats` rounds of one window of
+    each, in the given order: drift over the job (host load, clocks) hits every configuration alike. Every window
+    drains its stream, so that none leaves work on the device for the next configuration's window."""
+    warmups = []
+    for stream, budget in arms:
+        warmups.append(warm_until_stable(stream, protocol, budget, time.perf_counter())[0])
+        stream.drain()
+    windows: list[list[dict]] = [[] for _ in arms]
+    for _ in range(protocol.repeats):
+        for k, (stream, budget) in enumerate(arms):
+            windows[k].append(run_window(stream, protocol.seconds, time.perf_counter(), budget, monitor, True))
+    return [{"warmup": w, "windows": ws} for w, ws in zip(warmups, windows)]
+
+
 def _measured_model(cfg: EmbedConfig, device: torch.device, precision: str):
     """The model on `device`, compiled if `cfg` says so, warmed up; (model, weights, layer, compiled, pad_to)."""
     if device.type == "cuda":
@@ -180,6 +230,50 @@ def _measured_model(cfg: EmbedConfig, device: torch.device, precision: str):
     return model, weights, layer, compiled, pad_to
 
 
+@dataclass
+class Arm:
+    """One configuration of a measurement job: its model (shared with an earlier arm of the same precision), and
+    its own batch plan and DataLoader, built as a sweep point builds them."""
+
+    cfg: EmbedConfig
+    precision: str
+    model: object
+    weights: object
+    layer: int
+    compiled: bool
+    pad_to: int | None
+    plan: list
+    loader: object
+    shared_model: bool
+
+
+def _arms(cfgs: list[EmbedConfig], device: torch.device, seqs: list[bytes], lengths: list[int]) -> list[Arm]:
+    """The arms of `cfgs`. The model is built once per precision: a second precision builds (and keeps) a
+    second model, so the job holds both models' weights at once (ESM-2 3B: ~5.7 GB in fp16/bf16, ~11 GB in
+    fp32) plus both configurations' activations; a shared compiled model is warmed up for each padded shape."""
+    arms: list[Arm] = []
+    for cfg in cfgs:
+        check_budget(lengths, cfg.token_budget)
+        precision = cfg.resolved_precision(device)
+        same = next((arm for arm in arms if arm.precision == precision), None)
+        if same is None:
+            model, weights, layer, compiled, pad_to = _measured_model(cfg, device, precision)
+        else:
+            model, weights, layer, compiled = same.model, same.weights, same.layer, same.compiled
+            pad_to = cfg.token_budget if compiled else None
+            if pad_to != same.pad_to:
+                warm_up(model, device, layer, pad_to)
+        plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
+        loader = make_loader(
+            CycledBatches(seqs, plan, pad_to=pad_to),
+            cfg.num_workers,
+            cfg.prefetch_factor,
+            pin_memory=device.type == "cuda",
+        )
+        arms.append(Arm(cfg, precision, model, weights, layer, compiled, pad_to, plan, loader, same is not None))
+    return arms
+
+
 def _workload(records, lengths, plan, token_budget: int) -> dict:
     """What the measured batches hold: the input's sequences and tokens, its batches and their packing."""
     plan_tokens = int(sum(lengths)) + SPECIAL_TOKENS * len(lengths)
@@ -195,49 +289,67 @@ def _workload(records, lengths, plan, token_budget: int) -> dict:
 
 def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | None = None) -> dict:
     """Measure `cfg`'s engine settings on `cfg.fasta` (one process, one device); returns the measurement."""
+    return measure_configs([cfg], protocol, stop)[0]
+
+
+def measure_configs(cfgs: list[EmbedConfig], protocol: Protocol, stop: StopFlag | None = None) -> list[dict]:
+    """Measure each of `cfgs` (same input, model and device; different engine settings) in this one process:
+    one configuration in contiguous windows; several interleaved (`measure_interleaved`), in the order given.
+    Returns one measurement each; `peak_memory_gb` is the job's, over all of them."""
     t_start = time.perf_counter()
     protocol.validate()
-    cfg.validate()
-    if cfg.world_size not in (None, 1):
-        raise UserError("a throughput measurement is one process on one device: --world-size must be 1")
+    for cfg in cfgs:
+        cfg.validate()
+        if cfg.world_size not in (None, 1):
+            raise UserError("a throughput measurement is one process on one device: --world-size must be 1")
+    cfg = cfgs[0]
     device = rank_device(cfg.resolved_device(), 0, 1)  # "cuda" -> the current CUDA device, with its index
-    precision = cfg.resolved_precision(device)
     records = read_fasta(cfg.fasta, cfg.long_sequences)
     # With --long-sequences chunk the engine embeds windows: measure those (a window counts as a sequence here).
     seqs = split_into_windows(records.seqs, cfg.window_overlap if cfg.long_sequences == "chunk" else None).seqs
     lengths = [len(s) for s in seqs]
-    check_budget(lengths, cfg.token_budget)
-    model, weights, layer, compiled, pad_to = _measured_model(cfg, device, precision)
-    plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)
-    loader = make_loader(
-        CycledBatches(seqs, plan, pad_to=pad_to),
-        cfg.num_workers,
-        cfg.prefetch_factor,
-        pin_memory=device.type == "cuda",
-    )
+    arms = _arms(cfgs, device, seqs, lengths)
     monitor = NvitopMonitor([device.index] if device.type == "cuda" else [])
     startup = time.perf_counter() - t_start
-    stream = finished_batches(iter(loader), model, device, layer, stop)
+    streams = [finished_batches(iter(arm.loader), arm.model, device, arm.layer, stop) for arm in arms]
     try:
         with monitor.start(), torch.inference_mode():
-            result = measure_windows(stream, protocol, cfg.token_budget, monitor)
+            if len(arms) == 1:
+                results = [measure_windows(streams[0], protocol, cfg.token_budget, monitor)]
+            else:
+                results = measure_interleaved(
+                    [(stream, arm.cfg.token_budget) for stream, arm in zip(streams, arms)], protocol, monitor
+                )
     finally:
-        stream.close()  # drops the last reference to the loader's iterator: its workers (which ignore SIGTERM)
-        del stream, loader  # are shut down now, not at exit
-    return {
-        **result,
+        for stream in streams:
+            stream.close()  # drops the last reference to the loader's iterator: its workers (which ignore
+        del streams  # SIGTERM) are shut down now, not at exit
+    peak = torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None
+    common = {
         "protocol": asdict(protocol),
         "startup_seconds": startup,
         "device": str(device),
-        "precision": precision,
-        **recipe_facts(precision),
-        "gelu": gelu_form(cfg, device, precision),
-        "compiled": compiled,
-        "weights": weights.provenance,
-        "model_spec": asdict(weights.spec),
         "gpu_monitor": monitor.identity(),
-        "workload": _workload(records, lengths, plan, cfg.token_budget),
-        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else None,
+        "peak_memory_gb": peak,
         "hardware": capture_hardware_info(),
         "versions": package_versions(),
     }
+    return [
+        {
+            **result,
+            **common,
+            "precision": arm.precision,
+            **recipe_facts(arm.precision),
+            "gelu": gelu_form(arm.cfg, device, arm.precision),
+            "compiled": arm.compiled,
+            "weights": arm.weights.provenance,
+            "model_spec": asdict(arm.weights.spec),
+            "workload": _workload(records, lengths, arm.plan, arm.cfg.token_budget),
+            **(
+                {"interleaved": {"position": k, "of": len(arms), "shared_model": arm.shared_model}}
+                if len(arms) > 1
+                else {}
+            ),
+        }
+        for k, (arm, result) in enumerate(zip(arms, results))
+    ]

@@ -4,11 +4,12 @@ Each point's speedup over the baseline is the ratio of geometric means of their 
 Welch's t interval on the logs (`stats.ratio_ci`). The windows of one job cannot show drift between jobs (another
 process on the host, GPU clocks and temperature, memory placement): `between_job_cv`, the relative spread of one
 configuration's rate from job to job, is added to every comparison of two jobs as a known variance (2 log(1 +
-cv)^2), and the optimal validation reports the drift it actually sees. The m points compared (finished, packing
->= the minimum, >= 2 repeats, a precision that passes the accuracy gate) are covered together: each interval is
-taken at 1 - alpha/m (Bonferroni), so all m hold at once with probability >= 1 - alpha (95 %). A winner is
-declared only when its interval's LOWER bound is above 1 + `min_gain`; among several, the one with the highest
-lower bound (the gain that can be promised; the highest point estimate would favour the noisiest point).
+cv)^2), and the optimal validation reports the drift it actually sees and checks a winner against the baseline's
+settings measured in its own job (paired windows: drift between jobs cannot enter). The m points compared
+(finished, packing >= the minimum, >= 2 repeats, a precision that passes the accuracy gate) are covered together:
+each interval is taken at 1 - alpha/m (Bonferroni), so all m hold at once with probability >= 1 - alpha (95 %). A
+winner is declared only when its interval's LOWER bound is above 1 + `min_gain`; among several, the one with the
+highest lower bound (the gain that can be promised; the highest point estimate would favour the noisiest point).
 Otherwise the recommendation is the baseline.
 """
 
@@ -20,7 +21,7 @@ import math
 from pathlib import Path
 
 from virnucpro.report.accuracy import gate, gate_refusal, result_precision
-from virnucpro.report.stats import describe, ratio_ci
+from virnucpro.report.stats import describe, paired_ratio_ci, ratio_ci
 
 ALPHA = 0.05
 METHOD = (
@@ -153,56 +154,84 @@ def _overlap(a: list[float], b: list[float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
+def _ratio(a: dict | None, b: dict | None, known_var: float = 0.0, paired: bool = False) -> dict | None:
+    """Speedup interval (95 %) of finished result `a` over `b`; None when either failed or has < 2 repeats."""
+    if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
+        return None
+    if paired:
+        return paired_ratio_ci(_rates(a), _rates(b), 0.95)
+    return ratio_ci(_rates(a), _rates(b), 0.95, known_var)
+
+
+def _pair(prefix: str, r: dict | None) -> dict:
+    return {prefix: r["ratio"] if r else None, prefix + "_ci95": [r["low"], r["high"]] if r else None}
+
+
+def _excludes_one(r: dict | None) -> bool:
+    return bool(r and not r["low"] <= 1.0 <= r["high"])
+
+
 def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
     """The recommended settings measured again (`result`), in a job of their own.
 
-    Two checks: its speedup over the sweep's baseline measurement (95 % interval): does it confirm the claimed
-    gain, or contradict the claim (the intervals do not overlap; with no winner the claim is 1.0x)? That reuses
-    the baseline's sample, so it is not independent of the sweep. Hence also: its rate against the same settings'
-    own sweep measurement (`rate_vs_sweep`): an interval excluding 1 shows drift between jobs that the repeats
-    inside one job cannot see, i.e. the sweep's intervals were too narrow.
+    When they differ from the baseline's, the job measured the baseline's settings too, windows alternating
+    (`result["baseline_in_job"]`): `speedup` is then the paired comparison of the two in this job (Student's t on
+    the per-pair log ratios, no between-job variance: drift between jobs cannot enter, both sides share the job),
+    and it decides `confirmed` (the lower bound beats 1 + min_gain) and `contradicted` (the interval misses the
+    claimed one). Without a winner (one configuration measured), `speedup` is over the sweep's baseline job with
+    the between-job allowance, as the sweep compared; that reuses the sweep's baseline sample, so it is not
+    independent of the sweep, and it is always reported as `speedup_vs_sweep_baseline`. Drift checks: each
+    setting's rate here against its own sweep job (`rate_vs_sweep`, `baseline_rate_vs_sweep`): an interval
+    excluding 1 shows drift between jobs that the repeats inside one job cannot see (`drift_between_jobs`).
     """
-
-    def ratio(a: dict | None, b: dict | None, known_var: float) -> dict | None:
-        if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
-            return None
-        return ratio_ci(_rates(a), _rates(b), 0.95, known_var)
-
     same = next((row for row in best.get("sweep_points", []) if row["label"] == best.get("label")), None)
-    vs_base = ratio(result, baseline, job_variance(best.get("between_job_cv", 0.0)))
-    vs_sweep = ratio(result, same, 0.0)  # no allowance: this is where drift between jobs shows
+    in_job = result.get("baseline_in_job")
+    vs_base = _ratio(result, baseline, job_variance(best.get("between_job_cv", 0.0)))
+    paired = _ratio(result, in_job, paired=True) if in_job is not None else None
+    basis = paired if in_job is not None else vs_base
+    vs_sweep = _ratio(result, same)  # no allowance: this is where drift between jobs shows
+    base_vs_sweep = _ratio(in_job, baseline) if in_job is not None else None
     claimed = best.get("speedup_ci95") if best.get("significant") else [1.0, 1.0]
     out = {
         "claimed_speedup_ci95": claimed,
         "significant_claim": bool(best.get("significant")),
-        "speedup": vs_base["ratio"] if vs_base else None,
-        "speedup_ci95": [vs_base["low"], vs_base["high"]] if vs_base else None,
-        "rate_vs_sweep": vs_sweep["ratio"] if vs_sweep else None,
-        "rate_vs_sweep_ci95": [vs_sweep["low"], vs_sweep["high"]] if vs_sweep else None,
-        "drift_between_jobs": bool(vs_sweep and not vs_sweep["low"] <= 1.0 <= vs_sweep["high"]),
+        "comparison": "in-job paired" if in_job is not None else "sweep baseline job",
+        **_pair("speedup", basis),
+        **_pair("speedup_vs_sweep_baseline", vs_base),
+        **_pair("rate_vs_sweep", vs_sweep),
+        **_pair("baseline_rate_vs_sweep", base_vs_sweep),
+        "drift_between_jobs": _excludes_one(vs_sweep) or _excludes_one(base_vs_sweep),
     }
-    if vs_base is None:
+    if basis is None:
         return {**out, "confirmed": None, "contradicted": None, "note": "no interval: a run failed or had < 2 repeats"}
     contradicted = not _overlap(claimed, out["speedup_ci95"])
-    confirmed = bool(best.get("significant")) and vs_base["low"] > 1.0 + best.get("min_gain", 0.02)
-    interval = f"[{vs_base['low']:.3f}, {vs_base['high']:.3f}]"
-    if not contradicted:
-        notes = ["the validation agrees with the sweep"]
-    elif best.get("significant"):
+    confirmed = bool(best.get("significant")) and basis["low"] > 1.0 + best.get("min_gain", 0.02)
+    interval = f"[{basis['low']:.3f}, {basis['high']:.3f}]"
+    if in_job is not None:
         notes = [
-            f"the validation contradicts the sweep: its speedup interval {interval} excludes the claimed "
-            f"[{claimed[0]:.3f}, {claimed[1]:.3f}]"
+            f"paired with the baseline's settings in this job (alternating windows, no between-job variance): "
+            f"{basis['ratio']:.3f}x {interval}, {'confirmed' if confirmed else 'not confirmed'}"
         ]
     else:
-        notes = [
-            f"the baseline's settings, measured again, ran {vs_base['ratio']:.3f}x the baseline {interval}: jobs "
-            "drift more than between_job_cv allows, so the sweep's intervals are too narrow"
-        ]
-    if out["drift_between_jobs"]:
+        notes = []
+    if not contradicted:
+        notes.append("the validation agrees with the sweep")
+    elif best.get("significant"):
         notes.append(
-            f"the same settings ran {vs_sweep['ratio']:.3f}x their sweep rate: jobs drift more than the "
-            "repeats inside one job show"
+            f"the validation contradicts the sweep: its speedup interval {interval} excludes the claimed "
+            f"[{claimed[0]:.3f}, {claimed[1]:.3f}]"
         )
+    else:
+        notes.append(
+            f"the baseline's settings, measured again, ran {basis['ratio']:.3f}x the baseline {interval}: jobs "
+            "drift more than between_job_cv allows, so the sweep's intervals are too narrow"
+        )
+    for what, r in (("same settings", vs_sweep), ("baseline's settings", base_vs_sweep)):
+        if _excludes_one(r):
+            notes.append(
+                f"the {what} ran {r['ratio']:.3f}x their sweep rate: jobs drift more than the repeats inside one "
+                "job show"
+            )
     return {**out, "confirmed": confirmed, "contradicted": contradicted, "note": "; ".join(notes)}
 
 

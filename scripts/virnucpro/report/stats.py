@@ -111,14 +111,32 @@ def ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, known_
     else:
         df = (va + vb + known_var) ** 2 / denominator if denominator > 0 else math.inf
     quantile = statistics.NormalDist().inv_cdf(0.5 + level / 2) if df > 1e6 else t_quantile(0.5 + level / 2, df)
-    half = quantile * se
+    return _ratio_interval(diff, quantile * se, df, level)
+
+
+def _ratio_interval(log_ratio: float, half: float, df: float, level: float) -> dict:
+    """A log-scale interval (centre +- half) as a ratio interval."""
     return {
-        "ratio": math.exp(diff),
-        "low": math.exp(diff - half),
-        "high": math.exp(diff + half),
+        "ratio": math.exp(log_ratio),
+        "low": math.exp(log_ratio - half),
+        "high": math.exp(log_ratio + half),
         "df": df,
         "level": level,
     }
+
+
+def paired_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict | None:
+    """Ratio of the geometric means of `a` over `b` whose values are paired (a[i] and b[i] measured back to back
+    in one job): Student's t interval of the mean log ratio, so drift that hits both of a pair alike cancels.
+    None with fewer than 2 pairs. Returns {ratio, low, high, df, level}, as `ratio_ci`."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples must have equal lengths, not {len(a)} and {len(b)}")
+    if len(a) < 2:
+        return None
+    diffs = [x - y for x, y in zip(_logs(a), _logs(b))]
+    centre, df = statistics.fmean(diffs), float(len(diffs) - 1)
+    half = t_quantile(0.5 + level / 2, df) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return _ratio_interval(centre, half, df, level)
 
 
 def describe(values: Sequence[float], level: float = 0.95) -> dict:
