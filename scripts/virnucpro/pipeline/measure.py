@@ -200,15 +200,19 @@ def measure_windows(
 
 def measure_interleaved(arms: list[tuple[FinishedBatches, int]], protocol: Protocol, monitor=None) -> list[dict]:
     """Each (stream, token budget) warmed up until stable in turn, then `protocol.repeats` rounds of one window of
-    each, in the given order: drift over the job (host load, clocks) hits every configuration alike. Every window
-    drains its stream, so that none leaves work on the device for the next configuration's window."""
+    each, the order reversed every other round (A B, B A, A B, ...): drift over the job (host load, clocks) hits
+    every configuration alike, and a steady drift cancels over each two rounds instead of always favouring the
+    one measured first. Every window drains its stream, so that none leaves work on the device for the next
+    configuration's window."""
     warmups = []
     for stream, budget in arms:
         warmups.append(warm_until_stable(stream, protocol, budget, time.perf_counter())[0])
         stream.drain()
     windows: list[list[dict]] = [[] for _ in arms]
-    for _ in range(protocol.repeats):
-        for k, (stream, budget) in enumerate(arms):
+    for r in range(protocol.repeats):
+        order = range(len(arms)) if r % 2 == 0 else reversed(range(len(arms)))
+        for k in order:
+            stream, budget = arms[k]
             windows[k].append(run_window(stream, protocol.seconds, time.perf_counter(), budget, monitor, True))
     return [{"warmup": w, "windows": ws} for w, ws in zip(warmups, windows)]
 
