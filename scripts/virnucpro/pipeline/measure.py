@@ -338,22 +338,23 @@ def measure_configs(cfgs: list[EmbedConfig], protocol: Protocol, stop: StopFlag 
         "hardware": capture_hardware_info(),
         "versions": package_versions(),
     }
+    workloads = [_workload(records, lengths, arm.plan, arm.cfg.token_budget) for arm in arms]
     return [
-        {
-            **result,
-            **common,
-            "precision": arm.precision,
-            **recipe_facts(arm.precision),
-            "gelu": gelu_form(arm.cfg, device, arm.precision),
-            "compiled": arm.compiled,
-            "weights": arm.weights.provenance,
-            "model_spec": asdict(arm.weights.spec),
-            "workload": _workload(records, lengths, arm.plan, arm.cfg.token_budget),
-            **(
-                {"interleaved": {"position": k, "of": len(arms), "shared_model": arm.shared_model}}
-                if len(arms) > 1
-                else {}
-            ),
-        }
-        for k, (arm, result) in enumerate(zip(arms, results))
+        {**result, **common, **_arm_facts(arm, device, workload, k, len(arms))}
+        for k, (arm, result, workload) in enumerate(zip(arms, results, workloads))
     ]
+
+
+def _arm_facts(arm: Arm, device: torch.device, workload: dict, position: int, arms: int) -> dict:
+    """What one configuration's measurement records besides its windows: precision, model, workload, and where
+    it stood among interleaved ones."""
+    return {
+        "precision": arm.precision,
+        **recipe_facts(arm.precision),
+        "gelu": gelu_form(arm.cfg, device, arm.precision),
+        "compiled": arm.compiled,
+        "weights": arm.weights.provenance,
+        "model_spec": asdict(arm.weights.spec),
+        "workload": workload,
+        **({"interleaved": {"position": position, "of": arms, "shared_model": arm.shared_model}} if arms > 1 else {}),
+    }

@@ -171,6 +171,30 @@ def _excludes_one(r: dict | None) -> bool:
     return bool(r and not r["low"] <= 1.0 <= r["high"])
 
 
+def _validation_notes(basis: dict, claimed, best: dict, in_job: bool, confirmed: bool, contradicted: bool) -> list:
+    """What the validation's speedup interval (`basis`) says of the sweep's claim, in words."""
+    interval = f"[{basis['low']:.3f}, {basis['high']:.3f}]"
+    notes = []
+    if in_job:
+        notes.append(
+            f"paired with the baseline's settings in this job (alternating windows, no between-job variance): "
+            f"{basis['ratio']:.3f}x {interval}, {'confirmed' if confirmed else 'not confirmed'}"
+        )
+    if not contradicted:
+        notes.append("the validation agrees with the sweep")
+    elif best.get("significant"):
+        notes.append(
+            f"the validation contradicts the sweep: its speedup interval {interval} excludes the claimed "
+            f"[{claimed[0]:.3f}, {claimed[1]:.3f}]"
+        )
+    else:
+        notes.append(
+            f"the baseline's settings, measured again, ran {basis['ratio']:.3f}x the baseline {interval}: jobs "
+            "drift more than between_job_cv allows, so the sweep's intervals are too narrow"
+        )
+    return notes
+
+
 def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
     """The recommended settings measured again (`result`), in a job of their own.
 
@@ -206,26 +230,7 @@ def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
         return {**out, "confirmed": None, "contradicted": None, "note": "no interval: a run failed or had < 2 repeats"}
     contradicted = not _overlap(claimed, out["speedup_ci95"])
     confirmed = bool(best.get("significant")) and basis["low"] > 1.0 + best.get("min_gain", 0.02)
-    interval = f"[{basis['low']:.3f}, {basis['high']:.3f}]"
-    if in_job is not None:
-        notes = [
-            f"paired with the baseline's settings in this job (alternating windows, no between-job variance): "
-            f"{basis['ratio']:.3f}x {interval}, {'confirmed' if confirmed else 'not confirmed'}"
-        ]
-    else:
-        notes = []
-    if not contradicted:
-        notes.append("the validation agrees with the sweep")
-    elif best.get("significant"):
-        notes.append(
-            f"the validation contradicts the sweep: its speedup interval {interval} excludes the claimed "
-            f"[{claimed[0]:.3f}, {claimed[1]:.3f}]"
-        )
-    else:
-        notes.append(
-            f"the baseline's settings, measured again, ran {basis['ratio']:.3f}x the baseline {interval}: jobs "
-            "drift more than between_job_cv allows, so the sweep's intervals are too narrow"
-        )
+    notes = _validation_notes(basis, claimed, best, in_job is not None, confirmed, contradicted)
     for what, r in (("same settings", vs_sweep), ("baseline's settings", base_vs_sweep)):
         if _excludes_one(r):
             notes.append(
