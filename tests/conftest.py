@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,15 @@ def write_fairesm_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"cfg": {"model": cfg}, "model": packed}, path)
     torch.save({"model": regression}, path.with_name(path.stem + "-contact-regression.pt"))
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache(tmp_path_factory) -> Path:
+    """Checkpoint digests are remembered in a cache directory of the test session, not the user's ~/.cache
+    (jobs the tests start inherit the variable)."""
+    path = tmp_path_factory.mktemp("digest-cache")
+    os.environ["VIRNUCPRO_CACHE_DIR"] = str(path)
     return path
 
 

@@ -6,6 +6,7 @@ import h5py
 import pytest
 import torch
 
+from conftest import write_fairesm_checkpoint
 from virnucpro.cli import main
 from virnucpro.errors import UserError
 from virnucpro.models.weights import ARCHITECTURES, load_checkpoint, random_state_dict, required_keys, resolve_weights
@@ -118,3 +119,31 @@ def test_random_weights_recorded_in_output(tmp_path):
         assert f.attrs["weights"] == "random"
         assert '"seed": 5' in f.attrs["weights_provenance"]
         assert f["embeddings"].shape == (2, 320)
+
+
+def test_a_checkpoint_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """Every shard job hashed the whole checkpoint (5.7 GB for 3B: ~4 s); unchanged, it is hashed once."""
+    from virnucpro.utils import digests
+
+    monkeypatch.setenv("VIRNUCPRO_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = write_fairesm_checkpoint(tmp_path / "esm2_digest.pt")
+    hashed = []
+    real = digests.sha256_file
+    monkeypatch.setattr(digests, "sha256_file", lambda p: hashed.append(p) or real(p))
+    first = load_checkpoint(ckpt).provenance["sha256"]
+    assert load_checkpoint(ckpt).provenance["sha256"] == first == real(ckpt) and len(hashed) == 1
+    write_fairesm_checkpoint(ckpt, seed=1)  # rewritten in place: other bytes, a new stamp
+    second = load_checkpoint(ckpt).provenance["sha256"]
+    assert second == real(ckpt) != first and len(hashed) == 2
+    moved = ckpt.rename(tmp_path / "esm2_moved.pt")  # another path: hashed for itself
+    assert load_checkpoint(moved).provenance["sha256"] == second and len(hashed) == 3
+
+
+def test_an_unwritable_digest_cache_is_ignored(tmp_path, monkeypatch):
+    from virnucpro.utils import digests
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory would be")
+    monkeypatch.setenv("VIRNUCPRO_CACHE_DIR", str(blocker))
+    ckpt = write_fairesm_checkpoint(tmp_path / "esm2_nocache.pt")
+    assert load_checkpoint(ckpt).provenance["sha256"] == digests.sha256_file(ckpt)

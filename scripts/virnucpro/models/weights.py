@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from virnucpro.errors import UserError
+from virnucpro.utils.digests import remembered_sha256
 
 logger = logging.getLogger("virnucpro.models.weights")
 
@@ -62,14 +63,6 @@ class Weights:
     spec: ModelSpec
     state_dict: Mapping[str, torch.Tensor]  # a dict, or a RandomStateDict that generates on reading
     provenance: dict  # {"weights": "random"|"checkpoint", "path", "sha256", "seed", ...}
-
-
-def sha256_file(path: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _spec_from_cfg(cfg, path: Path) -> ModelSpec:
@@ -129,9 +122,10 @@ def _is_zip(path: Path) -> bool:
 def load_checkpoint(path: str | Path, known_sha256: str | None = None) -> Weights:
     """Load a fair-esm ESM-2 checkpoint (`esm2_*.pt`) with `weights_only=True` (memory-mapped when it can be).
 
-    The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored. `known_sha256` skips
-    re-hashing a file the parent process already hashed (ranks of one job). Files in torch's legacy (pre-1.6,
-    non-zip) format cannot be memory-mapped and are read whole.
+        The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored. `known_sha256` skips
+        re-hashing a file the parent process already hashed (ranks of one job); other jobs find the digest in the
+    user's cache while the file is unchanged (`utils.digests`). Files in torch's legacy (pre-1.6,
+        non-zip) format cannot be memory-mapped and are read whole.
     """
     path = Path(path)
     if not path.is_file():
@@ -152,9 +146,8 @@ def load_checkpoint(path: str | Path, known_sha256: str | None = None) -> Weight
     spec = _spec_from_cfg(cfg, path)
     state = {_PREFIX.sub("", k): v for k, v in data["model"].items()}
     _check_esm2_layout(path, spec, state)
-    return Weights(
-        spec, state, {"weights": "checkpoint", "path": str(path.resolve()), "sha256": known_sha256 or sha256_file(path)}
-    )
+    digest = known_sha256 or remembered_sha256(path)
+    return Weights(spec, state, {"weights": "checkpoint", "path": str(path.resolve()), "sha256": digest})
 
 
 def _checkpoint_model_name(path: Path, spec: ModelSpec, quiet: bool) -> str:
