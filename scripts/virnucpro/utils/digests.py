@@ -58,7 +58,10 @@ def remembered_sha256(path: str | Path) -> str:
     remembered)."""
     path = Path(path).resolve()
     key, stamp = str(path), _stamp(path)
-    file = cache_dir() / CACHE_FILE
+    try:
+        file = cache_dir() / CACHE_FILE
+    except RuntimeError:  # no home directory to find: nothing to remember in
+        return sha256_file(path)
     entry = _read_cache(file).get(key)
     if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
