@@ -453,7 +453,7 @@ def test_the_validation_shows_the_in_job_comparison_when_there_is_one(tmp_path):
     optimal["validation"] = {**v, "contradicted": True, "drift_between_jobs": True}
     _, out = full_context(tmp_path / "a", best=winner, extra=[optimal])
     html = " ".join(out["html"].split())
-    assert "1.004× (95 % interval 0.980–1.030) the baseline's settings measured in the same job" in html
+    assert "1.004× (95 % interval 0.980–1.030) over the baseline's settings, measured in the same job" in html
     assert "contradicts the sweep" in html and "jobs drifted" in html
     del optimal["baseline_in_job"]
     optimal["validation"] = {**v, "significant_claim": False, "contradicted": False, "drift_between_jobs": False}
