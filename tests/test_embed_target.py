@@ -352,6 +352,13 @@ def test_the_cost_of_splitting_is_the_fixed_cost_each_extra_job_pays_again():
     rate = 250_000 / 120
     assert o["min_sequences_per_shard"] == math.ceil(20 * 19 * rate)  # fixed <= 5 % of the job: loop >= 19 F
     assert o["fixed_by_phase"] == {"python_startup": 10.0, "load_weights": 10.0}
+    resumed = embed_report.job_overhead(
+        [overhead_shard(20.0, 120.0, 250_000)] * 3
+        + [
+            {**overhead_shard(20.0, 60.0, 250_000), "resumed_sequences": 125_000}  # its loop did half the shard
+        ]
+    )
+    assert resumed["sequences_per_loop_second"] == pytest.approx(rate)
     big = embed_report.job_overhead([overhead_shard(20.0, 1200.0, 2_500_000)] * 4)
     assert big["within_limit"] and big["advice"] is None and big["extra_vs_one_job"] < 0.05
 

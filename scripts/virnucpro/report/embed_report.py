@@ -102,7 +102,10 @@ def job_overhead(shards: list[dict]) -> dict[str, Any]:
     n = len(shards)
     job_seconds = sum(s["fixed_seconds"] + s["loop_seconds"] for s in timed)
     one_job = job_seconds - (len(timed) - 1) * fixed
-    rate = sum(s["sequences"] for s in timed) / sum(s["loop_seconds"] for s in timed)
+    # a resumed shard's loop embedded only what its checkpoints did not hold
+    rate = sum(s["sequences"] - (s.get("resumed_sequences") or 0) for s in timed) / sum(
+        s["loop_seconds"] for s in timed
+    )
     names = sorted({k for s in timed for k in s["fixed_phases"]})
     by_phase = {k: statistics.median(s["fixed_phases"].get(k, 0.0) for s in timed) for k in names}
     extra = (n - 1) * fixed / one_job if one_job > 0 else None
