@@ -335,11 +335,13 @@ def test_a_projection_from_the_best_configuration_is_set_against_the_run(embed_r
     assert "packing:b1024" in (tmp_path / "r.html").read_text()
 
 
-def overhead_shard(fixed: float, loop: float, sequences: int) -> dict:
+def overhead_shard(fixed: float, loop: float, sequences: int, resumed: int = 0) -> dict:
     return {
         "sequences": sequences,
+        "resumed_sequences": resumed,
         "fixed_seconds": fixed,
         "loop_seconds": loop,
+        "job_seconds": fixed + loop + 1.0,  # + reading its input, which grows with it
         "fixed_phases": {"python_startup": fixed / 2, "load_weights": fixed / 2},
     }
 
@@ -347,25 +349,30 @@ def overhead_shard(fixed: float, loop: float, sequences: int) -> dict:
 def test_the_cost_of_splitting_is_the_fixed_cost_each_extra_job_pays_again():
     # issue 15's H100 run in round numbers: 4 shards of 250,000 reads, ~20 s outside a 120-s loop each
     o = embed_report.job_overhead([overhead_shard(20.0, 120.0, 250_000)] * 4)
-    assert o["extra_vs_one_job"] == pytest.approx(3 * 20 / (4 * 140 - 3 * 20))  # one job pays 20 s once
-    assert not o["within_limit"] and "12.0 % more GPU time" in o["advice"]
+    assert o["extra_vs_one_job"] == pytest.approx(3 * 20 / (4 * 141 - 3 * 20))  # one job pays 20 s once
+    assert not o["within_limit"] and "11.9 % more GPU time" in o["advice"]
     rate = 250_000 / 120
-    assert o["min_sequences_per_shard"] == math.ceil(20 * 19 * rate)  # fixed <= 5 % of the job: loop >= 19 F
+    assert o["min_sequences_per_shard"] == math.ceil(20 / 0.05 * rate)  # loops >= F / limit: any count of shards
     assert o["fixed_by_phase"] == {"python_startup": 10.0, "load_weights": 10.0}
+    at_minimum = o["min_sequences_per_shard"] / rate
+    for k in (2, 4, 100):
+        assert embed_report.job_overhead([overhead_shard(20.0, at_minimum, 1000)] * k)["within_limit"]
+    # a resumed shard's completing attempt embedded half its shard in half the time: the same rate, the same cost
     resumed = embed_report.job_overhead(
-        [overhead_shard(20.0, 120.0, 250_000)] * 3
-        + [
-            {**overhead_shard(20.0, 60.0, 250_000), "resumed_sequences": 125_000}  # its loop did half the shard
-        ]
+        [overhead_shard(20.0, 120.0, 250_000)] * 3 + [overhead_shard(20.0, 60.0, 250_000, 125_000)]
     )
     assert resumed["sequences_per_loop_second"] == pytest.approx(rate)
+    assert resumed["extra_vs_one_job"] == pytest.approx(o["extra_vs_one_job"])
     big = embed_report.job_overhead([overhead_shard(20.0, 1200.0, 2_500_000)] * 4)
     assert big["within_limit"] and big["advice"] is None and big["extra_vs_one_job"] < 0.05
 
 
-def test_the_cost_of_splitting_is_na_without_phases():
-    o = embed_report.job_overhead([{"sequences": 5, "fixed_seconds": None, "loop_seconds": None}])
-    assert o["available"] is False and "phases" in o["reason"]
+def test_the_cost_of_splitting_is_na_unless_every_shard_has_phases():
+    no_phases = {"sequences": 5, "fixed_seconds": None, "loop_seconds": None, "job_seconds": None}
+    o = embed_report.job_overhead([overhead_shard(20.0, 120.0, 250_000), no_phases])
+    assert o["available"] is False and "1 of 2 shards" in o["reason"]
+    all_resumed = overhead_shard(20.0, 0.5, 10, resumed=10)  # killed after its last checkpoint, before finishing
+    assert embed_report.job_overhead([all_resumed])["available"] is False
 
 
 def test_a_rerun_does_nothing(embed_run):

@@ -122,10 +122,10 @@ def _is_zip(path: Path) -> bool:
 def load_checkpoint(path: str | Path, known_sha256: str | None = None) -> Weights:
     """Load a fair-esm ESM-2 checkpoint (`esm2_*.pt`) with `weights_only=True` (memory-mapped when it can be).
 
-        The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored. `known_sha256` skips
-        re-hashing a file the parent process already hashed (ranks of one job); other jobs find the digest in the
-    user's cache while the file is unchanged (`utils.digests`). Files in torch's legacy (pre-1.6,
-        non-zip) format cannot be memory-mapped and are read whole.
+    The `-contact-regression.pt` neighbour is not needed for embeddings and is ignored. `known_sha256` skips
+    re-hashing a file the parent process already hashed (ranks of one job); other jobs find the digest in the
+    user's cache while the file is unchanged (`utils.digests`). Files in torch's legacy (pre-1.6, non-zip) format
+    cannot be memory-mapped and are read whole.
     """
     path = Path(path)
     if not path.is_file():

@@ -49,6 +49,7 @@ def shard_row(entry: dict, directory: Path, gpus: int) -> dict[str, Any]:
         "loop_seconds": phases.get("loop"),
         "fixed_phases": fixed,  # the completing attempt's phases that any job pays whatever its size
         "fixed_seconds": sum(fixed.values()) if "loop" in phases else None,
+        "job_seconds": sum(phases.values()) if "loop" in phases else None,  # the completing attempt's process
         "tokens_per_sec": summary.get("avg_tokens_per_sec"),
         "resumed_sequences": summary.get("resumed_sequences") or 0,
         "slurm_job_ids": ids,
@@ -87,29 +88,39 @@ def projection(best: dict | None, total_tokens: int, shards: list[dict], gpus: i
 
 
 def job_overhead(shards: list[dict]) -> dict[str, Any]:
-    """What splitting the input into these shard jobs cost over one job of the same input, from their phases.
+    """What splitting the input into these n shard jobs cost over one job of the same input, from their phases.
 
-    F = the median shard's fixed seconds (phases paid whatever the job's size: imports, weights, compile, warm-up,
-    ...); one job would have paid F once instead of once per shard, so the extra is (n - 1) F over the shards'
-    own GPU time less that. A shard keeps its own fixed share under `OVERHEAD_LIMIT` from a loop of
-    F (1 - limit) / limit seconds on: at the shards' loop rate, `min_sequences_per_shard`. Estimates (one GPU's
-    seconds; a job of g GPUs pays F on each), N/A without phases.
+    F = the median shard's fixed seconds (every phase that does not grow with the input: imports, weights,
+    compile, warm-up, ..., as `report.projection` counts them); one job would have paid F once instead of n
+    times, so the extra is (n - 1) F over the shards' job seconds less that. A resumed shard's completing attempt
+    embedded only what its checkpoints lacked: its loop is scaled to the whole shard. Shards whose loops last at
+    least F / limit seconds keep the extra under the limit however many there are ((k - 1) F / (k L + F) <
+    limit): at the shards' loop rate, `min_sequences_per_shard`. Estimates (one GPU's seconds; a job of g GPUs
+    pays F on each, so the ratio holds), N/A unless every shard has phases and a loop.
     """
-    timed = [s for s in shards if s.get("fixed_seconds") is not None and s.get("loop_seconds")]
-    if not timed:
-        return {"available": False, "reason": "the shards' status.json has no phases (made by an older version?)"}
-    fixed = statistics.median(s["fixed_seconds"] for s in timed)
-    n = len(shards)
-    job_seconds = sum(s["fixed_seconds"] + s["loop_seconds"] for s in timed)
-    one_job = job_seconds - (len(timed) - 1) * fixed
-    # a resumed shard's loop embedded only what its checkpoints did not hold
-    rate = sum(s["sequences"] - (s.get("resumed_sequences") or 0) for s in timed) / sum(
-        s["loop_seconds"] for s in timed
-    )
-    names = sorted({k for s in timed for k in s["fixed_phases"]})
-    by_phase = {k: statistics.median(s["fixed_phases"].get(k, 0.0) for s in timed) for k in names}
+    timed = [
+        s
+        for s in shards
+        if s.get("fixed_seconds") is not None
+        and s.get("loop_seconds")
+        and s.get("job_seconds") is not None
+        and s["sequences"] > (s.get("resumed_sequences") or 0)
+    ]
+    if not shards or len(timed) < len(shards):
+        return {
+            "available": False,
+            "reason": f"{len(shards) - len(timed)} of {len(shards)} shards have no phases in their status.json "
+            "(made by an older version?) or embedded nothing in their completing attempt",
+        }
+    n, fixed = len(shards), statistics.median(s["fixed_seconds"] for s in shards)
+    loops = [s["loop_seconds"] * s["sequences"] / (s["sequences"] - (s.get("resumed_sequences") or 0)) for s in shards]
+    job_seconds = sum(s["job_seconds"] - s["loop_seconds"] + loop for s, loop in zip(shards, loops))
+    one_job = job_seconds - (n - 1) * fixed
+    rate = sum(s["sequences"] for s in shards) / sum(loops)
+    names = sorted({k for s in shards for k in s["fixed_phases"]})
+    by_phase = {k: statistics.median(s["fixed_phases"].get(k, 0.0) for s in shards) for k in names}
     extra = (n - 1) * fixed / one_job if one_job > 0 else None
-    minimum = math.ceil(fixed * (1 - OVERHEAD_LIMIT) / OVERHEAD_LIMIT * rate)
+    minimum = max(1, math.ceil(fixed / OVERHEAD_LIMIT * rate))
     return {
         "available": True,
         "median_fixed_seconds": fixed,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -54,9 +56,13 @@ def write_json_atomic(path: str | Path, payload: Any, default: Callable[[Any], A
     """Write `payload` as indented JSON under a temporary name, fsync it, rename it over `path`: a reader (or a
     rerun after a kill) sees the old file or the new one, never half of one. `default` as for json.dump."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=default)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    # unique across the nodes that share a directory (equal pids on two hosts must not write one temporary file)
+    tmp = path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=2, default=default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when writing or renaming failed
