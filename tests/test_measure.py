@@ -382,7 +382,7 @@ def test_a_failing_point_is_recorded_and_bad_protocol_is_a_usage_error(tmp_path,
 
 
 def test_a_stop_request_ends_the_measurement_between_batches():
-    from virnucpro.pipeline.measure import finished_batches
+    from virnucpro.pipeline.measure import FinishedBatches
     from virnucpro.pipeline.preemption import Preempted, StopFlag
 
     class Model:
@@ -394,7 +394,7 @@ def test_a_stop_request_ends_the_measurement_between_batches():
 
     batches = iter([SimpleNamespace(to=lambda device: None)] * 10)
     stop = StopFlag()
-    stream = finished_batches(batches, Model(), torch.device("cpu"), 0, stop)
+    stream = FinishedBatches(batches, Model(), torch.device("cpu"), 0, stop)
     next(stream)
     stop.set("SIGTERM")
     with pytest.raises(Preempted, match="SIGTERM"):

@@ -116,13 +116,6 @@ class FinishedBatches:
         self.batches = self.pending = None
 
 
-def finished_batches(
-    batches: Iterator[PackedBatch], model, device: torch.device, layer: int, stop: StopFlag | None = None
-) -> FinishedBatches:
-    """The finished batches of `batches` run through `model` (see `FinishedBatches`)."""
-    return FinishedBatches(batches, model, device, layer, stop)
-
-
 def run_window(
     stream: Iterator,
     seconds: float,
@@ -291,11 +284,6 @@ def _workload(records, lengths, plan, token_budget: int) -> dict:
     }
 
 
-def measure_throughput(cfg: EmbedConfig, protocol: Protocol, stop: StopFlag | None = None) -> dict:
-    """Measure `cfg`'s engine settings on `cfg.fasta` (one process, one device); returns the measurement."""
-    return measure_configs([cfg], protocol, stop)[0]
-
-
 def measure_configs(cfgs: list[EmbedConfig], protocol: Protocol, stop: StopFlag | None = None) -> list[dict]:
     """Measure each of `cfgs` (same input, model and device; different engine settings) in this one process:
     one configuration in contiguous windows; several interleaved (`measure_interleaved`), in the order given.
@@ -315,7 +303,7 @@ def measure_configs(cfgs: list[EmbedConfig], protocol: Protocol, stop: StopFlag 
     arms = _arms(cfgs, device, seqs, lengths)
     monitor = NvitopMonitor([device.index] if device.type == "cuda" else [])
     startup = time.perf_counter() - t_start
-    streams = [finished_batches(iter(arm.loader), arm.model, device, arm.layer, stop) for arm in arms]
+    streams = [FinishedBatches(iter(arm.loader), arm.model, device, arm.layer, stop) for arm in arms]
     try:
         with monitor.start(), torch.inference_mode():
             if len(arms) == 1:
