@@ -21,7 +21,7 @@ from typing import Any
 from virnucpro.pipeline.shards import read_attempts
 from virnucpro.report.render import _environment, git_commit
 from virnucpro.utils.jsonfile import read_json
-from virnucpro.utils.phases import PER_SEQUENCE_PHASES
+from virnucpro.utils.phases import fixed_part
 
 STRAGGLER_FACTOR = 1.25
 #: The extra GPU time over one job of the same input that sharding may cost before the report advises larger shards.
@@ -37,7 +37,7 @@ def shard_row(entry: dict, directory: Path, gpus: int) -> dict[str, Any]:
     wall = sum(timed) if timed else summary.get("job_wall_seconds")
     ids = sorted({a["slurm_job_id"] for a in attempts if a.get("slurm_job_id")})
     phases = summary.get("phases") or {}
-    fixed = {k: v for k, v in phases.items() if k not in PER_SEQUENCE_PHASES}
+    fixed = fixed_part(phases)
     return {
         "index": entry["index"],
         "sequences": entry["sequences"],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from virnucpro.utils.phases import PER_SEQUENCE_PHASES
+from virnucpro.utils.phases import PER_SEQUENCE_PHASES, fixed_part
 from virnucpro.defaults import TARGET_TOKENS_PER_SEQUENCE
 
 LOOP_PHASE = "loop"
@@ -41,7 +41,7 @@ def valid_phases(phases: Any) -> dict[str, float] | None:
 def split_phases(phases: dict[str, float], n: int, target: int, steady_rate: float) -> dict[str, Any]:
     """Fixed seconds (per phase) and the linear phases scaled from n to `target` sequences. The measured loop's
     time beyond n / steady rate (its ramp: the warm-up batches) is paid once per job too (`loop_ramp`)."""
-    fixed = {k: v for k, v in phases.items() if k not in LINEAR_PHASES and k != LOOP_PHASE}
+    fixed = fixed_part(phases)
     fixed["loop_ramp"] = max(0.0, phases[LOOP_PHASE] - n / steady_rate)
     scaled = {k: phases.get(k, 0.0) * target / n for k in LINEAR_PHASES}
     return {

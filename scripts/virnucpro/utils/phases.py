@@ -35,6 +35,12 @@ FIXED_PHASES = (
 PER_SEQUENCE_PHASES = ("read_input", "prepare_output", "loop", "finalize")
 
 
+def fixed_part(phases: dict[str, float]) -> dict[str, float]:
+    """The phases a job pays whatever its size: every one that does not grow with the sequences (`FIXED_PHASES`
+    and any other, e.g. rank_wait, other)."""
+    return {k: v for k, v in phases.items() if k not in PER_SEQUENCE_PHASES}
+
+
 def process_start_epoch() -> float:
     """When this process started (epoch seconds), so interpreter start-up and imports are counted too.
 
