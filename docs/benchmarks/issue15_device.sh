@@ -7,8 +7,8 @@
 #   bash docs/benchmarks/issue15_device.sh finish         # the remaining shards, gather, report
 #   bash docs/benchmarks/issue15_device.sh single         # the one-job baseline
 #   bash docs/benchmarks/issue15_device.sh compare        # GPU time and embeddings, shards against the single job
-# The warm-up (2,000 reads, same settings) fills torch.compile's cache first, so that neither side pays the cold
-# compile (~9 s more, issue 13) that only a machine's first job pays.
+# The warm-up (2,000 reads, same settings) fills the Triton cache first, so that neither side pays the kernels'
+# first compilation, which only a machine's first job pays; startup_profile.py then times a job's start-up steps.
 set -uo pipefail
 stage=$1; shift
 source "$(dirname "$0")/device_env.sh"
@@ -26,6 +26,8 @@ shards)
     python3 -m virnucpro.cli make-fasta -o $W/reads.faa --num-sequences 1000000 --profile short-reads
     head -4000 $W/reads.faa >$W/warm.faa
     "${EMBED[@]}" $W/warm.faa -o $W/warm 2>&1 | tail -1
+    cp $W/warm/status.json "$OUT/warm_status.json"
+    timeout 60 python3 docs/benchmarks/startup_profile.py esm2_t36_3B_UR50D bf16 "$OUT/startup.json" >/dev/null
     targets=()
     for k in "$@"; do targets+=("results/embed/shards/$k/job.json"); done
     "${SMK[@]}" "${targets[@]}" >"$OUT/snakemake_shards.log" 2>&1

@@ -424,7 +424,7 @@ def _engine_accuracy(spec, state, name, seqs, device, token_budget, compiled, re
     load_peak = _peak_gb(device)
     if compiled:
         model.compile_kernels()
-    got = packed_embed(model, [s.encode() for s in seqs], token_budget, device, token_budget if compiled else None)
+    got = packed_embed(model, [s.encode() for s in seqs], token_budget, device, model.batch_tokens(token_budget))
     row = {**_errors(got, refs["fp32"], lengths), "load_peak_memory_gb": load_peak, "peak_memory_gb": _peak_gb(device)}
     if name != "fp32":
         row["vs_reference_on_rounded_weights"] = _errors(got, refs[name], lengths)

@@ -7,17 +7,26 @@ key-padding mask: the CPU twin that the tests compare with fair-esm.
 
 from __future__ import annotations
 
+import importlib.util
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 
-try:  # torch >= 2.10
-    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
-except ImportError:  # pragma: no cover - older torch
-    _varlen_attn = None
+#: torch >= 2.10 has it; imported at the first call, because importing it imports Dynamo (~1.5 s a job) and the
+#: fused Triton attention is the default path.
+_HAS_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
 
 
 def varlen_available(device: torch.device, dtype: torch.dtype) -> bool:
-    return _varlen_attn is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    return _HAS_VARLEN and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
+@cache
+def _varlen_attn():
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn
 
 
 def varlen_attention(
@@ -25,7 +34,7 @@ def varlen_attention(
 ) -> torch.Tensor:
     """(T, H, D) packed q/k/v -> (T, H, D). Positional arguments only: their order is the same in torch
     2.10-2.13 while the keyword arguments changed."""
-    return _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
+    return _varlen_attn()(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
 
 
 def padded_attention(

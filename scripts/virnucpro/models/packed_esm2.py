@@ -12,6 +12,7 @@ per-channel scales and bf16 attention: see `fp8`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import nn
 
 from virnucpro.models.attention import padded_attention, varlen_attention, varlen_available
 from virnucpro.models.fp8 import E4M3, FP8_COMPUTE_DTYPE, fp8_linear, quantise_rows, quantise_weight
+from virnucpro.models.fused_kernels import add_layer_norm, fused_kernels_available, rotate_keys
 from virnucpro.models.triton_attention import (
     ROTATE_KEYS_MAX_LEN,
     rotary_tables,
@@ -120,7 +122,7 @@ def mlp_up(h, fc1_w, fc1_b, tanh_epilogue: bool):
     return F.gelu(F.linear(h, fc1_w, fc1_b))
 
 
-#: The memory-bound kernels `compile_kernels` compiles (each one fused pass), by the name `represent` calls.
+#: The memory-bound kernels `compile_kernels` fuses (each one pass), by the name `represent` calls.
 KERNELS = {
     "rotate": rotate_qk,
     "rotate_keys": rotate_k,
@@ -129,6 +131,28 @@ KERNELS = {
     "quantise": quantise_rows,
     "gelu_quantise": gelu_quantise,
 }
+
+
+class LazyCompiled:
+    """`torch.compile(f)` made at the first call: a job whose path never calls `f` never imports Dynamo (~1.5 s)."""
+
+    def __init__(self, f):
+        self.f, self.compiled = f, None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            self.compiled = torch.compile(self.f, dynamic=False)
+        return self.compiled(*args)
+
+
+def fused_kernel_set(device: torch.device) -> dict:
+    """`KERNELS` as one fused pass each on `device`: the hand-written Triton kernels where they exist (CUDA with
+    Triton: no compilation per job), torch.compile for the rest (fp8 quantisation, the unfused rotary)."""
+    kernels = {name: LazyCompiled(f) for name, f in KERNELS.items()}
+    if fused_kernels_available(device):
+        kernels["add_norm"] = partial(add_layer_norm, eps=LAYER_NORM_EPS)
+        kernels["rotate_keys"] = rotate_keys
+    return kernels
 
 
 class PackedLayer(nn.Module):
@@ -150,28 +174,47 @@ class PackedESM2(nn.Module):
         super().__init__()
         self.spec = spec
         self.cls_idx, self.eos_idx = cls_idx, eos_idx
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.embed_dim)
+        # given its (empty) weight, Embedding skips its random init: normal_ on the meta device imports Dynamo
+        # (2-4 s of every job's start), and from_state_dict overwrites every parameter anyway
+        self.embed_tokens = nn.Embedding(
+            spec.vocab_size, spec.embed_dim, _weight=torch.empty(spec.vocab_size, spec.embed_dim)
+        )
         self.layers = nn.ModuleList(PackedLayer(spec.embed_dim, spec.attention_heads) for _ in range(spec.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(spec.embed_dim, eps=LAYER_NORM_EPS)
-        self.register_buffer("inv_freq", rotary_inv_freq(spec.head_dim), persistent=False)
+        # filled by from_state_dict (arithmetic on the meta device would import Dynamo, as normal_ would)
+        self.register_buffer("inv_freq", torch.empty(spec.head_dim // 2), persistent=False)
         self.kernels = dict(KERNELS)
         self.compute_dtype = torch.float32  # the GEMMs' inputs and attention (bf16 for fp8); set by from_state_dict
         self.tanh_gelu_epilogue = False
         self.fused_attention = False
 
     def compile_kernels(self, tanh_gelu_epilogue: bool = True, fused_attention: bool = True) -> None:
-        """torch.compile the memory-bound kernels of a layer (rotary; residual add + layer norm), each one fused
-        pass; the GEMMs (cuBLAS, bias in its epilogue) and attention run eagerly between them.
+        """Fuse the memory-bound kernels of a layer (rotary; residual add + layer norm) into one pass each, see
+        `fused_kernel_set`; the GEMMs (cuBLAS, bias in its epilogue) and attention run between them.
 
-        They are free functions of tensors, so one compiled graph serves all layers; the runner pads every batch
-        to the token budget, so there is one shape and no recompilation. Both options act only on CUDA in
-        fp16/bf16: `fused_attention` (with Triton) does rotary and attention in one kernel, see
-        `triton_attention` (otherwise: compiled rotary, then FlashAttention-2); `tanh_gelu_epilogue` folds fc1's
-        bias and gelu into the GEMM, see `mlp_up`.
+        They are free functions of tensors, so one kernel serves all layers; where a torch.compile'd one is on the
+        path, batches are padded to one shape (`batch_tokens`) so that it never recompiles. Both options act only on
+        CUDA in fp16/bf16: `fused_attention` (with Triton) does rotary and attention in one kernel, see
+        `triton_attention` (otherwise: rotary, then FlashAttention-2); `tanh_gelu_epilogue` folds fc1's bias and
+        gelu into the GEMM, see `mlp_up`.
         """
-        self.kernels = {name: torch.compile(f, dynamic=False) for name, f in KERNELS.items()}
+        self.kernels = fused_kernel_set(self.inv_freq.device)
         self.tanh_gelu_epilogue = tanh_gelu_epilogue
         self.fused_attention = fused_attention
+
+    @property
+    def fp8(self) -> bool:
+        return bool(len(self.layers)) and self.layers[0].qkv.weight.dtype == E4M3
+
+    def batch_tokens(self, token_budget: int) -> int | None:
+        """What every batch is padded to: the budget when a torch.compile'd kernel is on this model's path (fp8;
+        fp32 or no Triton; attention without the fused kernel), so that it sees one shape; else None (no padding:
+        the hand-written kernels take any shape)."""
+        fused = self.fused_attention and triton_available(self.inv_freq.device, self.compute_dtype)
+        on_path = ["add_norm", "rotate_keys" if fused else "rotate"]
+        if self.fp8:
+            on_path += ["add_norm_fp8", "quantise", "gelu_quantise"]
+        return token_budget if any(isinstance(self.kernels[name], LazyCompiled) for name in on_path) else None
 
     def rotary_tables(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused attention's cos/sin tables, built once for 1024 positions (grown if ever needed)."""
@@ -286,7 +329,7 @@ class PackedESM2(nn.Module):
         n_layers = self.spec.num_layers
         repr_layer = n_layers if repr_layer is None else repr_layer
         k, dtype = self.kernels, self.compute_dtype
-        fp8 = bool(len(self.layers)) and self.layers[0].qkv.weight.dtype == E4M3
+        fp8 = self.fp8
         x = self.embed_tokens(tokens).float()
         if self.spec.token_dropout:
             x = x * TOKEN_DROPOUT_SCALE

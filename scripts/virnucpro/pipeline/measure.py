@@ -219,10 +219,10 @@ def _measured_model(cfg: EmbedConfig, device: torch.device, precision: str):
     model = build_model(weights, device, precision)
     weights.state_dict = {}
     compiled = cfg.resolved_compile(device)
-    pad_to = cfg.token_budget if compiled else None
     if compiled:
         set_compile_cache(cfg.compile_cache)
         model.compile_kernels(tanh_gelu_epilogue=not cfg.exact_gelu)
+    pad_to = model.batch_tokens(cfg.token_budget)
     warm_up(model, device, layer, pad_to)
     return model, weights, layer, compiled, pad_to
 
@@ -257,7 +257,7 @@ def _arms(cfgs: list[EmbedConfig], device: torch.device, seqs: list[bytes], leng
             model, weights, layer, compiled, pad_to = _measured_model(cfg, device, precision)
         else:
             model, weights, layer, compiled = same.model, same.weights, same.layer, same.compiled
-            pad_to = cfg.token_budget if compiled else None
+            pad_to = model.batch_tokens(cfg.token_budget)
             if pad_to != same.pad_to:
                 warm_up(model, device, layer, pad_to)
         plan = pack_batches(lengths, cfg.token_budget, cfg.buffer_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -411,7 +412,7 @@ def prepare_rank(job: RankJob, device: torch.device, weights: Weights | None, cl
     """Model built, warmed up and the FLOP ceiling probed; returns (model, weights, what the telemetry records)."""
     startup_seconds = clock.phases["rank_startup"]
     model, weights = load_rank_model(job, device, weights, clock)
-    pad_to = job.cfg.token_budget if job.compiled else None
+    pad_to = model.batch_tokens(job.cfg.token_budget)
     with clock.phase("warmup"):
         warmup_seconds = warm_up(model, device, job.layer, pad_to)
     with clock.phase("matmul_probe"):
@@ -485,7 +486,7 @@ def run_rank(
     with clock.phase("monitor_setup"):  # NVML opened, hardware facts read: outside every other phase
         monitor = NvitopMonitor([device.index] if device.type == "cuda" else [], interval=cfg.monitor_interval)
         telemetry = rank_telemetry(job, device, monitor, facts)
-    pad_to = cfg.token_budget if job.compiled else None
+    pad_to = model.batch_tokens(cfg.token_budget)
     preempted: Preempted | None = None
     t_start = time.perf_counter()
     with monitor.start():
@@ -548,6 +549,7 @@ class Prepared:
     todo: np.ndarray | None = None
     resumed: int = 0
     already_complete: bool = False
+    device_start: threading.Thread | None = None  # the in-process rank's device, started while the input is read
 
 
 def set_compile_cache(directory: str | None) -> None:
@@ -558,6 +560,27 @@ def set_compile_cache(directory: str | None) -> None:
         path.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path / "inductor")
         os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+
+
+def start_device_early(device: torch.device) -> threading.Thread | None:
+    """Create the CUDA context, load cuBLAS and read the hardware facts (NVML) on a thread, so that they overlap
+    reading the input instead of adding to the job's fixed cost. Errors are left to the main thread's own first
+    use of the device, which reports them."""
+    if device.type != "cuda":
+        return None
+
+    def start() -> None:
+        try:
+            with torch.cuda.device(device):
+                a = torch.ones(64, 64, device=device)
+                (a @ a).sum().item()
+            capture_hardware_info()
+        except Exception:  # noqa: BLE001 - reported by the main thread's own first use of the device
+            pass
+
+    thread = threading.Thread(target=start, name="device-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def read_input(cfg: EmbedConfig) -> Records:
@@ -590,6 +613,7 @@ def prepare(cfg: EmbedConfig, clock: PhaseClock, stop: StopFlag) -> Prepared:
     world_size = cfg.resolved_world_size(device)
     precision = cfg.resolved_precision(device)
     output.check_outdir(cfg.outdir)
+    device_start = start_device_early(device) if world_size == 1 else None
     with clock.phase("read_input"):
         records = read_input(cfg)
     with clock.phase("resolve_weights"):
@@ -606,7 +630,9 @@ def prepare(cfg: EmbedConfig, clock: PhaseClock, stop: StopFlag) -> Prepared:
         raise Preempted(f"stopped by {stop.signal_name} while loading")
     gelu = gelu_form(cfg, device, precision)
     fp = fingerprint(cfg, records, weights, precision, layer, gelu)
-    return Prepared(cfg, device, world_size, precision, records, weights, layer, gelu, fp, output.run_key(fp))
+    prep = Prepared(cfg, device, world_size, precision, records, weights, layer, gelu, fp, output.run_key(fp))
+    prep.device_start = device_start
+    return prep
 
 
 def prepare_output(prep: Prepared) -> None:
@@ -715,6 +741,8 @@ def execute(prep: Prepared, stop: StopFlag, progress_stream=None) -> list[dict]:
             callback(0, m["num_sequences"], m)
 
         if world_size == 1:
+            if prep.device_start is not None:  # counted in the rank's start-up
+                prep.device_start.join()
             return [run_rank(jobs[0], stop, on_batch, prep.weights)]
         return launch_ranks(run_rank, jobs, stop, on_batch)
 

@@ -5,19 +5,23 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from functools import cache
 from importlib import metadata
 
 PACKAGES = ("virnucpro-perf", "torch", "fair-esm", "numpy", "h5py", "nvitop", "rich", "pandas", "jinja2")
 
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    """Installed versions (None: missing), looked up once per process: each lookup scans sys.path."""
+    return {name: _version(name) for name in names}
+
+
+@cache
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _driver_version() -> str | None:
@@ -45,7 +49,15 @@ def _driver_version() -> str | None:
 
 
 def capture_hardware_info() -> dict:
-    """GPU models and memory (torch's `total_memory`), CUDA, driver, CPU and Python; GPU fields empty without CUDA."""
+    """GPU models and memory (torch's `total_memory`), CUDA, driver, CPU and Python; GPU fields empty without CUDA.
+
+    Read once per process (NVML's start and the driver query cost ~0.5 s; a job reads them early, on the thread
+    that starts the device while the input is read)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in _hardware_info().items()}
+
+
+@cache
+def _hardware_info() -> dict:
     import torch
 
     info = {

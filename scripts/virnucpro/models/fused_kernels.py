@@ -1,0 +1,104 @@
+"""The layer's memory-bound steps as hand-written Triton kernels: residual add + layer norm, and key rotation.
+
+Why: torch.compile made these one fused pass each, but every job paid for it before its first batch -- importing
+Dynamo and Inductor, tracing, loading the compiled graphs from the cache: ~6 s of a 3B job's ~19 s of fixed cost
+on an H100 (docs/benchmarks/2026-12-07-h100-issue15), which is what splitting a run into many shard jobs
+multiplies. A Triton kernel compiled once is loaded from Triton's cache in milliseconds. Each kernel reads its
+inputs once and writes its outputs once, as the compiled graphs did; the CPU twins (`packed_esm2.residual_norm`,
+`packed_esm2.rotate_k`) define what they compute, and docs/benchmarks/fused_kernels_check.py compares the two on
+a GPU and in the Triton interpreter on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+
+
+def fused_kernels_available(device: torch.device) -> bool:
+    return triton is not None and device.type == "cuda"
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _add_layer_norm(x, y, weight, bias, x_out, h_out, width, eps, BLOCK: tl.constexpr):
+        """One row: s = x + y (fp32), stored; then layer_norm(s) (biased variance, as torch) stored as h's dtype."""
+        row = tl.program_id(0).to(tl.int64) * width
+        cols = tl.arange(0, BLOCK)
+        ok = cols < width
+        s = tl.load(x + row + cols, mask=ok, other=0.0).to(tl.float32)
+        s += tl.load(y + row + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(x_out + row + cols, s, mask=ok)
+        centred = tl.where(ok, s - tl.sum(s, axis=0) / width, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / width + eps)
+        w = tl.load(weight + cols, mask=ok, other=0.0).to(tl.float32)
+        b = tl.load(bias + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(h_out + row + cols, (centred * rstd * w + b).to(h_out.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _rotate_keys(qkv, cos, sin, out, qkv_row_stride, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     HEADS_P: tl.constexpr, HALF_P: tl.constexpr):  # fmt: skip
+        """One token: its keys (every head) rotated in fp32 with the token's cos/sin rows, stored as out's dtype."""
+        t = tl.program_id(0).to(tl.int64)
+        HALF: tl.constexpr = HEAD_DIM // 2
+        heads = tl.arange(0, HEADS_P)[:, None]
+        half = tl.arange(0, HALF_P)[None, :]
+        ok = (heads < HEADS) & (half < HALF)
+        k_at = qkv + t * qkv_row_stride + (HEADS + heads) * HEAD_DIM + half
+        k1 = tl.load(k_at, mask=ok, other=0.0).to(tl.float32)
+        k2 = tl.load(k_at + HALF, mask=ok, other=0.0).to(tl.float32)
+        row = t * HEAD_DIM + half
+        c1 = tl.load(cos + row, mask=half < HALF, other=0.0)
+        c2 = tl.load(cos + row + HALF, mask=half < HALF, other=0.0)
+        s1 = tl.load(sin + row, mask=half < HALF, other=0.0)
+        s2 = tl.load(sin + row + HALF, mask=half < HALF, other=0.0)
+        o_at = out + t * (HEADS * HEAD_DIM) + heads * HEAD_DIM + half
+        tl.store(o_at, (k1 * c1 - k2 * s1).to(out.dtype.element_ty), mask=ok)
+        tl.store(o_at + HALF, (k2 * c2 + k1 * s2).to(out.dtype.element_ty), mask=ok)
+
+
+def add_layer_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype, eps: float):
+    """`packed_esm2.residual_norm` in one pass: (x + y in fp32, layer_norm(x + y) as `out_dtype`); x, y are (T, D)."""
+    x, y = x.contiguous(), y.contiguous()
+    rows, width = x.shape
+    x_out = torch.empty(rows, width, device=x.device, dtype=torch.float32)
+    h = torch.empty(rows, width, device=x.device, dtype=out_dtype)
+    if rows:
+        block = _pow2(width)
+        _add_layer_norm[(rows,)](
+            x, y, ln_w, ln_b, x_out, h, width, eps, BLOCK=block, num_warps=min(16, max(1, block // 256))
+        )
+    return x_out, h
+
+
+def rotate_keys(qkv, cos, sin, heads: int):
+    """`packed_esm2.rotate_k` in one pass: the keys of the (T, 3D) projection rotated, (T, H, Dh) in its dtype;
+    cos and sin are the batch's (T, 1, Dh) fp32 tables."""
+    qkv = qkv.contiguous()
+    rows, three_d = qkv.shape
+    head_dim = three_d // (3 * heads)
+    out = torch.empty(rows, heads, head_dim, device=qkv.device, dtype=qkv.dtype)
+    if rows:
+        _rotate_keys[(rows,)](
+            qkv,
+            cos.contiguous(),
+            sin.contiguous(),
+            out,
+            qkv.stride(0),
+            HEADS=heads,
+            HEAD_DIM=head_dim,
+            HEADS_P=_pow2(heads),
+            HALF_P=_pow2(head_dim // 2),
+            num_warps=4,
+        )
+    return out

@@ -1,0 +1,80 @@
+"""What a job pays before its first batch: no Dynamo import on the default path, hand-written kernels where Triton
+runs, torch.compile (and batches padded to one shape) only where a kernel has no hand-written twin. The Triton
+kernels themselves run on the device machine (docs/benchmarks/fused_kernels_check.py, also in the interpreter)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from virnucpro.models import fused_kernels, packed_esm2
+from virnucpro.models.packed_esm2 import LazyCompiled, PackedESM2, fused_kernel_set
+from virnucpro.models.weights import random_state_dict, resolve_weights
+from virnucpro.pipeline.runner import build_model
+
+NO_DYNAMO = """
+import sys, torch
+from virnucpro.models.weights import resolve_weights
+from virnucpro.pipeline.runner import build_model, warm_up
+weights = resolve_weights("esm2_t6_8M_UR50D", None, True, 0, "cpu")
+model = build_model(weights, torch.device("cpu"), "fp32")
+warm_up(model, torch.device("cpu"), 6, None)
+print("torch._dynamo" in sys.modules, "torch.nn.attention.varlen" in sys.modules)
+"""
+
+
+def test_a_job_builds_and_runs_its_model_without_importing_dynamo():
+    """Building on the meta device (Embedding's normal_, arithmetic) and the FlashAttention import used to pull
+    in Dynamo: 2-4 s of every job's start-up on a GPU node."""
+    out = subprocess.run([sys.executable, "-c", NO_DYNAMO], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_hand_written_kernels_where_triton_runs(monkeypatch):
+    cpu = fused_kernel_set(torch.device("cpu"))
+    assert all(isinstance(k, LazyCompiled) for k in cpu.values())
+    monkeypatch.setattr(packed_esm2, "fused_kernels_available", lambda device: True)
+    gpu = fused_kernel_set(torch.device("cpu"))
+    assert gpu["add_norm"].func is fused_kernels.add_layer_norm
+    assert gpu["rotate_keys"] is fused_kernels.rotate_keys
+    assert {n for n, k in gpu.items() if isinstance(k, LazyCompiled)} == {
+        "rotate",
+        "add_norm_fp8",
+        "quantise",
+        "gelu_quantise",
+    }
+
+
+def test_batches_are_padded_only_for_compiled_kernels(monkeypatch):
+    model = build_model(resolve_weights("esm2_t6_8M_UR50D", None, True, 0, "cpu"), torch.device("cpu"), "fp32")
+    assert model.batch_tokens(4096) is None  # eager: any shape
+    model.compile_kernels()
+    assert model.batch_tokens(4096) == 4096  # torch.compile'd add_norm and rotary: one shape
+    monkeypatch.setattr(packed_esm2, "fused_kernels_available", lambda device: True)
+    monkeypatch.setattr(packed_esm2, "triton_available", lambda device, dtype: True)
+    model.compile_kernels()
+    assert model.batch_tokens(4096) is None  # Triton add_norm + fused attention: any shape
+    model.compile_kernels(fused_attention=False)
+    assert model.batch_tokens(4096) == 4096  # the unfused rotary is compiled
+
+
+def test_lazy_compile_waits_for_the_first_call(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch, "compile", lambda f, dynamic: made.append(f) or f)
+    kernel = LazyCompiled(packed_esm2.residual_norm)
+    assert made == []
+    x = torch.ones(2, 4)
+    kernel(x, x, torch.ones(4), torch.zeros(4), torch.float32)
+    kernel(x, x, torch.ones(4), torch.zeros(4), torch.float32)
+    assert made == [packed_esm2.residual_norm]
+
+
+def test_the_model_skeleton_is_filled_from_the_state_dict():
+    """inv_freq and the embedding are left empty on the meta device and must come from from_state_dict."""
+    weights = resolve_weights("esm2_t6_8M_UR50D", None, True, 0, "cpu")
+    state = random_state_dict(weights.spec, 0)
+    model = PackedESM2.from_state_dict(weights.spec, state, 0, 2)
+    assert torch.equal(model.inv_freq, packed_esm2.rotary_inv_freq(weights.spec.head_dim))
+    assert torch.equal(model.embed_tokens.weight, state["embed_tokens.weight"])
