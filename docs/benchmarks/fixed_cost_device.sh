@@ -13,6 +13,11 @@ source "$(dirname "$0")/device_env.sh"
 W=/tmp/fixed_cost
 rm -rf $W && mkdir -p $W/json
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
+env | grep -E "^PYTHON(DONTWRITEBYTECODE|PYCACHEPREFIX)" || echo "no Python bytecode settings in the environment"
+for i in 1 2; do  # does an interpreter that may write bytecode (as a normal install) import torch faster?
+    env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=/tmp/pyc /usr/bin/time -f "import torch with a bytecode cache: %e s" \
+        python3 -c "import torch"
+done
 timeout 120 python3 docs/benchmarks/fused_kernels_check.py "$OUT/fused_kernels.json" | tail -30
 echo "fused_kernels_check rc=$?"
 timeout 90 python3 docs/benchmarks/startup_profile.py esm2_t36_3B_UR50D bf16 "$OUT/startup_after.json" >/dev/null
@@ -36,6 +41,9 @@ for r in 1 2; do
 done
 embed before $W/mix.faa mix_before
 embed after $W/mix.faa mix_after
+for r in 1 2; do  # the same job where Python may keep bytecode (the device image keeps none for torch)
+    env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=/tmp/pyc bash -c "$(declare -f embed); W=$W; OUT=$OUT; embed after $W/reads.faa reads_after_pyc_$r"
+done
 if [ "${LONG_READS:-0}" -gt 0 ]; then  # a loop long enough (~50 s per 100k) to compare throughput
     python3 -m virnucpro.cli make-fasta -o $W/long.faa --num-sequences "$LONG_READS" --profile short-reads --seed 5
     embed before $W/long.faa long_before

@@ -2,7 +2,7 @@
 
 Steps, each timed from the end of the previous one: interpreter start to here, `import torch`, the package's
 runner import, CUDA context (`torch.cuda.init` + a first allocation), cuBLAS (a first matmul), the random-weight
-model built on the GPU, `compile_kernels` (hand-written Triton kernels; torch.compile only for what has none),
+model built on the GPU (with a cProfile of that step), `compile_kernels` (hand-written Triton kernels; torch.compile only for what has none),
 the first and second warm-up forward passes, and whether Dynamo was imported at all. Run on the device:
 
     python3 docs/benchmarks/startup_profile.py esm2_t36_3B_UR50D bf16 $OUT/startup.json
@@ -10,7 +10,10 @@ the first and second warm-up forward passes, and whether Dynamo was imported at 
 
 from __future__ import annotations
 
+import cProfile
+import io
 import json
+import pstats
 import sys
 import time
 
@@ -44,10 +47,16 @@ def main() -> int:
     a = torch.ones(64, 64, device=device)
     (a @ a).sum().item()
     step("cublas_first_matmul")
+    profile = cProfile.Profile()
+    profile.enable()
     weights = resolve_weights(model_name, None, True, 0, device)
     model = runner.build_model(weights, device, precision)
     sync()
+    profile.disable()
     step("random_weights_on_gpu")
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(12)
+    steps["random_weights_profile"] = text.getvalue().splitlines()[-20:]
     model.compile_kernels()
     step("compile_kernels")
     for n, seqs in enumerate(([b"M" * 40], [b"M" * 100], [b"M" * 40])):

@@ -130,7 +130,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "compile",
         "auto",
-        "torch.compile the dense layer kernels (auto = on CUDA); batches are padded to the budget",
+        "fuse the layers' memory-bound kernels (auto = on CUDA): Triton in bf16/fp16, torch.compile for fp8/fp32 "
+        "(batches are then padded to the budget)",
         choices=("auto", "on", "off"),
         workflow=OPTION,
     ),
@@ -158,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "compile_cache",
         None,
-        "persistent torch.compile/Triton cache shared by jobs (default: torch's, under /tmp)",
+        "persistent Triton/torch.compile cache shared by jobs (default: under /tmp)",
         metavar="DIR",
         workflow=ENVIRONMENT,
     ),

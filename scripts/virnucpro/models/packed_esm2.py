@@ -167,6 +167,20 @@ class PackedLayer(nn.Module):
         self.fc2 = nn.Linear(4 * d, d)
 
 
+def allocate(model: nn.Module, device: torch.device | str) -> None:
+    """`model.to_empty(device)`, uninitialised storage for every parameter and buffer of a meta-device skeleton,
+    without `to_empty`'s empty_like on meta tensors: that goes through torch's Python references and imports the
+    symbolic-shapes machinery and sympy (1-3 s of every job's start)."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                empty = torch.empty(p.shape, dtype=p.dtype, device=device)
+                module._parameters[name] = nn.Parameter(empty, requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
+
+
 class PackedESM2(nn.Module):
     """ESM-2 embedding model for packed batches. Build with `from_state_dict`."""
 
@@ -249,7 +263,7 @@ class PackedESM2(nn.Module):
                     if fp8:  # E4M3 weight, one fp32 scale per output channel, bias kept in bf16
                         module.weight.data = module.weight.data.to(E4M3)
                         module.register_buffer("weight_scale", torch.empty(1, module.out_features))
-        model = model.to_empty(device=device)
+        allocate(model, device)
         model.compute_dtype = FP8_COMPUTE_DTYPE if fp8 else dtype
         model.inv_freq.copy_(rotary_inv_freq(spec.head_dim, device))
 
