@@ -2,8 +2,9 @@
 
 Steps, each timed from the end of the previous one: interpreter start to here, `import torch`, the package's
 runner import, CUDA context (`torch.cuda.init` + a first allocation), cuBLAS (a first matmul), the random-weight
-model built on the GPU (with a cProfile of that step), `compile_kernels` (hand-written Triton kernels; torch.compile only for what has none),
-the first and second warm-up forward passes, and whether Dynamo was imported at all. Run on the device:
+model built on the GPU (with a cProfile of that step), `compile_kernels` (hand-written Triton kernels;
+torch.compile only for what has none), the first and second warm-up forward passes, and whether Dynamo was
+imported at all. Run on the device:
 
     python3 docs/benchmarks/startup_profile.py esm2_t36_3B_UR50D bf16 $OUT/startup.json
 """
