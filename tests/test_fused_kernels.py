@@ -78,3 +78,23 @@ def test_the_model_skeleton_is_filled_from_the_state_dict():
     model = PackedESM2.from_state_dict(weights.spec, state, 0, 2)
     assert torch.equal(model.inv_freq, packed_esm2.rotary_inv_freq(weights.spec.head_dim))
     assert torch.equal(model.embed_tokens.weight, state["embed_tokens.weight"])
+
+
+EARLY_EXIT = """
+import sys, torch
+from virnucpro.pipeline.runner import background
+
+def busy():  # torch ops that release the GIL, as creating the CUDA context and loading cuBLAS do
+    a = torch.ones(1500, 1500)
+    for _ in range(20):
+        (a @ a).sum().item()
+
+background(busy, "device-start")
+sys.exit(2)  # a bad input found while the device starts
+"""
+
+
+def test_a_job_that_ends_while_its_device_starts_keeps_its_exit_code():
+    """A daemon thread inside a torch op at interpreter exit aborted the process (exit 134, not 2)."""
+    for _ in range(3):
+        assert subprocess.run([sys.executable, "-c", EARLY_EXIT], capture_output=True).returncode == 2

@@ -32,6 +32,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from virnucpro.data.fasta import write_fasta  # noqa: E402
 from virnucpro.models.fp8 import fp8_linear, quantise_rows, quantise_weight  # noqa: E402
+from virnucpro.models.weights import write_fairesm_checkpoint  # noqa: E402
 
 D, FFN = 2560, 10240
 SHAPES = {"qkv": (3 * D, D), "out_proj": (D, D), "fc1": (FFN, D), "fc2": (D, FFN)}  # (N, K) of each linear
@@ -104,8 +105,8 @@ def long_fasta(path: Path, n: int = 32) -> None:
     write_fasta(path, [f"long{i}" for i in range(n)], seqs)
 
 
-def embed(fasta: Path, out: Path, device: str, precision: str) -> np.ndarray:
-    options = f"--model esm2_t12_35M_UR50D --random-weights --device {device} --precision {precision} "
+def embed(fasta: Path, out: Path, device: str, precision: str, checkpoint: Path) -> np.ndarray:
+    options = f"--checkpoint {checkpoint} --device {device} --precision {precision} "
     options += "--long-sequences chunk --window-overlap 256 --token-budget 8192 --num-workers 0"
     cmd = [sys.executable, "-m", "virnucpro.cli", "embed", str(fasta), "-o", str(out), *options.split()]
     start = time.perf_counter()
@@ -122,10 +123,13 @@ def chunk_rows() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "long.faa"
         long_fasta(fasta)
-        ref = embed(fasta, Path(tmp) / "cpu", "cpu", "fp32")
+        # one checkpoint file for both devices: --random-weights draws them with each device's own generator
+        # (the first run of this check, on 2026-12-07, compared two different models: rel L2 ~1.42)
+        ckpt = write_fairesm_checkpoint(Path(tmp) / "esm2_t12_35M_check.pt", num_layers=12, embed_dim=480, heads=20)
+        ref = embed(fasta, Path(tmp) / "cpu", "cpu", "fp32", ckpt)
         out = {}
         for precision in ("fp32", "bf16"):
-            got = embed(fasta, Path(tmp) / f"cuda_{precision}", "cuda", precision)
+            got = embed(fasta, Path(tmp) / f"cuda_{precision}", "cuda", precision, ckpt)
             rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
             out[precision] = {
                 "sequences": len(rel),

@@ -1,7 +1,7 @@
 """The hand-written Triton kernels of `models.fused_kernels` against their twins, and on a GPU their speed.
 
 Correctness: `add_layer_norm` against `packed_esm2.residual_norm` and `rotate_keys` against `packed_esm2.rotate_k`
-(eager torch), at ESM-2 widths (320, 480, 2560, 5120; heads 20 / 40), y in bf16, fp16 and fp32, including a
+(eager torch), at ESM-2 widths (320, 480, 640, 1280, 2560, 5120; heads 20 / 40), y in bf16, fp16 and fp32, including a
 single row. Speed (CUDA only): each kernel against the torch.compile'd twin it replaces, at a 3B batch of 16,384
 tokens (CUDA events, median of 50 after warm-up), in GB/s of the bytes each must move. Exits 1 when an output
 differs by more than the tolerance. On a machine without a GPU it runs in the Triton interpreter:
@@ -95,7 +95,7 @@ def speed(tokens: int = 16384, width: int = 2560, heads: int = 40) -> dict:
 def main() -> int:
     tol = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
     result, worst = {"device": str(DEVICE), "interpreter": not CUDA, "add_norm": {}, "rotate_keys": {}}, []
-    for width in (320, 480, 2560, 5120):
+    for width in (320, 480, 640, 1280, 2560, 5120):
         for name, dtype in DTYPES.items():
             for tokens in (1, 37):
                 r = check_add_norm(tokens, width, dtype)

@@ -578,7 +578,14 @@ def start_device_early(device: torch.device) -> threading.Thread | None:
         except Exception:  # noqa: BLE001 - reported by the main thread's own first use of the device
             pass
 
-    thread = threading.Thread(target=start, name="device-start", daemon=True)
+    return background(start, "device-start")
+
+
+def background(target: Callable[[], None], name: str) -> threading.Thread:
+    """`target` started on a thread that the interpreter waits for at exit. Not a daemon: a job that ends early
+    (bad input: exit 2; already complete: 0) while a daemon thread is inside a torch op aborts at shutdown
+    instead (SIGABRT, exit 134)."""
+    thread = threading.Thread(target=target, name=name, daemon=False)
     thread.start()
     return thread
 
