@@ -106,3 +106,25 @@ def test_monitor_averages_its_own_devices_and_skips_na(monkeypatch):
     # a batch that started after the last reading gets no utilisation (not the stale, maybe idle, value)
     last = mon.latest()["at"]
     assert mon.gpu_util(since=last) == 90 and mon.gpu_util(since=last + 1e-6) is None
+
+
+def test_visible_devices_are_resolved_ahead_only_where_cuda_runs(monkeypatch):
+    """The early start-up thread asks nvitop to map CUDA_VISIBLE_DEVICES (a helper process; cached by nvitop) so
+    that opening the monitor later is free; without CUDA it does nothing, and a failure is not an error."""
+    import nvitop
+    import torch
+
+    calls = []
+    monkeypatch.setattr(nvitop.Device, "parse_cuda_visible_devices", staticmethod(lambda: calls.append(1) or [0]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu_monitor.resolve_visible_devices()
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu_monitor.resolve_visible_devices()
+    assert calls == [1]
+
+    def broken():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr(nvitop.Device, "parse_cuda_visible_devices", staticmethod(broken))
+    gpu_monitor.resolve_visible_devices()  # logged, not raised

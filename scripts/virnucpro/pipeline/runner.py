@@ -34,7 +34,7 @@ from virnucpro.pipeline.preemption import Preempted, StopFlag
 from virnucpro.settings import auto_precision, with_settings
 from virnucpro.pipeline.progress_reporter import InferenceProgressReporter, create_progress_callback
 from virnucpro.utils.hardware import capture_hardware_info, matmul_tflops, package_versions
-from virnucpro.utils.gpu_monitor import NvitopMonitor
+from virnucpro.utils.gpu_monitor import NvitopMonitor, resolve_visible_devices
 from virnucpro.utils.phases import PhaseClock, process_start_epoch
 from virnucpro.utils.telemetry import TelemetryLogger, aggregate_telemetry_shards, queue_state, summarize
 
@@ -563,9 +563,9 @@ def set_compile_cache(directory: str | None) -> None:
 
 
 def start_device_early(device: torch.device) -> threading.Thread | None:
-    """Create the CUDA context, load cuBLAS and read the hardware facts (NVML) on a thread, so that they overlap
-    reading the input instead of adding to the job's fixed cost. Errors are left to the main thread's own first
-    use of the device, which reports them."""
+    """Create the CUDA context, load cuBLAS, read the hardware facts and map the visible GPUs for the monitor
+    (NVML) on a thread, so that they overlap reading the input instead of adding to the job's fixed cost. Errors
+    are left to the main thread's own first use of the device, which reports them."""
     if device.type != "cuda":
         return None
 
@@ -575,6 +575,7 @@ def start_device_early(device: torch.device) -> threading.Thread | None:
                 a = torch.ones(64, 64, device=device)
                 (a @ a).sum().item()
             capture_hardware_info()
+            resolve_visible_devices()
         except Exception:  # noqa: BLE001 - reported by the main thread's own first use of the device
             pass
 

@@ -42,6 +42,21 @@ def _open_cuda_devices(cuda_indices: list[int]) -> list:
         return []
 
 
+def resolve_visible_devices() -> None:
+    """Map `CUDA_VISIBLE_DEVICES` to NVML devices now: nvitop starts a helper Python process for it (0.3-0.7 s)
+    and caches the answer, so a monitor opened later (`_open_cuda_devices`) finds it ready. Best effort."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    try:
+        from nvitop import Device
+
+        Device.parse_cuda_visible_devices()
+    except Exception as exc:  # no nvitop or NVML: the monitor will say so when it is opened
+        logger.debug("CUDA_VISIBLE_DEVICES not resolved early: %s", exc)
+
+
 class NvitopMonitor:
     """Samples utilisation, memory, temperature and power every `interval` seconds on a daemon thread.
 
