@@ -6,7 +6,8 @@ A projection for 6M sequences needs each of them, measured the same way for 1 an
 
 Phase names (job level, in `status.json` `phases`): `python_startup` (process start to our first line, imports
 included), `read_input`, `resolve_weights` (checkpoint hash / architecture), `prepare_output` (the preallocated
-output file), then the critical rank's `rank_startup` (spawn + imports of a rank process; ~0 in-process),
+output file), then the critical rank's `rank_startup` (spawn + imports of a rank process; in-process: what is left of
+starting the device, begun on a thread while the input was read),
 `load_weights`, `compile`, `warmup`, `matmul_probe`, `monitor_setup` (NVML and hardware facts), `loop`,
 `rank_teardown`, then `rank_wait` (ranks that
 finished before the last one leave nothing to wait for; the parent waits for the slowest), `finalize`, and
