@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -56,22 +55,13 @@ def check_rotate(tokens: int, heads: int, head_dim: int, dtype: torch.dtype) -> 
     return {"rel": rel(rotate_keys(qkv, cos, sin, heads), rotate_k(qkv, cos, sin, heads))}
 
 
-def median_ms(f, repeats: int = 50) -> float:
-    for _ in range(5):
-        f()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        f()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def speed(tokens: int = 16384, width: int = 2560, heads: int = 40) -> dict:
     """Milliseconds and GB/s per call, Triton kernel vs the torch.compile'd twin, bf16."""
+    from device_checks import bench  # beside this file: median seconds of a call, CUDA events
+
+    def median_ms(f) -> float:
+        return bench(f, iters=50) * 1e3
+
     x = torch.randn(tokens, width, device=DEVICE)
     y = torch.randn(tokens, width, device=DEVICE).bfloat16()
     w, b = torch.ones(width, device=DEVICE), torch.zeros(width, device=DEVICE)
