@@ -7,6 +7,8 @@
 #   bash docs/benchmarks/issue15_device.sh finish         # the remaining shards, gather, report
 #   bash docs/benchmarks/issue15_device.sh single         # the one-job baseline
 #   bash docs/benchmarks/issue15_device.sh compare        # GPU time and embeddings, shards against the single job
+# BYTECODE=1 on every stage lets Python keep bytecode under /tmp/pyc (what a normal install has; the device image
+# keeps none for torch, ~2-3 s more `import torch` per job); say which with the result.
 # The warm-up (2,000 reads, same settings) fills the Triton cache first, so that neither side pays the kernels'
 # first compilation, which only a machine's first job pays; startup_profile.py then times a job's start-up steps.
 set -uo pipefail
@@ -14,6 +16,11 @@ stage=$1; shift
 source "$(dirname "$0")/device_env.sh"
 W=/tmp/issue15
 mkdir -p $W
+if [ "${BYTECODE:-0}" = 1 ]; then  # both sides: Python keeps bytecode, as a normal install (the image has none for torch)
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX=/tmp/pyc
+fi
+echo "bytecode: ${PYTHONPYCACHEPREFIX:-none kept} (PYTHONDONTWRITEBYTECODE=${PYTHONDONTWRITEBYTECODE:-unset})"
 export VIRNUCPRO_PRODUCTION_FASTA=$W/reads.faa
 EMBED=(python3 -m virnucpro.cli embed --model esm2_t36_3B_UR50D --random-weights --precision bf16)
 # --resources and --configfile take several values: a single-valued option (--cores) ends them before the targets
