@@ -8,7 +8,8 @@ Phase names (job level, in `status.json` `phases`): `python_startup` (process st
 included), `read_input`, `resolve_weights` (checkpoint hash / architecture), `prepare_output` (the preallocated
 output file), then the critical rank's `rank_startup` (spawn + imports of a rank process; in-process: what is left of
 starting the device, begun on a thread while the input was read),
-`load_weights`, `compile`, `warmup`, `matmul_probe`, `monitor_setup` (NVML and hardware facts), `loop`,
+`load_weights`, `compile` (the fused kernels chosen; a torch.compile'd one compiles at its first call, in
+`warmup`), `warmup`, `matmul_probe`, `monitor_setup` (NVML and hardware facts), `loop`,
 `rank_teardown`, then `rank_wait` (ranks that
 finished before the last one leave nothing to wait for; the parent waits for the slowest), `finalize`, and
 `other` (what no phase covers; small). They sum to the process's wall time up to the status write.
