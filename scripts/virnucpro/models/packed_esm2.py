@@ -134,7 +134,7 @@ KERNELS = {
 
 
 class LazyCompiled:
-    """`torch.compile(f)` made at the first call: a job whose path never calls `f` never imports Dynamo (~1.5 s)."""
+    """`torch.compile(f)` made at the first call: a job whose path never calls `f` never imports Dynamo (1-4 s)."""
 
     def __init__(self, f):
         self.f, self.compiled = f, None
