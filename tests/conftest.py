@@ -9,8 +9,6 @@ import pytest
 
 from virnucpro.models.weights import write_fairesm_checkpoint
 
-__all__ = ["write_fairesm_checkpoint"]  # the tests import it from here
-
 
 @pytest.fixture(scope="session", autouse=True)
 def digest_cache(tmp_path_factory) -> Path:

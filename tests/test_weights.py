@@ -6,10 +6,16 @@ import h5py
 import pytest
 import torch
 
-from conftest import write_fairesm_checkpoint
 from virnucpro.cli import main
 from virnucpro.errors import UserError
-from virnucpro.models.weights import ARCHITECTURES, load_checkpoint, random_state_dict, required_keys, resolve_weights
+from virnucpro.models.weights import (
+    ARCHITECTURES,
+    load_checkpoint,
+    random_state_dict,
+    required_keys,
+    resolve_weights,
+    write_fairesm_checkpoint,
+)
 
 
 def test_random_weights_deterministic_per_seed():

@@ -328,7 +328,7 @@ def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(wor
 
 def test_a_checkpoint_path_with_a_space_and_command_substitution_works_and_runs_nothing(tmp_path):
     """Issue 18: model.checkpoint (and engine.compile_cache) reach the shell quoted."""
-    from conftest import write_fairesm_checkpoint
+    from virnucpro.models.weights import write_fairesm_checkpoint
 
     root = copy_project(tmp_path / "wf")
     ckpt = write_fairesm_checkpoint(tmp_path / "my weights $(touch PWNED)" / "esm2_tiny_test.pt")
