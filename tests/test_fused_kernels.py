@@ -11,7 +11,8 @@ import torch
 
 from virnucpro.models import fused_kernels, packed_esm2
 from virnucpro.models.packed_esm2 import LazyCompiled, PackedESM2, fused_kernel_set
-from virnucpro.models.weights import random_state_dict, resolve_weights
+from virnucpro.models.fp8 import E4M3
+from virnucpro.models.weights import ModelSpec, random_state_dict, resolve_weights
 from virnucpro.pipeline.runner import build_model
 
 NO_DYNAMO = """
@@ -39,12 +40,10 @@ def test_hand_written_kernels_where_triton_runs(monkeypatch):
     gpu = fused_kernel_set(torch.device("cpu"))
     assert gpu["add_norm"].func is fused_kernels.add_layer_norm
     assert gpu["rotate_keys"] is fused_kernels.rotate_keys
-    assert {n for n, k in gpu.items() if isinstance(k, LazyCompiled)} == {
-        "rotate",
-        "add_norm_fp8",
-        "quantise",
-        "gelu_quantise",
-    }
+    assert gpu["add_norm_fp8"].func is fused_kernels.add_layer_norm_fp8
+    assert gpu["quantise"] is fused_kernels.quantise_rows
+    assert gpu["gelu_quantise"].func is fused_kernels.quantise_rows and gpu["gelu_quantise"].keywords == {"gelu": True}
+    assert {n for n, k in gpu.items() if isinstance(k, LazyCompiled)} == {"rotate"}
 
 
 def test_batches_are_padded_only_for_compiled_kernels(monkeypatch):
@@ -58,6 +57,19 @@ def test_batches_are_padded_only_for_compiled_kernels(monkeypatch):
     assert model.batch_tokens(4096) is None  # Triton add_norm + fused attention: any shape
     model.compile_kernels(fused_attention=False)
     assert model.batch_tokens(4096) == 4096  # the unfused rotary is compiled
+
+
+def test_fp8_batches_are_padded_only_without_triton(monkeypatch):
+    """fp8's three quantisations have hand-written kernels too: where Triton runs, an fp8 job compiles nothing."""
+    spec = ModelSpec(2, 64, 4)
+    model = PackedESM2.from_state_dict(spec, random_state_dict(spec, 0), 0, 2, "cpu", E4M3)
+    assert model.fp8
+    model.compile_kernels()
+    assert model.batch_tokens(4096) == 4096  # CPU: the quantisations are torch.compile'd
+    monkeypatch.setattr(packed_esm2, "fused_kernels_available", lambda device: True)
+    monkeypatch.setattr(packed_esm2, "triton_available", lambda device, dtype: True)
+    model.compile_kernels()
+    assert model.batch_tokens(4096) is None
 
 
 def test_lazy_compile_waits_for_the_first_call(monkeypatch):

@@ -2,9 +2,10 @@
 tensor cores; everything else as in bf16 (fp32 residual stream, layer norms and embeddings; bf16 attention).
 
 The recipe (recorded as `FP8_RECIPE` in the output's attributes and the resume fingerprint): **per-token scales
-for the activations** (each row of a GEMM's input divided by its own absolute maximum / 448, computed on the fly
-by the compiled kernel that produces the row: layer norm, attention output, gelu) and **per-output-channel
-scales for the weights** (once, at load), the product accumulated in fp32 by `torch._scaled_mm` with both scales
+for the activations** (each row of a GEMM's input divided by its own absolute maximum / 448, computed on the fly:
+with the layer norm for qkv and fc1, with the gelu for fc2, in a pass of its own over the attention output; on a
+GPU as hand-written Triton kernels, `fused_kernels`) and **per-output-channel scales for the weights** (once, at
+load), the product accumulated in fp32 by `torch._scaled_mm` with both scales
 and the bias applied in its epilogue, output bf16.
 
 Why this granularity: trained transformers carry a few hidden channels of much larger magnitude than the rest

@@ -1,17 +1,22 @@
-"""The layer's memory-bound steps as hand-written Triton kernels: residual add + layer norm, and key rotation.
+"""The layer's memory-bound steps as hand-written Triton kernels: residual add + layer norm, key rotation, and
+for `--precision fp8` the per-token quantisation of each GEMM's input (fused into the layer norm; alone for the
+attention output; with the gelu for fc2's input).
 
 Why: torch.compile made these one fused pass each, but every job paid for it before its first batch -- importing
 Dynamo and Inductor, tracing, loading the compiled graphs from the cache: ~6 s of a 3B job's ~19 s of fixed cost
 on an H100 (docs/benchmarks/2026-12-07-h100-issue15), which is what splitting a run into many shard jobs
 multiplies. A Triton kernel compiled once is loaded from Triton's cache in milliseconds. Each kernel reads its
 inputs once and writes its outputs once, as the compiled graphs did; the CPU twins (`packed_esm2.residual_norm`,
-`packed_esm2.rotate_k`) define what they compute, and docs/benchmarks/fused_kernels_check.py compares the two on
+`packed_esm2.rotate_k`, `packed_esm2.residual_norm_fp8`, `fp8.quantise_rows`, `packed_esm2.gelu_quantise`) define
+what they compute, and docs/benchmarks/fused_kernels_check.py compares the two on
 a GPU and in the Triton interpreter on the CPU.
 """
 
 from __future__ import annotations
 
 import torch
+
+from virnucpro.models.fp8 import E4M3, E4M3_MAX, MIN_AMAX
 
 try:
     import triton
@@ -29,10 +34,14 @@ def _pow2(n: int) -> int:
 
 
 if triton is not None:
+    MIN_AMAX_C = tl.constexpr(MIN_AMAX)
+    E4M3_MAX_C = tl.constexpr(E4M3_MAX)
 
     @triton.jit
-    def _add_layer_norm(x, y, weight, bias, x_out, h_out, width, eps, BLOCK: tl.constexpr):
-        """One row: s = x + y (fp32), stored; then layer_norm(s) (biased variance, as torch) stored as h's dtype."""
+    def _add_layer_norm(x, y, weight, bias, x_out, h_out, scale_out, width, eps, BLOCK: tl.constexpr,
+                        QUANT: tl.constexpr):  # fmt: skip
+        """One row: s = x + y (fp32), stored; then layer_norm(s) (biased variance, as torch) stored as h's dtype,
+        or with QUANT as E4M3 over its own scale (stored in scale_out), as `_quantise_row` does."""
         row = tl.program_id(0).to(tl.int64) * width
         cols = tl.arange(0, BLOCK)
         ok = cols < width
@@ -43,7 +52,32 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / width + eps)
         w = tl.load(weight + cols, mask=ok, other=0.0).to(tl.float32)
         b = tl.load(bias + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(h_out + row + cols, (centred * rstd * w + b).to(h_out.dtype.element_ty), mask=ok)
+        h = centred * rstd * w + b
+        if QUANT:
+            _quantise_row(h, ok, h_out + row + cols, scale_out + tl.program_id(0))
+        else:
+            tl.store(h_out + row + cols, h.to(h_out.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _quantise_row(v, ok, out_at, scale_at):
+        """`fp8.quantise_rows` of one fp32 row `v` (masked by `ok`): scale = max(amax, MIN_AMAX) / 448, stored at
+        scale_at; v / scale (correctly rounded division, as torch) as E4M3 at out_at."""
+        amax = tl.max(tl.where(ok, tl.abs(v), 0.0), axis=0)
+        scale = tl.maximum(amax, MIN_AMAX_C) / E4M3_MAX_C
+        tl.store(scale_at, scale)
+        q = tl.minimum(tl.maximum(tl.div_rn(v, scale), -E4M3_MAX_C), E4M3_MAX_C)
+        tl.store(out_at, q.to(out_at.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _quantise_rows(x, out, scales, width, BLOCK: tl.constexpr, GELU: tl.constexpr):
+        """One row of x as E4M3 with its scale; with GELU, ESM's (erf) gelu of the row first, in fp32."""
+        row = tl.program_id(0).to(tl.int64) * width
+        cols = tl.arange(0, BLOCK)
+        ok = cols < width
+        v = tl.load(x + row + cols, mask=ok, other=0.0).to(tl.float32)
+        if GELU:
+            v = 0.5 * v * (1.0 + tl.math.erf(v * 0.7071067811865476))
+        _quantise_row(v, ok, out + row + cols, scales + tl.program_id(0))
 
     @triton.jit
     def _rotate_keys(qkv, cos, sin, out, qkv_row_stride, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -67,6 +101,10 @@ if triton is not None:
         tl.store(o_at + HALF, (k2 * c2 + k1 * s2).to(out.dtype.element_ty), mask=ok)
 
 
+def _row_warps(block: int) -> int:
+    return min(16, max(1, block // 256))
+
+
 def add_layer_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype, eps: float):
     """`packed_esm2.residual_norm` in one pass: (x + y in fp32, layer_norm(x + y) as `out_dtype`); x, y are (T, D)."""
     x, y = x.contiguous(), y.contiguous()
@@ -75,10 +113,36 @@ def add_layer_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype, eps: float):
     h = torch.empty(rows, width, device=x.device, dtype=out_dtype)
     if rows:
         block = _pow2(width)
-        _add_layer_norm[(rows,)](
-            x, y, ln_w, ln_b, x_out, h, width, eps, BLOCK=block, num_warps=min(16, max(1, block // 256))
-        )
+        _add_layer_norm[(rows,)](x, y, ln_w, ln_b, x_out, h, h, width, eps, BLOCK=block, QUANT=False,
+                                 num_warps=_row_warps(block))  # fmt: skip
     return x_out, h
+
+
+def add_layer_norm_fp8(x, y, ln_w, ln_b, eps: float):
+    """`packed_esm2.residual_norm_fp8` in one pass: (x + y in fp32, (layer_norm(x + y) as E4M3, its (T, 1) scales))."""
+    x, y = x.contiguous(), y.contiguous()
+    rows, width = x.shape
+    x_out = torch.empty(rows, width, device=x.device, dtype=torch.float32)
+    h8 = torch.empty(rows, width, device=x.device, dtype=E4M3)
+    scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
+    if rows:
+        block = _pow2(width)
+        _add_layer_norm[(rows,)](x, y, ln_w, ln_b, x_out, h8, scale, width, eps, BLOCK=block, QUANT=True,
+                                 num_warps=_row_warps(block))  # fmt: skip
+    return x_out, (h8, scale)
+
+
+def quantise_rows(x, gelu: bool = False):
+    """`fp8.quantise_rows` (with `gelu`: `packed_esm2.gelu_quantise`) in one pass over (T, K) `x`: (x8, (T, 1)
+    scales)."""
+    x = x.contiguous()
+    rows, width = x.shape
+    x8 = torch.empty(rows, width, device=x.device, dtype=E4M3)
+    scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
+    if rows:
+        block = _pow2(width)
+        _quantise_rows[(rows,)](x, x8, scale, width, BLOCK=block, GELU=gelu, num_warps=_row_warps(block))
+    return x8, scale
 
 
 def rotate_keys(qkv, cos, sin, heads: int):

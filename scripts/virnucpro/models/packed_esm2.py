@@ -20,7 +20,8 @@ from torch import nn
 
 from virnucpro.models.attention import padded_attention, varlen_attention, varlen_available
 from virnucpro.models.fp8 import E4M3, FP8_COMPUTE_DTYPE, fp8_linear, quantise_rows, quantise_weight
-from virnucpro.models.fused_kernels import add_layer_norm, fused_kernels_available, rotate_keys
+from virnucpro.models import fused_kernels
+from virnucpro.models.fused_kernels import fused_kernels_available
 from virnucpro.models.triton_attention import (
     ROTATE_KEYS_MAX_LEN,
     rotary_tables,
@@ -147,11 +148,14 @@ class LazyCompiled:
 
 def fused_kernel_set(device: torch.device) -> dict:
     """`KERNELS` as one fused pass each on `device`: the hand-written Triton kernels where they exist (CUDA with
-    Triton: no compilation per job), torch.compile for the rest (fp8 quantisation, the unfused rotary)."""
+    Triton: no compilation per job), torch.compile for the rest (the unfused rotary; everything on CPU)."""
     kernels = {name: LazyCompiled(f) for name, f in KERNELS.items()}
     if fused_kernels_available(device):
-        kernels["add_norm"] = partial(add_layer_norm, eps=LAYER_NORM_EPS)
-        kernels["rotate_keys"] = rotate_keys
+        kernels["add_norm"] = partial(fused_kernels.add_layer_norm, eps=LAYER_NORM_EPS)
+        kernels["rotate_keys"] = fused_kernels.rotate_keys
+        kernels["add_norm_fp8"] = partial(fused_kernels.add_layer_norm_fp8, eps=LAYER_NORM_EPS)
+        kernels["quantise"] = fused_kernels.quantise_rows
+        kernels["gelu_quantise"] = partial(fused_kernels.quantise_rows, gelu=True)
     return kernels
 
 
@@ -221,9 +225,9 @@ class PackedESM2(nn.Module):
         return bool(len(self.layers)) and self.layers[0].qkv.weight.dtype == E4M3
 
     def batch_tokens(self, token_budget: int) -> int | None:
-        """What every batch is padded to: the budget when a torch.compile'd kernel is on this model's path (fp8;
-        fp32 or no Triton; attention without the fused kernel), so that it sees one shape; else None (no padding:
-        the hand-written kernels take any shape)."""
+        """What every batch is padded to: the budget when a torch.compile'd kernel is on this model's path (fp32 or
+        no Triton; attention without the fused kernel), so that it sees one shape; else None (no padding: the
+        hand-written kernels, fp8's quantisations included, take any shape)."""
         fused = self.fused_attention and triton_available(self.inv_freq.device, self.compute_dtype)
         on_path = ["add_norm", "rotate_keys" if fused else "rotate"]
         if self.fp8:
