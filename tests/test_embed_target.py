@@ -24,6 +24,7 @@ from virnucpro.data.synthetic import make_sequences
 from virnucpro.data.windows import window_starts
 from virnucpro.errors import UserError
 from virnucpro.pipeline.gather import gather
+from virnucpro.pipeline.input_check import input_changed_unseen
 from virnucpro.pipeline.shards import cut_points, prepare_shard_outdir, split_fasta
 from virnucpro.report import embed_report
 
@@ -379,6 +380,60 @@ def test_a_rerun_does_nothing(embed_run):
     root, _, _ = embed_run
     res = snakemake("embed", "-n", "--configfile", "ci.yaml", "embed.yaml", cwd=root)
     assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_a_missing_shard_is_redone_and_a_changed_input_refused_even_when_the_result_exists(embed_run, tmp_path):
+    """Snakemake does not redo a missing intermediate file, nor consider the split's input checks, while the
+    target's files exist: the target names the shards and the input itself (a deleted shard read as NaN rows)."""
+    root, fasta, _ = embed_run
+    args = ("embed", "-n", "--configfile", "ci.yaml", "embed.yaml")
+    rows = root / "results/embed/shards/1/embeddings.h5"
+    rows.rename(tmp_path / "rows.h5")
+    try:
+        counts = job_counts(snakemake(*args, cwd=root).stdout)
+        assert counts["embed_shard"] == 1 and counts["embed_gather"] == 1 and "embed_split" not in counts
+    finally:
+        (tmp_path / "rows.h5").rename(rows)
+    other = tmp_path / "other.fa"
+    shutil.copy(fasta, other)
+    (tmp_path / "other.yaml").write_text(f"input:\n  fasta: {json.dumps(str(other))}\n")
+    res = snakemake(*args, str(tmp_path / "other.yaml"), cwd=root)
+    assert res.returncode != 0 and "holds the embedding of" in res.stdout + res.stderr
+    # the same path, new content, an older modification time (cp -p, rsync -a): refused, not silently kept
+    text, stat = fasta.read_bytes(), fasta.stat()
+    try:
+        fasta.write_bytes(text.replace(b"\nM", b"\nW", 1))
+        os.utime(fasta, ns=(stat.st_atime_ns, stat.st_mtime_ns - 3_600 * 10**9))
+        res = snakemake(*args, cwd=root)
+        assert res.returncode != 0 and f"touch {fasta}" in res.stdout + res.stderr
+    finally:
+        fasta.write_bytes(text)
+        os.utime(fasta, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "Nothing to be done" in snakemake(*args, cwd=root).stdout
+
+
+def test_an_input_changed_behind_snakemakes_back_is_found_by_its_content(tmp_path):
+    fasta, manifest = tmp_path / "in.fa", tmp_path / "manifest.json"
+    write_fasta(fasta, ["a", "b"], ["MKV", "MKL"])
+    assert input_changed_unseen(manifest, fasta) is None  # no split yet
+    split_fasta(fasta, 2, tmp_path / "shards", manifest)
+    assert input_changed_unseen(manifest, fasta) is None
+    old = manifest.stat().st_mtime_ns - 10**9
+    os.utime(fasta, ns=(old, old))  # same content, another time: read, found equal
+    assert input_changed_unseen(manifest, fasta) is None
+    write_fasta(fasta, ["a", "b"], ["MKV", "MKW"])
+    assert input_changed_unseen(manifest, fasta) is None  # newer than the split: Snakemake redoes it
+    os.utime(fasta, ns=(old, old))
+    assert "changed since results/embed was split" in input_changed_unseen(manifest, fasta)
+
+
+def test_the_split_refuses_a_long_sequence_when_the_shard_jobs_would(tmp_path):
+    fasta = tmp_path / "in.fa"
+    write_fasta(fasta, ["a", "long"], ["MKV", "M" * 1023])
+    with pytest.raises(UserError, match=r"record 'long' .* 1023 residues.*engine.long_sequences"):
+        split_fasta(fasta, 2, tmp_path / "shards", tmp_path / "m.json", refuse_long=True)
+    assert not (tmp_path / "m.json").exists()
+    assert split_fasta(fasta, 2, tmp_path / "shards", tmp_path / "m.json")["num_sequences"] == 2
 
 
 def test_use_best_makes_the_target_run_the_sweeps_and_each_shard_apply_best_json(tmp_path):

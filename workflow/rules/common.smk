@@ -9,8 +9,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 SCRIPTS = os.path.abspath(os.path.join(workflow.basedir, "..", "scripts"))
-# The engine settings' one definition (stdlib only: Snakemake's environment may lack torch).
+# The engine settings' one definition and the embed target's input check (stdlib only: Snakemake's environment
+# may lack torch and numpy).
 sys.path.insert(0, SCRIPTS)
+from virnucpro.pipeline.input_check import input_changed_unseen
 from virnucpro.settings import CONCRETE_PRECISIONS, auto_precision, job_options
 
 # Jobs run the package from this checkout; under --sdm conda with the env's python, else with Snakemake's own.
@@ -263,9 +265,10 @@ COMPARE_TO = compare_to()
 
 
 def embed_input(wildcards):
-    """The input FASTA of the split, once the target's two ways of losing a run are ruled out: random weights
-    (meaningless embeddings) unless allowed, and a results/embed that holds another input's embedding (a
-    forgotten VIRNUCPRO_PRODUCTION_FASTA would re-embed the synthetic workload over hours of GPU work).
+    """The input FASTA of the split, once the target's ways of losing a run are ruled out: random weights
+    (meaningless embeddings) unless allowed, a results/embed that holds another input's embedding (a
+    forgotten VIRNUCPRO_PRODUCTION_FASTA would re-embed the synthetic workload over hours of GPU work), and
+    an input changed without a newer modification time (Snakemake would keep the old embeddings).
     """
     m = config["model"]
     if (
@@ -288,4 +291,7 @@ def embed_input(wildcards):
                 "VIRNUCPRO_PRODUCTION_FASTA set as for that run?); move or delete results/embed to embed "
                 "another input"
             )
+        changed = input_changed_unseen(manifest, INPUT_FASTA)
+        if changed:
+            raise WorkflowError(changed)
     return INPUT_FASTA

@@ -32,15 +32,15 @@ rule embed_split:
     params:
         shards=EMBED["shards"],
         outdir=lambda wc, output: os.path.dirname(output.shards[0]),
-        # balance by the windows' tokens when the shard jobs embed long sequences in windows
-        windows=(
-            f"--window-overlap {config['engine']['window_overlap']}"
-            if config["engine"]["long_sequences"] == "chunk"
-            else ""
-        ),
+        # balance by the windows' tokens when the shard jobs embed long sequences in windows; refuse long ones
+        # here, before any shard job runs, when the shard jobs would refuse them
+        long_sequences={
+            "chunk": f"--window-overlap {config['engine']['window_overlap']}",
+            "error": "--refuse-long",
+        }.get(config["engine"]["long_sequences"], ""),
     shell:
         "virnucpro shard {input:q} --shards {params.shards} -o {params.outdir:q} "
-        "--manifest {output.manifest:q} {params.windows} > {log:q} 2>&1"
+        "--manifest {output.manifest:q} {params.long_sequences} > {log:q} 2>&1"
 
 
 rule embed_shard:
@@ -84,6 +84,7 @@ rule embed_gather:
     input:
         manifest="results/embed/manifest.json",
         shards=expand("{d}/job.json", d=EMBED_SHARDS),
+        rows=expand("{d}/embeddings.h5", d=EMBED_SHARDS),  # what the virtual dataset maps
     output:
         "results/embed/embeddings.h5",
     log:
@@ -118,7 +119,12 @@ rule embed_report:
         "--gpus-per-job {params.gpus} --html {output.html:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
+# The target also names the shards' files and the input: Snakemake does not redo a missing intermediate file
+# (a deleted shard would read as NaN rows through the gathered file) when the files after it exist, and it
+# evaluates the input checks of embed_input (another input, a silently changed one) only for jobs it considers.
 rule embed:
     input:
         "results/embed/embeddings.h5",
         "results/embed/report.html",
+        expand("{d}/{f}", d=EMBED_SHARDS, f=("embeddings.h5", "job.json")),
+        embed_input,

@@ -30,13 +30,18 @@ def register(sub) -> None:
         help="the shard jobs run --long-sequences chunk with this overlap: balance by the windows' tokens "
         "(default: long sequences count as truncated)",
     )
+    p.add_argument(
+        "--refuse-long",
+        action="store_true",
+        help="the shard jobs run --long-sequences error: refuse a sequence over 1022 residues here, before any job",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from virnucpro.pipeline.shards import split_fasta
 
-    manifest = split_fasta(args.fasta, args.shards, args.outdir, args.manifest, args.window_overlap)
+    manifest = split_fasta(args.fasta, args.shards, args.outdir, args.manifest, args.window_overlap, args.refuse_long)
     sizes = ", ".join(f"{s['sequences']:,} seq/{s['tokens']:,} tok" for s in manifest["shards"])
     print(f"{manifest['num_sequences']:,} sequences in {args.shards} shards: {sizes}")
     return 0

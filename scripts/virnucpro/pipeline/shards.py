@@ -52,12 +52,18 @@ def cut_points(tokens: np.ndarray, shards: int) -> list[int]:
     return starts
 
 
-def _first_pass(path: Path, window_overlap: int | None) -> tuple[np.ndarray, str, str]:
+def _first_pass(path: Path, window_overlap: int | None, refuse_long: bool) -> tuple[np.ndarray, str, str]:
     """Token counts (BOS/EOS included, as the engine will embed them) and the input's sha256; duplicate ids
-    refused."""
+    refused, and with `refuse_long` (the shard jobs run --long-sequences error) a sequence over the model's
+    window too: here, before any shard job spends GPU time, not by the one job that holds it."""
     digest, ids_digest = hashlib.sha256(), hashlib.sha256()
     lengths, hashes = array("q"), array("Q")
-    for _, rid, seq in iter_records(path, digest):
+    for line, rid, seq in iter_records(path, digest):
+        if refuse_long and len(seq) > MAX_RESIDUES:
+            raise UserError(
+                f"{path}: record '{rid}' (line {line}) has {len(seq)} residues, over ESM-2's {MAX_RESIDUES}-residue "
+                "window (engine.long_sequences is error: set it to truncate or chunk)"
+            )
         lengths.append(len(seq))
         hashes.append(id_hash(rid))
         ids_digest.update(rid.encode() + b"\n")
@@ -84,12 +90,21 @@ def _refuse_duplicates(path: Path, hashes: np.ndarray) -> None:
             seen[rid] = line
 
 
-def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path, window_overlap: int | None = None) -> dict:
+def split_fasta(
+    path: Path,
+    shards: int,
+    outdir: Path,
+    manifest_path: Path,
+    window_overlap: int | None = None,
+    refuse_long: bool = False,
+) -> dict:
     """Write `outdir/{k}.fasta` for k < `shards` and the manifest; return the manifest. `window_overlap`: the
-    shard jobs embed long sequences in windows (--long-sequences chunk), which the token balance counts."""
+    shard jobs embed long sequences in windows (--long-sequences chunk), which the token balance counts;
+    `refuse_long`: they refuse them (--long-sequences error), so the split does first."""
     if not Path(path).is_file():
         raise UserError(f"{path}: not a regular file (the split reads the input twice; save a pipe to a file)")
-    tokens, sha, ids_sha = _first_pass(path, window_overlap)
+    stat = os.stat(path)
+    tokens, sha, ids_sha = _first_pass(path, window_overlap, refuse_long)
     if shards > len(tokens):
         raise UserError(f"{path}: {len(tokens)} sequences cannot make {shards} shards (embed.shards)")
     starts = cut_points(tokens, shards) + [len(tokens)]
@@ -129,6 +144,8 @@ def split_fasta(path: Path, shards: int, outdir: Path, manifest_path: Path, wind
         "format": MANIFEST_FORMAT,
         "input": str(path),
         "input_sha256": sha,
+        "input_size": stat.st_size,  # with the modification time: `input_check.input_changed_unseen`'s cheap test
+        "input_mtime_ns": stat.st_mtime_ns,
         "ids_sha256": ids_sha,
         "num_sequences": len(tokens),
         "total_tokens": int(tokens.sum(dtype=np.int64)),
