@@ -94,8 +94,12 @@ def test_foreign_pickle_refused(tmp_path):
         load_checkpoint(bad)
     junk = tmp_path / "esm2_junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot load"):
+    with pytest.raises(UserError, match="cannot load") as refused:
         load_checkpoint(junk)
+    assert "weights_only` set to `False`" not in str(refused.value)  # torch's advice, wrong for a non-checkpoint
+    with pytest.raises(UserError, match="weights-only load refuses") as refused:
+        load_checkpoint(bad)
+    assert "weights_only` set to `False`" not in str(refused.value)
 
 
 def test_random_weights_recorded_in_output(tmp_path):

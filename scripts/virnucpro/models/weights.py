@@ -114,6 +114,16 @@ def known_architecture(spec: ModelSpec) -> str | None:
     return next((name for name, known in ARCHITECTURES.items() if known == spec), None)
 
 
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in a few words: a weights-only refusal's own cause, not its advice to load the file
+    with weights_only=False (wrong for a file that is no checkpoint, unsafe for one that is)."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:
+        cause = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].strip()
+        return f"not a PyTorch file, or one holding objects a weights-only load refuses: {cause}"
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
 def _is_zip(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(4) == b"PK\x03\x04"
@@ -134,8 +144,7 @@ def load_checkpoint(path: str | Path, known_sha256: str | None = None) -> Weight
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except Exception as exc:  # pickle errors, truncated files, foreign globals: all say the same to the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"{path}: cannot load as a fair-esm checkpoint ({first})") from None
+        raise UserError(f"{path}: cannot load as a fair-esm checkpoint ({_load_failure(exc)})") from None
     if isinstance(data, dict) and "args" in data and "cfg" not in data:
         raise UserError(
             f"{path}: a fair-esm v1 checkpoint ('args', no 'cfg': ESM-1b, ESM-1v, MSA Transformer...), not ESM-2"
