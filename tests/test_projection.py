@@ -117,3 +117,11 @@ def test_model_says_when_fixed_costs_alone_exceed_the_limit_and_without_phases()
     bare = scaling_report([run(phases=None)], 100_000, 1.0, 95)
     assert bare["model"]["basis"] is None and "phases" in bare["model"]["na_reason"]
     assert math.isclose(bare["projections"][0]["projection"]["loop_hours"], 10_000 / 3600)
+
+
+def test_perf01_judges_the_widest_gpu_run_but_the_fastest_of_cpu_processes():
+    """CPU ranks share one host's cores: the 2-rank CPU run is not the configuration a user would pick."""
+    for device, want in (("cuda:0", "production_ws2"), ("cpu", "production_ws1")):
+        runs = [run(device=device), run(ws=2, sps=6.0, tps=600.0, device=device)]
+        verdicts = production_verdicts(runs, {"target_sequences": 100_000}, scaling_report(runs, 100_000, 10, 95))
+        assert {v.scope.split()[0] for v in verdicts if v.id == "PERF-01"} == {want}

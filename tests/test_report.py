@@ -459,3 +459,12 @@ def test_the_validation_shows_the_in_job_comparison_when_there_is_one(tmp_path):
     optimal["validation"] = {**v, "significant_claim": False, "contradicted": False, "drift_between_jobs": False}
     _, out = full_context(tmp_path / "b", best=winner, extra=[optimal])
     assert "the sweep's baseline job: agrees (no gain claimed)" in " ".join(out["html"].split())
+
+
+def test_the_report_says_which_precision_auto_ran():
+    from virnucpro.report.render import precision_text
+
+    ran = [{"ranks": [{"precision": "fp32"}, {"precision": "fp32"}]}]
+    assert precision_text("auto", ran) == "auto (ran fp32)"
+    assert precision_text("bf16", [{"ranks": [{"precision": "bf16"}]}]) == "bf16"
+    assert precision_text("auto", [{"ranks": []}]) == "auto"  # no production rank finished: nothing to add

@@ -136,6 +136,12 @@ def verdict_rows(verdicts: list) -> list[dict]:
     return rows
 
 
+def precision_text(configured: str | None, production: list[dict]) -> str | None:
+    """The configured precision, with what the production runs' ranks ran where that differs ("auto (ran fp32)")."""
+    ran = sorted({r["precision"] for run in production for r in run.get("ranks", []) if r.get("precision")})
+    return configured if not ran or ran == [configured] else f"{configured} (ran {', '.join(ran)})"
+
+
 def _provenance(results: list[dict], production: list[dict], config: dict, workflow_dir: Path | None) -> dict:
     """Where the numbers come from: date, commit, config, model and weights, hardware, versions, Slurm jobs."""
     weights = next((r.get("weights") for r in results if r.get("weights")), None) or {}
@@ -151,7 +157,7 @@ def _provenance(results: list[dict], production: list[dict], config: dict, workf
         "model": (config.get("model") or {}).get("name") or weights.get("model"),
         "weights": weights,
         "random_weights": weights.get("weights") == "random",
-        "precision": (config.get("model") or {}).get("precision"),
+        "precision": precision_text((config.get("model") or {}).get("precision"), production),
         "hardware": hardware,
         "versions": package_versions(),
         "slurm_job_ids": sorted({r["slurm_job_id"] for r in results if r.get("slurm_job_id")}),

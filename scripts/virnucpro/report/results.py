@@ -121,6 +121,7 @@ def collect_run(
             {
                 "rank": meta.get("rank"),
                 "device": meta.get("device"),
+                "precision": meta.get("precision"),  # what ran (auto resolved)
                 "telemetry": str(path),
                 "startup_seconds": meta.get("startup_seconds"),
                 "model_load_seconds": meta.get("model_load_seconds"),

@@ -6,6 +6,8 @@ is never shown as 0 and never passes.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,17 +52,18 @@ def _on_gpu(result: dict) -> bool:
     return any(str(r.get("device", "")).startswith("cuda") for r in result.get("ranks", []))
 
 
-def perf01_verdicts(widest: dict | None, proj: dict | None, th: dict) -> list[Verdict]:
-    """PERF-01 on the whole job's projected hours (fixed + growing costs + loop), sequence- and token-based."""
+def perf01_verdicts(judged: dict | None, proj: dict | None, th: dict) -> list[Verdict]:
+    """PERF-01 on the whole job's projected hours (fixed + growing costs + loop), sequence- and token-based, of
+    the `judged` run (`perf01_run`)."""
     out = []
     target = int(th["target_sequences"])
-    scope = f"{widest['label']} ({widest['params']['world_size']} rank(s))" if widest else "-"
+    scope = f"{judged['label']} ({judged['params']['world_size']} rank(s))" if judged else "-"
     for basis, key, loop_key in (
         ("sequence-based", "job_hours", "loop_hours"),
         ("token-based", "job_hours_tokens", "loop_hours_tokens"),
     ):
         value = proj.get(key) if proj else None
-        if widest is None:
+        if judged is None:
             reason = "no production run finished"
         elif value is None:
             loop = proj.get(loop_key) if proj else None
@@ -190,14 +193,22 @@ def loader_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
     return out
 
 
+def perf01_run(ok: list[dict], projections: dict) -> dict | None:
+    """The run PERF-01 judges: the widest (all the GPUs measured); but where the ranks were CPU processes sharing
+    one host's cores, more ranks are not more hardware, so the run with the shortest projected job."""
+    if not ok or _on_gpu(ok[-1]):
+        return ok[-1] if ok else None
+    return min(ok, key=lambda r: (projections.get(r["label"]) or {}).get("job_hours") or math.inf)
+
+
 def production_verdicts(production: list[dict], thresholds: dict, scaling: dict | None = None) -> list[Verdict]:
     """The production runs' verdicts; projections and speedups come from `scaling` (scaling.json), not recomputed."""
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     scaling = scaling or {}
     ok = sorted((r for r in production if r["status"] == "ok"), key=lambda r: r["params"]["world_size"])
-    widest = ok[-1] if ok else None
     projections = {p["label"]: p["projection"] for p in scaling.get("projections") or []}
-    out = perf01_verdicts(widest, projections.get(widest["label"]) if widest else None, th)
+    judged = perf01_run(ok, projections)
+    out = perf01_verdicts(judged, projections.get(judged["label"]) if judged else None, th)
     out += perf02_verdicts(ok, th)
     out += perf03_verdicts(ok, scaling, th)
     out += perf05_verdicts(ok, th)
