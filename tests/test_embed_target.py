@@ -315,6 +315,8 @@ def test_the_production_report_shows_shards_and_says_why_there_is_no_projection(
     assert "N/A: embed.use_best is false" in html and 'id="shards"' in html
     assert summary["overhead"]["available"] and summary["overhead"]["median_fixed_seconds"] > 0
     assert 'id="overhead"' in html
+    assert summary["ran_on"]["devices"] == ["cpu"] and "The shard jobs ran on the CPU" in html
+    assert "Copy or move the whole" in html  # the gathered file is a virtual dataset over the shards
 
 
 def test_a_projection_from_the_best_configuration_is_set_against_the_run(embed_run, tmp_path):

@@ -146,6 +146,22 @@ def job_overhead(shards: list[dict]) -> dict[str, Any]:
 MODEL_ATTRS = ("model", "weights", "precision", "output_dtype", "long_sequences", "truncated_count", "chunked_count")
 
 
+def ran_on(shard_dirs: list[Path]) -> dict[str, Any]:
+    """Where the shard jobs ran, from their rank-0 telemetry: devices, GPU models, hosts (empty where unread)."""
+    devices, models, hosts = set(), set(), set()
+    for d in shard_dirs:
+        path = Path(d) / "telemetry" / "telemetry_rank0.json"
+        try:
+            meta = json.loads(path.read_text())["run_metadata"]
+        except (OSError, ValueError, KeyError):
+            continue
+        hardware = meta.get("hardware") or {}
+        devices.add(str(meta.get("device")).split(":")[0])
+        models.update(hardware.get("gpu_models") or [])
+        hosts.add(hardware.get("hostname") or "?")
+    return {"devices": sorted(devices), "gpu_models": sorted(models), "hosts": sorted(hosts)}
+
+
 def gathered_model(path: Path) -> dict[str, Any]:
     """The gathered file's model attributes (`weights` is `random` for random-weight embeddings)."""
     import h5py
@@ -174,6 +190,7 @@ def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path
         "gathered": str(gathered),
         "model": gathered_model(gathered),
         "gpus_per_job": gpus,
+        "ran_on": ran_on(shard_dirs),
         "shards": shards,
         "median_wall_seconds": median,
         "stragglers": [s["index"] for s in shards if s["straggler"]],
