@@ -100,3 +100,11 @@ def test_settings_reach_the_cli_embedconfig_and_workflow_options():
         "world_size",
         "precision",  # sweeps.precision: recommended only through the accuracy gate (report.accuracy)
     }
+
+
+def test_the_schema_knows_the_models_the_engine_knows():
+    """A mistyped model.name is refused when the workflow starts, not by a job after results were cleared."""
+    from virnucpro.models.weights import ARCHITECTURES
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["properties"]["model"]["properties"]["name"]["enum"] == ["", *ARCHITECTURES]
