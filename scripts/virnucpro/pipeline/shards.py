@@ -90,29 +90,14 @@ def _refuse_duplicates(path: Path, hashes: np.ndarray) -> None:
             seen[rid] = line
 
 
-def split_fasta(
-    path: Path,
-    shards: int,
-    outdir: Path,
-    manifest_path: Path,
-    window_overlap: int | None = None,
-    refuse_long: bool = False,
-) -> dict:
-    """Write `outdir/{k}.fasta` for k < `shards` and the manifest; return the manifest. `window_overlap`: the
-    shard jobs embed long sequences in windows (--long-sequences chunk), which the token balance counts;
-    `refuse_long`: they refuse them (--long-sequences error), so the split does first."""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: not a regular file (the split reads the input twice; save a pipe to a file)")
-    stat = os.stat(path)
-    tokens, sha, ids_sha = _first_pass(path, window_overlap, refuse_long)
-    if shards > len(tokens):
-        raise UserError(f"{path}: {len(tokens)} sequences cannot make {shards} shards (embed.shards)")
-    starts = cut_points(tokens, shards) + [len(tokens)]
+def _write_shards(path: Path, tokens: np.ndarray, starts: list[int], outdir: Path) -> tuple[list[dict], str]:
+    """The second pass: `outdir/{k}.fasta` for each range of `starts`, and their manifest rows; returns them with
+    the input's sha256 as read this time (the caller compares it with the first pass's)."""
     outdir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     records = iter_records(path, digest)
     rows = []
-    for k in range(shards):
+    for k in range(len(starts) - 1):
         file = outdir / f"{k}.fasta"
         file_digest, shard_ids = hashlib.sha256(), hashlib.sha256()
         tmp = file.with_name(file.name + ".tmp")
@@ -138,7 +123,29 @@ def split_fasta(
         )
     for _ in records:  # drain: the digest covers the whole input
         pass
-    if digest.hexdigest() != sha:
+    return rows, digest.hexdigest()
+
+
+def split_fasta(
+    path: Path,
+    shards: int,
+    outdir: Path,
+    manifest_path: Path,
+    window_overlap: int | None = None,
+    refuse_long: bool = False,
+) -> dict:
+    """Write `outdir/{k}.fasta` for k < `shards` and the manifest; return the manifest. `window_overlap`: the
+    shard jobs embed long sequences in windows (--long-sequences chunk), which the token balance counts;
+    `refuse_long`: they refuse them (--long-sequences error), so the split does first."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: not a regular file (the split reads the input twice; save a pipe to a file)")
+    stat = os.stat(path)
+    tokens, sha, ids_sha = _first_pass(path, window_overlap, refuse_long)
+    if shards > len(tokens):
+        raise UserError(f"{path}: {len(tokens)} sequences cannot make {shards} shards (embed.shards)")
+    starts = cut_points(tokens, shards) + [len(tokens)]
+    rows, second_sha = _write_shards(path, tokens, starts, outdir)
+    if second_sha != sha:
         raise UserError(f"{path}: the file changed while it was being split; run the split again")
     manifest = {
         "format": MANIFEST_FORMAT,
