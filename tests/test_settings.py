@@ -102,9 +102,13 @@ def test_settings_reach_the_cli_embedconfig_and_workflow_options():
     }
 
 
-def test_the_schema_knows_the_models_the_engine_knows():
+def test_the_schema_knows_the_models_and_precisions_the_engine_knows():
     """A mistyped model.name is refused when the workflow starts, not by a job after results were cleared."""
     from virnucpro.models.weights import ARCHITECTURES
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     assert schema["properties"]["model"]["properties"]["name"]["enum"] == ["", *ARCHITECTURES]
+    # and every precision the engine runs: a recommended fp8 snippet must be usable as a --configfile
+    assert schema["properties"]["model"]["properties"]["precision"]["enum"] == list(
+        settings.BY_NAME["precision"].choices
+    )
