@@ -21,13 +21,18 @@ def input_changed_unseen(manifest_path: Path, path: Path) -> str | None:
         return None
     if stat.st_mtime_ns > manifest_mtime or "input_sha256" not in manifest:
         return None  # newer than the split: Snakemake redoes the split itself (or nothing to compare with)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    if digest.hexdigest() == manifest.get("input_sha256"):
+    if file_sha256(path) == manifest.get("input_sha256"):
         return None
     return (
         f"{path} changed since results/embed was split from it, but its modification time is older than the "
         f"split's, so Snakemake would keep the old embeddings: `touch {path}` to embed it again"
     )
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -25,6 +25,7 @@ import numpy as np
 from virnucpro.data.fasta import MAX_RESIDUES, iter_records
 from virnucpro.data.windows import embedded_tokens
 from virnucpro.errors import UserError
+from virnucpro.pipeline.input_check import file_sha256
 from virnucpro.pipeline.output import MANIFEST, PARTIAL_DIR, OutdirLock, write_json_atomic
 from virnucpro.utils.phases import process_start_epoch
 
@@ -174,21 +175,13 @@ def prepare_shard_outdir(outdir: Path, fasta: Path) -> str | None:
         recorded = json.loads((outdir / PARTIAL_DIR / MANIFEST).read_text()).get("input_sha256")
     except (OSError, ValueError, AttributeError):
         recorded = None
-    if recorded is not None and recorded != _file_sha256(fasta):
+    if recorded is not None and recorded != file_sha256(fasta):
         with OutdirLock(outdir):  # refused, naming it, while another run writes there
             shutil.rmtree(outdir / PARTIAL_DIR)
         note = f"removed {outdir / PARTIAL_DIR}: checkpoints of another input than {fasta} (an earlier split)"
     if not (outdir / PARTIAL_DIR).exists():
         (outdir / ATTEMPTS).unlink(missing_ok=True)
     return note
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- a shard job's attempts: every try (a cancelled or preempted one too) counts in the GPU-hours -------------
