@@ -107,29 +107,29 @@ def _row_warps(block: int) -> int:
 
 def add_layer_norm(x, y, ln_w, ln_b, out_dtype: torch.dtype, eps: float):
     """`packed_esm2.residual_norm` in one pass: (x + y in fp32, layer_norm(x + y) as `out_dtype`); x, y are (T, D)."""
-    x, y = x.contiguous(), y.contiguous()
-    rows, width = x.shape
-    x_out = torch.empty(rows, width, device=x.device, dtype=torch.float32)
-    h = torch.empty(rows, width, device=x.device, dtype=out_dtype)
-    if rows:
-        block = _pow2(width)
-        _add_layer_norm[(rows,)](x, y, ln_w, ln_b, x_out, h, h, width, eps, BLOCK=block, QUANT=False,
-                                 num_warps=_row_warps(block))  # fmt: skip
+    x_out, h, _ = _launch_add_layer_norm(x, y, ln_w, ln_b, out_dtype, eps)
     return x_out, h
 
 
 def add_layer_norm_fp8(x, y, ln_w, ln_b, eps: float):
     """`packed_esm2.residual_norm_fp8` in one pass: (x + y in fp32, (layer_norm(x + y) as E4M3, its (T, 1) scales))."""
+    x_out, h8, scale = _launch_add_layer_norm(x, y, ln_w, ln_b, E4M3, eps)
+    return x_out, (h8, scale)
+
+
+def _launch_add_layer_norm(x, y, ln_w, ln_b, h_dtype: torch.dtype, eps: float):
+    """(x_out, h, scales): E4M3 `h_dtype` quantises each row with its scale, any other dtype leaves scales None."""
     x, y = x.contiguous(), y.contiguous()
     rows, width = x.shape
+    quant = h_dtype == E4M3
     x_out = torch.empty(rows, width, device=x.device, dtype=torch.float32)
-    h8 = torch.empty(rows, width, device=x.device, dtype=E4M3)
-    scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32)
+    h = torch.empty(rows, width, device=x.device, dtype=h_dtype)
+    scale = torch.empty(rows, 1, device=x.device, dtype=torch.float32) if quant else None
     if rows:
         block = _pow2(width)
-        _add_layer_norm[(rows,)](x, y, ln_w, ln_b, x_out, h8, scale, width, eps, BLOCK=block, QUANT=True,
-                                 num_warps=_row_warps(block))  # fmt: skip
-    return x_out, (h8, scale)
+        _add_layer_norm[(rows,)](x, y, ln_w, ln_b, x_out, h, h if scale is None else scale, width, eps,
+                                 BLOCK=block, QUANT=quant, num_warps=_row_warps(block))  # fmt: skip
+    return x_out, h, scale
 
 
 def quantise_rows(x, gelu: bool = False):
