@@ -1,5 +1,6 @@
 # Helpers shared by the rules: the input FASTA, the sweep points, the `virnucpro` command line of a job, the one
 # definition of a GPU job's Slurm resources.
+import functools
 import json
 import os
 import shlex
@@ -265,6 +266,12 @@ COMPARE_TO = compare_to()
 
 
 def embed_input(wildcards):
+    """The input FASTA of the split and of the `embed` target, checked once per run (`checked_embed_input`)."""
+    return checked_embed_input()
+
+
+@functools.cache
+def checked_embed_input():
     """The input FASTA of the split, once the target's ways of losing a run are ruled out: random weights
     (meaningless embeddings) unless allowed, a results/embed that holds another input's embedding (a
     forgotten VIRNUCPRO_PRODUCTION_FASTA would re-embed the synthetic workload over hours of GPU work), and
