@@ -130,7 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "compile",
         "auto",
-        "fuse the layers' memory-bound kernels (auto = on CUDA): Triton in bf16/fp16, torch.compile for fp8/fp32 "
+        "fuse the layers' memory-bound kernels (auto = on CUDA): Triton in bf16/fp16/fp8, torch.compile for fp32 "
         "(batches are then padded to the budget)",
         choices=("auto", "on", "off"),
         workflow=OPTION,

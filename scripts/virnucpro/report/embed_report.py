@@ -5,9 +5,9 @@ too), the loop's rate, Slurm job ids; stragglers (wall over 1.25x the median); t
 target ran the best configuration, the projection that configuration's measured rate made before the run
 against what the run took; and what splitting cost: each shard job pays start-up, weights, compile and warm-up
 again, so N shards spend about (N - 1) x that fixed cost more GPU time than one job of the same input (measured
-on an H100, 2026-12-07: ~19 s a job, +11.8 % for 4 shards of 250,000 reads; since cut to 6.3-7.6 s a job on an
-H200, docs/benchmarks/2026-12-07-h200-fixed-cost), and the report says how large a shard must be to keep it under
-`OVERHEAD_LIMIT`.
+on an H100, 2026-12-07: ~19 s a job, +11.8 % for 4 shards of 250,000 reads; after the start-up work ~3.5 s a
+job, +2.0 %, docs/benchmarks/2026-12-07-h100-issue15-rerun), and the report says how large a shard must be to
+keep it under `OVERHEAD_LIMIT`.
 """
 
 from __future__ import annotations

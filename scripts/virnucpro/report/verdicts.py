@@ -7,7 +7,6 @@ is never shown as 0 and never passes.
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -196,8 +195,10 @@ def loader_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
 def perf01_run(ok: list[dict], projections: dict) -> dict | None:
     """The run PERF-01 judges: the widest (all the GPUs measured); but where the ranks were CPU processes sharing
     one host's cores, more ranks are not more hardware, so the run with the shortest projected job."""
-    if not ok or _on_gpu(ok[-1]):
-        return ok[-1] if ok else None
+    if not ok:
+        return None
+    if _on_gpu(ok[-1]):
+        return ok[-1]
     return min(ok, key=lambda r: (projections.get(r["label"]) or {}).get("job_hours") or math.inf)
 
 
