@@ -3,7 +3,8 @@
 1. fp8 GEMMs at ESM-2 3B's real shapes (issue 17's "measure before choosing"): bf16 `F.linear` against
    `torch._scaled_mm` in E4M3 with row-wise scales (per-token activation scale, per-channel weight scale), at
    16k/32k-token batches, with the 8192^3 ceilings of both measured in the same run, and what quantising the
-   activations (amax per row, scale, cast) costs next to the fp8 GEMM it feeds.
+   activations (amax per row, scale, cast) costs next to the fp8 GEMM it feeds: compiled, and as the engine's
+   Triton kernel (`fused_kernels.quantise_rows`).
 2. `--long-sequences chunk` on CUDA: `virnucpro embed` of long random proteins (1,100-3,000 residues) on CUDA fp32
    and bf16 against the same command on CPU fp32 (which the CPU test suite holds equal to fair-esm's forward over
    the same windows), relative L2 per sequence.
@@ -32,6 +33,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from virnucpro.data.fasta import write_fasta  # noqa: E402
 from virnucpro.models.fp8 import fp8_linear, quantise_rows, quantise_weight  # noqa: E402
+from virnucpro.models.fused_kernels import quantise_rows as triton_quantise  # noqa: E402
 from virnucpro.models.weights import write_fairesm_checkpoint  # noqa: E402
 
 D, FFN = 2560, 10240
@@ -81,6 +83,7 @@ def gemm_rows() -> dict:
             t_bf16 = bench(lambda x=x, w=w, bias=bias: F.linear(x, w, bias))
             t_fp8 = bench(lambda x8=x8, w8=w8, sx=sx, sw=sw, bias=bias: fp8_linear(x8, sx, w8, sw, bias))
             t_quant = bench(lambda x=x: quant(x))
+            t_triton = bench(lambda x=x: triton_quantise(x))  # what an fp8 job runs since 2026-12-07, late
             ref = F.linear(x.float(), w.float())
             got = fp8_linear(x8, sx, w8, sw, None).float()
             rows.append(
@@ -91,6 +94,8 @@ def gemm_rows() -> dict:
                     "fp8_tflops": fl / t_fp8 / 1e12,
                     "quantise_us": t_quant * 1e6,
                     "fp8_plus_quantise_speedup": t_bf16 / (t_fp8 + t_quant),
+                    "quantise_triton_us": t_triton * 1e6,
+                    "fp8_plus_triton_quantise_speedup": t_bf16 / (t_fp8 + t_triton),
                     "fp8_rel_l2": float((got - ref).norm() / ref.norm()),
                 }
             )
