@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from virnucpro.data.synthetic import make_sequences
@@ -93,3 +94,29 @@ def test_bench_engines_on_cpu_with_a_tiny_model(tiny_checkpoint, tmp_path):
         [engine] = [r for r in mine if r["kind"] == "virnucpro"]
         assert engine["sequences"] == 16 and engine["tokens_per_sec"] > 0
     assert "x fair-esm" in res.stdout.replace("xfair-esm", "x fair-esm") and "extract.py" in res.stdout
+
+
+def test_bench_engines_without_peers_reports_both_ceilings(monkeypatch, tmp_path, capsys):
+    """`--peer-subset 0`: this engine alone (a short device call), each row's % of the bf16 and fp8 ceilings."""
+    from virnucpro import bench
+    from virnucpro.models.weights import resolve_weights
+
+    def no_peers(*args, **kwargs):
+        raise AssertionError("peers ran with --peer-subset 0")
+
+    def engine_run(fasta, out, weights_args, precision, token_budget, device):
+        row = {"engine": f"virnucpro packed {precision}", "kind": "virnucpro", "dtype": precision}
+        return {**row, "token_budget": token_budget, "sequences": 4, "tokens_per_sec": 1e3, "sequences_per_sec": 10.0}
+
+    monkeypatch.setattr(bench, "peer_runs", no_peers)
+    monkeypatch.setattr(bench, "_engine_run", engine_run)
+    monkeypatch.setattr(bench, "matmul_tflops", lambda device, dtype: 2.0 if dtype == torch.float8_e4m3fn else 1.0)
+    weights = resolve_weights("esm2_t6_8M_UR50D", None, True, 0, "cpu")
+    result = bench.engines(weights, [], tmp_path, torch.device("cpu"), 0, 8, 0, 4, 2048, precisions=("bf16", "fp8"))
+    assert result["na"] == {"peers": "left out (--peer-subset 0)"}
+    assert [r["dtype"] for r in result["runs"]] == ["bf16", "fp8"]
+    for r in result["runs"]:  # twice the TFLOP/s: half the share of the ceiling
+        assert r["pct_fp8_ceiling"] == pytest.approx(r["pct_ceiling"] / 2)
+    bench.print_table(result)
+    out = capsys.readouterr().out
+    assert "%fp8" in out and "peers: N/A (left out (--peer-subset 0))" in out

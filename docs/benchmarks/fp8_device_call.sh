@@ -4,7 +4,8 @@
 #   kernels     the Triton kernels of models.fused_kernels (fp8 quantisations included) on the GPU's own cast,
 #               and their speed against the compiled twins (~1 min)
 #   engines     `bench engines` with bf16 and fp8 (peers trimmed: issue 13's workflow run has them in full) (~5 min)
-#   budget32k   one fp8 `virnucpro embed` of the engines' short reads at a 32,768-token budget (~1 min; needs engines)
+#   alone       `bench engines` without peers (--peer-subset 0): bf16 and fp8 on both workloads (~2.5 min)
+#   budget32k   one fp8 `virnucpro embed` of the engines' short reads at a 32,768-token budget (~1 min; after engines or alone)
 #   checks      fp8 GEMMs at the 3B shapes (compiled and Triton quantisation) + the chunk path on CUDA (~1.5 min)
 #   accuracy_a, accuracy_b   fp8 accuracy of 3B random weights, (a) as built and (b) with outlier channels (~1 min each)
 # Usage (repository root on the device, carry .whl): bash docs/benchmarks/fp8_device_call.sh kernels engines budget32k
@@ -24,6 +25,8 @@ run_step() {
     engines) step engines "${ENGINES_TIMEOUT:-330}" $B engines --seed-mix 10000 --short-reads 60000 --peer-subset 1000 \
         --fp32-subset 200 --peer-budgets 16384,65536 --engine-precisions bf16,fp8 --workdir /tmp/bench \
         -o "$OUT/engines.json" ;;
+    alone) step engines_alone "${ENGINES_TIMEOUT:-200}" $B engines --seed-mix 10000 --short-reads 60000 \
+        --peer-subset 0 --engine-precisions bf16,fp8 --workdir /tmp/bench -o "$OUT/engines_alone.json" ;;
     budget32k) step budget32k "${BUDGET_TIMEOUT:-70}" python3 -m virnucpro.cli embed /tmp/bench/short-reads.fa \
         -o /tmp/bench/out-short-reads-fp8-32k --model esm2_t36_3B_UR50D --random-weights --precision fp8 \
         --token-budget 32768 --overwrite
@@ -39,4 +42,5 @@ run_step() {
 for s in "${@:-kernels engines budget32k checks accuracy_a accuracy_b}"; do
     for one in $s; do run_step "$one"; done
 done
-tail -n 25 "$OUT/engines.log" 2>/dev/null
+tail -n 8 "$OUT"/engines*.log 2>/dev/null
+true

@@ -533,10 +533,7 @@ def engines(
         write_fasta(workdir / f"{profile}.fa", ids, seqs)
         workloads[profile] = seqs
         result.update(_ceiling_rates(spec, profile, seqs, ceiling, fp8_ceiling))
-    rows, result["na"] = peer_runs(
-        spec, weights.state_dict, {p: s[:peer_n] for p, s in workloads.items()}, fp32_n, device, budgets
-    )
-    result["runs"] += rows
+    result["runs"], result["na"] = _peers_of(weights, workloads, peer_n, fp32_n, device, budgets)
     weights.state_dict = {}
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -558,6 +555,14 @@ def engines(
     return result
 
 
+def _peers_of(weights, workloads: dict[str, list[str]], peer_n: int, fp32_n: int, device, budgets):
+    """The peers' rows on the first `peer_n` sequences of each workload, and {peer: why not run}; none at 0."""
+    if not peer_n:
+        return [], {"peers": "left out (--peer-subset 0)"}
+    subsets = {p: s[:peer_n] for p, s in workloads.items()}
+    return peer_runs(weights.spec, weights.state_dict, subsets, fp32_n, device, budgets)
+
+
 def _ceiling_rates(spec, profile: str, seqs: list[str], bf16_tflops: float, fp8_tflops: float | None) -> dict:
     """The tokens/s at which the model's FLOPs would run at each measured matmul ceiling on this workload."""
     flops = spec.flops_per_token(statistics.fmean(token_length(min(len(s), MAX_RESIDUES)) for s in seqs))
@@ -568,16 +573,16 @@ def _ceiling_rates(spec, profile: str, seqs: list[str], bf16_tflops: float, fp8_
 
 
 def print_table(result: dict) -> None:
-    """Tokens/s, sequences/s, % of ceiling, peak memory, and each row's ratio to the fastest row of each peer kind
-    on its workload (fair-esm and HF at their best, extract.py's recipe)."""
+    """Tokens/s, sequences/s, % of the bf16 (and fp8) ceiling, peak memory, and each row's ratio to the fastest
+    row of each peer kind on its workload (fair-esm and HF at their best, extract.py's recipe)."""
     print(f"matmul ceiling bf16: {result['matmul_tflops_bf16']:.0f} TFLOP/s")
     if result.get("matmul_tflops_fp8"):
         print(f"matmul ceiling fp8 (row-wise scaled E4M3): {result['matmul_tflops_fp8']:.0f} TFLOP/s")
     runs = result["runs"]
     kinds = ("fair-esm", "hf", "extract.py")
     print(
-        f"{'engine':58s} {'workload':12s} {'budget':>6s} {'tok/s':>9s} {'seq/s':>8s} {'%ceil':>6s} {'peakGB':>7s} "
-        + " ".join(f"{'x' + k:>11s}" for k in kinds)
+        f"{'engine':58s} {'workload':12s} {'budget':>6s} {'tok/s':>9s} {'seq/s':>8s} {'%ceil':>6s} {'%fp8':>6s} "
+        f"{'peakGB':>7s} " + " ".join(f"{'x' + k:>11s}" for k in kinds)
     )
     for r in runs:
         best = {
@@ -590,9 +595,10 @@ def print_table(result: dict) -> None:
         ratios = " ".join(f"{r['tokens_per_sec'] / best[k]:11.2f}" if best[k] else f"{'N/A':>11s}" for k in kinds)
         peak = r.get("peak_memory_gb")
         peak = float("nan") if peak is None else peak
+        fp8 = f"{r['pct_fp8_ceiling']:6.1f}" if "pct_fp8_ceiling" in r else f"{'N/A':>6s}"
         print(
             f"{r['engine'][:58]:58s} {r['workload']:12s} {r.get('token_budget') or 0:6d} {r['tokens_per_sec']:9,.0f} "
-            f"{r['sequences_per_sec']:8,.1f} {r['pct_ceiling']:6.1f} {peak:7.1f} {ratios}"
+            f"{r['sequences_per_sec']:8,.1f} {r['pct_ceiling']:6.1f} {fp8} {peak:7.1f} {ratios}"
         )
     for peer, why in (result.get("na") or {}).items():
         print(f"{peer}: N/A ({why})")

@@ -79,7 +79,10 @@ def _workload_options(p) -> None:
         "--short-reads", type=nonnegative_int, default=50000, help="engines, peers: short-reads sequences (0: left out)"
     )
     p.add_argument(
-        "--peer-subset", type=positive_int, default=3000, help="engines: sequences of each workload given to the peers"
+        "--peer-subset",
+        type=nonnegative_int,
+        default=3000,
+        help="engines: sequences of each workload given to the peers (0: peers left out, this engine alone)",
     )
     p.add_argument(
         "--fp32-subset",
