@@ -378,11 +378,11 @@ def accuracy_sequences(num_sequences: int, seed: int) -> list[str]:
 def accuracy(
     spec, state, weights_label: str, seqs: list[str], device: torch.device, token_budget: int, precisions
 ) -> dict:
-    """This engine as `virnucpro embed` configures it (compiled kernels and batches padded to the budget on
-    CUDA) at each of `precisions` against fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32
-    with the projection weights rounded as the engine holds them: the second isolates the arithmetic's error
-    from the rounding of the weights. fp8 runs where `torch._scaled_mm` does (Hopper; recent CPU builds), else
-    its arithmetic is emulated (`models.fp8`)."""
+    """This engine as `virnucpro embed` configures it (on CUDA its layer kernels, `fused_kernel_set`: hand-written
+    Triton, batches padded only where a torch.compile'd one is on the path) at each of `precisions` against
+    fair-esm's ESM2 in fp32 on the same weights, and against fair-esm fp32 with the projection weights rounded as
+    the engine holds them: the second isolates the arithmetic's error from the rounding of the weights. fp8 runs
+    where `torch._scaled_mm` does (Hopper; recent CPU builds), else its arithmetic is emulated (`models.fp8`)."""
     from esm.data import Alphabet
 
     lengths = np.array([len(s) for s in seqs])
@@ -404,7 +404,7 @@ def accuracy(
         "reference": "fair-esm ESM2 fp32 on the same weights",
         "gate": ACCURACY_GATE,
         "device": str(device),
-        "engine": "compiled kernels, batches padded to the budget" if compiled else "eager",
+        "engine": "as embed runs it (fused_kernel_set)" if compiled else "eager",
     }
     for name in precisions:
         result[name] = _engine_accuracy(spec, state, name, seqs, device, token_budget, compiled, refs, lengths)
