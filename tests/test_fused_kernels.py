@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from virnucpro.models import fused_kernels, packed_esm2
 from virnucpro.models.packed_esm2 import LazyCompiled, PackedESM2, fused_kernel_set
@@ -110,3 +112,17 @@ def test_a_job_that_ends_while_its_device_starts_keeps_its_exit_code():
     """A daemon thread inside a torch op at interpreter exit aborted the process (exit 134, not 2)."""
     for _ in range(3):
         assert subprocess.run([sys.executable, "-c", EARLY_EXIT], capture_output=True).returncode == 2
+
+
+@given(st.integers(min_value=1, max_value=1 << 16))
+def test_a_quantised_row_is_two_power_of_two_segments_that_cover_it(width):
+    head, tail = fused_kernels.row_segments(width)
+    assert head & (head - 1) == 0 and tail & (tail - 1) == 0 and tail >= 16
+    assert head <= width < 2 * head and head + tail >= width
+    assert tail < max(32, 2 * (width - head))  # the tail is the smallest that covers what the head leaves
+
+
+def test_esm2_widths_leave_no_lane_of_a_quantised_row_idle():
+    """fc2's input at 3B is 10,240 wide: one block of 16,384 left 37.5 % of its lanes idle (H100, 2026-12-07)."""
+    for width in (320, 640, 1280, 2560, 5120, 1280 * 4, 2560 * 4, 5120 * 4):
+        assert sum(fused_kernels.row_segments(width)) == width

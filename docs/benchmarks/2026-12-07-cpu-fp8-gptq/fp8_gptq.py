@@ -1,0 +1,111 @@
+# Issue 17 CPU-twin experiment (docs/benchmarks/README.md, 'Issue 17: error-compensated rounding of the weights').
+# Does GPTQ-style rounding (Frantar et al. 2022: quantise a weight's input columns one at a time and push each
+# column's rounding error onto the columns not yet quantised, weighted by the inverse Hessian H = X^T X of the
+# layer's inputs) shrink the pooled-embedding error that E4M3's rounding of the weights causes? Same E4M3 codes
+# and per-output-channel scales as `quantise_weight`, so the GEMMs and their speed do not change.
+# Run: PYTHONPATH=scripts python fp8_gptq.py esm2_t12_35M_UR50D
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import virnucpro.models.fp8 as f8
+import virnucpro.models.packed_esm2 as pe
+from virnucpro.bench import _errors, packed_embed
+from virnucpro.data.loader import Vocabulary
+from virnucpro.data.synthetic import make_sequences
+from virnucpro.models.weights import ARCHITECTURES, OutlierStateDict, random_state_dict
+
+torch.set_num_threads(2)
+NAMES = ("qkv", "out", "fc1", "fc2")
+spec = ARCHITECTURES[sys.argv[1]]
+outliers = tuple(float(v) for v in sys.argv[2].split(":")) if len(sys.argv) > 2 else None
+seqs = [s.encode() for s in make_sequences(40, 1, "seed-mix")[1][:20] + make_sequences(60, 1, "short-reads")[1]]
+calib = [s.encode() for s in make_sequences(100, 7, "seed-mix")[1][:30] + make_sequences(200, 7, "short-reads")[1]]
+lengths = np.array([len(s) for s in seqs])
+vocab = Vocabulary.esm2()
+state = dict(random_state_dict(spec, 0))
+if outliers:
+    state = dict(OutlierStateDict(state, spec.embed_dim, int(outliers[0]), outliers[1], seed=0))
+cpu = torch.device("cpu")
+m32 = pe.PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, cpu, torch.float32)
+ref = packed_embed(m32, seqs, 4096, cpu)
+
+hessians = {}
+orig_linear = F.linear
+
+
+def recording_linear(x, w, b=None):
+    xf = x.reshape(-1, x.shape[-1]).double()
+    h = hessians.setdefault(id(w), torch.zeros(xf.shape[1], xf.shape[1], dtype=torch.float64))
+    h += xf.T @ xf
+    return orig_linear(x, w, b)
+
+
+F.linear = recording_linear
+packed_embed(m32, calib, 4096, cpu)
+F.linear = orig_linear
+
+
+def e4m3(w, scale):
+    return (w / scale).clamp(-f8.E4M3_MAX, f8.E4M3_MAX).to(f8.E4M3).float() * scale
+
+
+def gptq(w, h, damp=0.01):
+    """w (N, K) fp32 rounded to E4M3 codes x per-row scales (the scales of plain rounding), columns in order."""
+    w = w.double().clone()
+    scale = w.abs().amax(1, keepdim=True).clamp_min(f8.MIN_AMAX) / f8.E4M3_MAX
+    h = h.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.zeros_like(w)
+    for i in range(w.shape[1]):
+        q[:, i : i + 1] = e4m3(w[:, i : i + 1], scale)
+        err = (w[:, i] - q[:, i]) / hinv[i, i]
+        w[:, i + 1 :] -= err[:, None] * hinv[i, i + 1 :][None, :]
+    return q.float(), scale.float()
+
+
+def weights_only(rounding):
+    """The fp32 model with each projection's weight replaced by its rounded value; returns the errors."""
+    m = pe.PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, cpu, torch.float32)
+    with torch.no_grad():
+        for l32, layer in zip(m32.layers, m.layers):
+            for n in NAMES:
+                w = getattr(l32, n).weight
+                getattr(layer, n).weight.copy_(rounding(w, hessians[id(w)])[0])
+    return _errors(packed_embed(m, seqs, 4096, cpu), ref, lengths)
+
+
+def fp8_model(rounding):
+    """The fp8 model (activations quantised per token as `--precision fp8` does) with the rounded weights."""
+    m = pe.PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, cpu, f8.E4M3)
+    with torch.no_grad():
+        for l32, layer in zip(m32.layers, m.layers):
+            for n in NAMES:
+                w = getattr(l32, n).weight
+                q, scale = rounding(w, hessians[id(w)])
+                lin = getattr(layer, n)
+                lin.weight.copy_((q / scale).to(f8.E4M3))
+                lin.weight_scale.copy_(scale.reshape(1, -1))
+    return _errors(packed_embed(m, seqs, 4096, cpu), ref, lengths)
+
+
+def plain(w, h):
+    scale = w.abs().amax(1, keepdim=True).clamp_min(f8.MIN_AMAX) / f8.E4M3_MAX
+    return e4m3(w, scale), scale
+
+
+def show(label, e):
+    print(label, round(e["median"], 4), round(e["max"], 4), round(e["cosine_min"], 5), e["cosine_ge_gate_fraction"],
+          "pass" if e["gate_pass"] else "fail", flush=True)
+
+
+print(sys.argv[1], "outliers", outliers, "| label, rel L2 median, max, cosine min, share >= 0.999, gate", flush=True)
+show("weights only, plain rounding", weights_only(plain))
+show("weights only, gptq", weights_only(gptq))
+show("fp8 (weights + activations), plain", fp8_model(plain))
+show("fp8 (weights + activations), gptq", fp8_model(gptq))
