@@ -69,28 +69,19 @@ def gptq(w, h, damp=0.01):
     return q.float(), scale.float()
 
 
-def weights_only(rounding):
-    """The fp32 model with each projection's weight replaced by its rounded value; returns the errors."""
-    m = pe.PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, cpu, torch.float32)
+def rounded_model_errors(rounding, dtype):
+    """The model in `dtype` with each projection's weight rounded by `rounding`, against the fp32 reference:
+    fp32 holds the rounded values (the weights' error alone); E4M3 holds codes and scales and quantises the
+    activations per token as `--precision fp8` does."""
+    m = pe.PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, cpu, dtype)
     with torch.no_grad():
         for l32, layer in zip(m32.layers, m.layers):
             for n in NAMES:
-                w = getattr(l32, n).weight
-                getattr(layer, n).weight.copy_(rounding(w, hessians[id(w)])[0])
-    return _errors(packed_embed(m, seqs, 4096, cpu), ref, lengths)
-
-
-def fp8_model(rounding):
-    """The fp8 model (activations quantised per token as `--precision fp8` does) with the rounded weights."""
-    m = pe.PackedESM2.from_state_dict(spec, state, vocab.cls_idx, vocab.eos_idx, cpu, f8.E4M3)
-    with torch.no_grad():
-        for l32, layer in zip(m32.layers, m.layers):
-            for n in NAMES:
-                w = getattr(l32, n).weight
+                w, lin = getattr(l32, n).weight, getattr(layer, n)
                 q, scale = rounding(w, hessians[id(w)])
-                lin = getattr(layer, n)
-                lin.weight.copy_((q / scale).to(f8.E4M3))
-                lin.weight_scale.copy_(scale.reshape(1, -1))
+                lin.weight.copy_((q / scale).to(f8.E4M3) if dtype == f8.E4M3 else q)
+                if dtype == f8.E4M3:
+                    lin.weight_scale.copy_(scale.reshape(1, -1))
     return _errors(packed_embed(m, seqs, 4096, cpu), ref, lengths)
 
 
@@ -100,12 +91,19 @@ def plain(w, h):
 
 
 def show(label, e):
-    print(label, round(e["median"], 4), round(e["max"], 4), round(e["cosine_min"], 5), e["cosine_ge_gate_fraction"],
-          "pass" if e["gate_pass"] else "fail", flush=True)
+    print(
+        label,
+        round(e["median"], 4),
+        round(e["max"], 4),
+        round(e["cosine_min"], 5),
+        e["cosine_ge_gate_fraction"],
+        "pass" if e["gate_pass"] else "fail",
+        flush=True,
+    )
 
 
 print(sys.argv[1], "outliers", outliers, "| label, rel L2 median, max, cosine min, share >= 0.999, gate", flush=True)
-show("weights only, plain rounding", weights_only(plain))
-show("weights only, gptq", weights_only(gptq))
-show("fp8 (weights + activations), plain", fp8_model(plain))
-show("fp8 (weights + activations), gptq", fp8_model(gptq))
+show("weights only, plain rounding", rounded_model_errors(plain, torch.float32))
+show("weights only, gptq", rounded_model_errors(gptq, torch.float32))
+show("fp8 (weights + activations), plain", rounded_model_errors(plain, f8.E4M3))
+show("fp8 (weights + activations), gptq", rounded_model_errors(gptq, f8.E4M3))
