@@ -124,7 +124,7 @@ if triton is not None:
 
 def row_segments(width: int) -> tuple[int, int]:
     """(head, tail): the powers of two `_quantise_rows` holds a row of `width` in, the largest <= width and the
-    smallest (at least 16) covering the rest; ESM-2's widths but 480 and 3 x 480 leave no lane idle."""
+    smallest (at least 16) covering the rest; of ESM-2's widths (D, 4D) only 480 and 1,920 leave lanes idle."""
     head = _pow2(width + 1) // 2
     return head, max(16, _pow2(width - head))
 
