@@ -127,15 +127,20 @@ def iter_records(path: Path, digest) -> Iterator[tuple[int, str, bytes]]:
         raise UserError(f"{path}: cannot read FASTA ({exc.__class__.__name__}: {exc})") from None
 
 
+def too_long(path: Path, rid: str, line: int, residues: int, remedy: str, limit: int = MAX_RESIDUES) -> UserError:
+    """The refusal of a sequence over the model's window (`--long-sequences error`), with what to do instead."""
+    return UserError(
+        f"{path}: record '{rid}' (line {line}) has {residues} residues, over ESM-2's {limit}-residue window ({remedy})"
+    )
+
+
 def _fit_window(path: Path, rid: str, line: int, seq: bytes, records: Records, mode: str, limit: int) -> bytes:
     """A sequence over `limit` residues truncated (counted), kept whole for windows (counted) or refused."""
     if len(seq) <= limit:
         return seq
     if mode == "error":
-        raise UserError(
-            f"{path}: record '{rid}' (line {line}) has {len(seq)} residues, over ESM-2's {limit}-residue window "
-            f"(use --long-sequences truncate to keep its first {limit}, or chunk to embed it in windows)"
-        )
+        remedy = f"use --long-sequences truncate to keep its first {limit}, or chunk to embed it in windows"
+        raise too_long(path, rid, line, len(seq), remedy, limit)
     if mode == "chunk":
         records.chunked += 1
         return seq

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.data.fasta import MAX_RESIDUES, iter_records
+from virnucpro.data.fasta import MAX_RESIDUES, iter_records, too_long
 from virnucpro.data.windows import embedded_tokens
 from virnucpro.errors import UserError
 from virnucpro.pipeline.input_check import file_sha256
@@ -61,10 +61,7 @@ def _first_pass(path: Path, window_overlap: int | None, refuse_long: bool) -> tu
     lengths, hashes = array("q"), array("Q")
     for line, rid, seq in iter_records(path, digest):
         if refuse_long and len(seq) > MAX_RESIDUES:
-            raise UserError(
-                f"{path}: record '{rid}' (line {line}) has {len(seq)} residues, over ESM-2's {MAX_RESIDUES}-residue "
-                "window (engine.long_sequences is error: set it to truncate or chunk)"
-            )
+            raise too_long(path, rid, line, len(seq), "engine.long_sequences is error: set it to truncate or chunk")
         lengths.append(len(seq))
         hashes.append(id_hash(rid))
         ids_digest.update(rid.encode() + b"\n")
