@@ -302,8 +302,15 @@ def test_ctrl_c_twice_exits_130_in_one_line(tmp_path, small_fasta):
 
 
 def test_host_memory_limit_is_exit_3_not_a_traceback(tmp_path, small_fasta, tiny_checkpoint):
-    """Under `ulimit -v` Python starts but torch cannot be mapped / allocated: out of memory, exit 3."""
-    limit = 600 * 1024**2
+    """Under `ulimit -v` Python starts but torch cannot be mapped: out of memory, exit 3.
+
+    The limit sits below libtorch_cpu.so's own mapping (434 MB in torch 2.13's CPU build) and well above what
+    Python, numpy and OpenBLAS need (OpenBLAS gave up, exit 1, at 100 MB): the import fails at one place,
+    cleanly. At 600 MB it failed after that library, in a later dlopen, where glibc once aborted the process
+    ("cannot allocate memory for thread-local data", exit 127: no handler runs)."""
+    libtorch = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    limit = 300 * 1024**2
+    assert libtorch.stat().st_size > limit + 100 * 1024**2, "the limit must fall inside libtorch_cpu's mapping"
 
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -318,6 +325,29 @@ def test_host_memory_limit_is_exit_3_not_a_traceback(tmp_path, small_fasta, tiny
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 3, res.stderr
     assert "Traceback" not in res.stderr and any("out of memory" in line for line in lines), res.stderr
+
+
+def test_model_that_does_not_fit_host_memory_is_exit_3(tmp_path, small_fasta):
+    """torch's CPU allocator failing while the weights are allocated (a RuntimeError, not a MemoryError) is out
+    of memory: exit 3 and status.json's reason OOM; it was a traceback and exit 1. The libraries are mapped
+    first, then 40 MB of headroom is less than esm2_t12_35M's 136 MB of fp32 weights."""
+    out = tmp_path / "o"
+    code = (
+        "import re, resource, sys\n"
+        "import h5py, torch\n"
+        "from virnucpro import cli\n"
+        "from virnucpro.pipeline import runner\n"
+        "size = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 40 * 1024**2,) * 2)\n"
+        f"sys.exit(cli.main(['embed', '{small_fasta}', '-o', '{out}', '--random-weights', "
+        "'--model', 'esm2_t12_35M_UR50D', '--device', 'cpu']))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    noise = ("[embedding", "WARNING")  # progress and the random-weights warning
+    lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith(noise)]
+    assert_one_line(res.returncode, lines, 3, "out of memory")
+    status = json.loads((out / "status.json").read_text())
+    assert status["reason"] == "OOM" and "can't allocate memory" in status["error"], status
 
 
 def test_out_of_memory_line_when_even_its_formatting_fails():

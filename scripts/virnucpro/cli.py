@@ -24,7 +24,7 @@ from virnucpro.argtypes import OneLineParser
 from virnucpro.commands import MODULES, help_style
 from virnucpro.commands.embed import EXAMPLE as EMBED_EXAMPLE
 from virnucpro.errors import EXIT_INTERRUPTED, EXIT_OOM, EXIT_PREEMPTED, EXIT_USAGE, UserError
-from virnucpro.errors import memory_limited, thread_out_of_memory
+from virnucpro.errors import host_allocation_failed, memory_limited, thread_out_of_memory
 
 #: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
 FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "report", "merge-telemetry", "scaling"}
@@ -69,7 +69,7 @@ def _host_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, SystemError):
         return any(lost in text for lost in LOST_ERROR) and memory_limited()
     if isinstance(exc, RuntimeError):
-        return thread_out_of_memory(exc, memory_limited())
+        return host_allocation_failed(exc) or thread_out_of_memory(exc, memory_limited())
     return isinstance(exc, (ImportError, OSError)) and ("failed to map segment" in text or "allocate memory" in text)
 
 

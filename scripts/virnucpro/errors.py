@@ -39,12 +39,23 @@ def thread_out_of_memory(exc: BaseException, limited: bool) -> bool:
     return isinstance(exc, RuntimeError) and THREAD_NOT_STARTED in str(exc) and limited
 
 
+#: torch's RuntimeError when the host allocator's malloc failed (ENOMEM), e.g. a model's weights under a limit.
+CPU_ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory"
+
+
+def host_allocation_failed(exc: BaseException) -> bool:
+    """torch could not allocate a CPU tensor: out of host memory, limit or not (it was a traceback, exit 1)."""
+    return isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILED in str(exc)
+
+
 def out_of_memory(exc: BaseException) -> tuple[str, float | None] | None:
     """(one-line description, peak GPU memory in GB or None) when `exc` is an out-of-memory error (CUDA or
-    host, or `thread_out_of_memory`), else None: the one test for it, used by each rank and by the job around
-    them (a rank's error carries the rank's own peak as `peak_memory_gb`)."""
+    host, `thread_out_of_memory`, `host_allocation_failed`), else None: the one test for it, used by each rank
+    and by the job around them (a rank's error carries the rank's own peak as `peak_memory_gb`)."""
     if thread_out_of_memory(exc, memory_limited()):
         return f"RuntimeError: {THREAD_NOT_STARTED}", None
+    if host_allocation_failed(exc):
+        return f"RuntimeError: {CPU_ALLOCATION_FAILED}", None
     import torch  # here, not at the top: this module stays importable without torch
 
     if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
