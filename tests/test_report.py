@@ -389,6 +389,30 @@ def test_perf03_of_a_resumed_run_is_na_with_scaling_json_reason():
     assert v.status == "N/A" and v.value is None and "resumed run" in v.reason and "300" in v.reason
 
 
+def test_no_verdict_rests_on_an_invalid_run_but_its_figure_stays_visible():
+    """A PASS or FAIL from a run flagged INVALID (here: too few steady batches) is N/A, names the run and why,
+    and keeps the measured figure; the same figures from valid runs are judged."""
+    from virnucpro.report.scaling import scaling_report
+    from virnucpro.report.verdicts import checkpoint_verdict, production_verdicts
+
+    runs = [production(1, 100.0, "cuda:0"), production(2, 52.0, "cuda:0")]
+    runs[0].update(valid=False, invalid_reasons=["3 steady batches (< 20)"])
+    verdicts = production_verdicts(runs, {}, scaling_report(runs, 6_000_000, 10, 95))
+    on_ws1 = [v for v in verdicts if v.scope.startswith("ws1")] + [v for v in verdicts if v.id == "PERF-03"]
+    assert {v.id for v in on_ws1} == {"PERF-02", "PERF-03", "PERF-05", "LOADER"}  # PERF-03 compares with ws1
+    for v in on_ws1:
+        assert v.status == "N/A" and v.value is not None, v
+        assert "ws1 is INVALID (3 steady batches (< 20))" in v.reason and "would be PASS" in v.reason, v
+    ws2 = [v for v in verdicts if v.scope.startswith("ws2") and v.id not in ("PERF-01", "PERF-03")]  # no phases
+    assert ws2 and all(v.status == "PASS" for v in ws2)
+    on, off = production(1, 11.0, "cuda:0"), production(1, 10.0, "cuda:0")
+    on["params"]["checkpoint_every"] = 100
+    assert checkpoint_verdict(on, off, {}).status == "PASS"  # 10 %
+    off.update(valid=False, invalid_reasons=["warm-up not excluded"])
+    v = checkpoint_verdict(on, off, {})
+    assert v.status == "N/A" and abs(v.value - 10.0) < 1e-9 and "warm-up not excluded" in v.reason
+
+
 def test_the_precision_table_puts_accuracy_next_to_speed_and_says_why_where_not_measured(tmp_path):
     from test_measure import accuracy_file
 

@@ -276,8 +276,13 @@ def test_local_run_produces_the_report(workflow_run):
     assert all(v["status"] == "N/A" and v["value"] is None and "CPU" in v["reason"] for v in by_id["PERF-02"])
     # PERF-01 is the whole job at the target, from the run's measured phases; a run without them is N/A, never 0
     ws = json.loads((results / "production/ws2.json").read_text())
+    runs = {r["label"]: r for r in (json.loads(p.read_text()) for p in (results / "production").glob("ws*.json"))}
     if ws.get("phases"):
-        assert all(v["status"] in ("PASS", "FAIL") and v["value"] > 0 for v in by_id["PERF-01"])
+        for v in by_id["PERF-01"]:  # a figure from an INVALID run is kept but not judged (N/A, saying why)
+            judged = runs[v["scope"].split()[0]]
+            expected = ("PASS", "FAIL") if judged["valid"] else ("N/A",)
+            assert v["value"] > 0 and v["status"] in expected, v
+            assert judged["valid"] or "INVALID" in v["reason"], v
     else:
         assert all(v["status"] == "N/A" and v["value"] is None and "phases" in v["reason"] for v in by_id["PERF-01"])
     scaling = json.loads((results / "production/scaling.json").read_text())
@@ -303,6 +308,8 @@ def test_runs_are_marked_valid_or_not_with_the_reason(workflow_run):
     summary = json.loads((results / "summary.json").read_text())
     assert "production_ws1" in {r["label"] for r in summary["flagged_runs"]}
     assert "INVALID" in (results / "report.html").read_text()
+    on_it = [v for v in summary["verdicts"] if v["scope"].startswith("production_ws1")]  # no verdict rests on it
+    assert on_it and all(v["status"] == "N/A" for v in on_it), on_it
 
 
 def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(workflow_run, tmp_path):

@@ -47,6 +47,20 @@ def _check(value: float | None, ok: bool | None, na_reason: str) -> tuple[str, s
     return ("PASS" if ok else "FAIL"), None
 
 
+def invalid_runs_na(verdict: Verdict, *runs: dict | None) -> Verdict:
+    """A PASS or FAIL that rests on a run flagged INVALID (warm-up not excluded, too few steady batches) becomes
+    N/A: the figure stays visible with what it would have said, but it is not a verdict anyone should act on."""
+    bad = [r for r in runs if r and r.get("status") == "ok" and not r.get("valid", True)]
+    if verdict.status not in ("PASS", "FAIL") or not bad:
+        return verdict
+    why = "; ".join(
+        f"{r['label']} is INVALID ({', '.join(r.get('invalid_reasons') or ['see Runs flagged'])})" for r in bad
+    )
+    note = f"not judged: {why}; the figure alone would be {verdict.status}"
+    verdict.status, verdict.reason = "N/A", f"{note}; {verdict.reason}" if verdict.reason else note
+    return verdict
+
+
 def _on_gpu(result: dict) -> bool:
     return any(str(r.get("device", "")).startswith("cuda") for r in result.get("ranks", []))
 
@@ -71,18 +85,9 @@ def perf01_verdicts(judged: dict | None, proj: dict | None, th: dict) -> list[Ve
         else:
             reason = f"loop {proj[loop_key]:.3g} h + fixed and growing costs {value - proj[loop_key]:.3g} h"
         status = "N/A" if value is None else ("PASS" if value < th["max_hours"] else "FAIL")
-        out.append(
-            Verdict(
-                "PERF-01",
-                f"projected job time for {target:,} sequences ({basis})",
-                scope,
-                value,
-                "h",
-                f"< {th['max_hours']:g} h",
-                status,
-                reason,
-            )
-        )
+        title = f"projected job time for {target:,} sequences ({basis})"
+        verdict = Verdict("PERF-01", title, scope, value, "h", f"< {th['max_hours']:g} h", status, reason)
+        out.append(invalid_runs_na(verdict, judged))
     return out
 
 
@@ -91,6 +96,7 @@ def perf03_verdicts(ok: list[dict], scaling: dict, th: dict) -> list[Verdict]:
     out: list[Verdict] = []
     rows = {row["world_size"]: row for row in scaling.get("rows") or []}
     at_target = {row["world_size"]: row for row in scaling.get("at_target") or []}
+    one_rank = next((r for r in ok if r["params"]["world_size"] == 1), None)
     for result in ok:
         n = result["params"]["world_size"]
         if n == 1:
@@ -119,18 +125,10 @@ def perf03_verdicts(ok: list[dict], scaling: dict, th: dict) -> list[Verdict]:
             job = (at_target.get(n) or {}).get("job_speedup")
             if job is not None:
                 reason += f"; whole job at the target: {job:.2f}x"
-        out.append(
-            Verdict(
-                "PERF-03",
-                f"scaling 1 -> {n} ranks (speedup)",
-                result["label"],
-                value,
-                "x",
-                f">= {th['min_speedup_2gpu'] * n / 2:.2f}x and >= {th['min_scaling_efficiency']:g} %",
-                status,
-                reason,
-            )
-        )
+        threshold = f">= {th['min_speedup_2gpu'] * n / 2:.2f}x and >= {th['min_scaling_efficiency']:g} %"
+        title = f"scaling 1 -> {n} ranks (speedup)"
+        verdict = Verdict("PERF-03", title, result["label"], value, "x", threshold, status, reason)
+        out.append(invalid_runs_na(verdict, result, one_rank))
     if not any(r["params"]["world_size"] > 1 for r in ok):
         out.append(
             Verdict(
@@ -161,9 +159,8 @@ def perf02_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
             status, reason = _check(util, util is not None and util >= th["min_gpu_util"], na)
             scope = f"{result['label']} rank {rank['rank']} ({rank.get('device')})"
             threshold = f">= {th['min_gpu_util']:g} %"
-            out.append(
-                Verdict("PERF-02", "GPU utilisation (steady state)", scope, util, "%", threshold, status, reason)
-            )
+            verdict = Verdict("PERF-02", "GPU utilisation (steady state)", scope, util, "%", threshold, status, reason)
+            out.append(invalid_runs_na(verdict, result))
     return out
 
 
@@ -175,7 +172,8 @@ def perf05_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
             pack = (rank.get("steady") or {}).get("avg_packing_efficiency")
             status, reason = _check(pack, pack is not None and pack >= th["min_packing"], "no batches")
             scope, threshold = f"{result['label']} rank {rank['rank']}", f">= {th['min_packing']:.2f}"
-            out.append(Verdict("PERF-05", "packing efficiency", scope, pack, "", threshold, status, reason))
+            verdict = Verdict("PERF-05", "packing efficiency", scope, pack, "", threshold, status, reason)
+            out.append(invalid_runs_na(verdict, result))
     return out
 
 
@@ -186,8 +184,9 @@ def loader_verdicts(ok: list[dict], th: dict) -> list[Verdict]:
         p95 = (result.get("steady") or {}).get("p95_wait_time_ms")
         status, reason = _check(p95, p95 is not None and p95 < th["max_p95_wait_ms"], "no batches")
         threshold = f"< {th['max_p95_wait_ms']:g} ms"
+        title = "DataLoader wait p95 (worst rank)"
         out.append(
-            Verdict("LOADER", "DataLoader wait p95 (worst rank)", result["label"], p95, "ms", threshold, status, reason)
+            invalid_runs_na(Verdict("LOADER", title, result["label"], p95, "ms", threshold, status, reason), result)
         )
     return out
 
@@ -234,7 +233,7 @@ def checkpoint_verdict(on: dict | None, off: dict | None, thresholds: dict) -> V
             "each); longer checkpoint workloads (workloads.checkpoint) resolve smaller costs"
         )
     every = on["params"]["checkpoint_every"] if on else "?"
-    return Verdict(
+    verdict = Verdict(
         "CKPT",
         f"checkpoint overhead (every {every} sequences vs none)",
         "checkpoint runs",
@@ -244,6 +243,7 @@ def checkpoint_verdict(on: dict | None, off: dict | None, thresholds: dict) -> V
         status,
         reason,
     )
+    return invalid_runs_na(verdict, on, off)
 
 
 def accuracy_verdicts(precision_rows: list[dict]) -> list[Verdict]:
