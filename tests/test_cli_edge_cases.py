@@ -211,6 +211,44 @@ def test_report_refuses_a_bad_input_info_after_good_results(capsys, tmp_path):
     assert_one_line(code, lines, 2, "trunc.json: not valid JSON", "--input-info")
 
 
+def _report_inputs(tmp_path: Path) -> dict[str, Path]:
+    """A failed result and side files of the right kinds: the smallest report that renders."""
+    files = {name: tmp_path / f"{name}.json" for name in ("result", "info", "config", "scaling")}
+    files["result"].write_text(json.dumps({"label": "a", "group": "baseline", "status": "failed", "params": {}}))
+    files["info"].write_text(json.dumps({"source": "synthetic", "num_sequences": 1, "sha256": "0" * 64}))
+    files["config"].write_text(json.dumps({"model": {}, "engine": {}}))
+    files["scaling"].write_text(json.dumps({"rows": [], "projections": []}))
+    return files
+
+
+@pytest.mark.parametrize("option", ["--input-info", "--config", "--scaling", "--best", "--peers", "--compare-to"])
+@pytest.mark.parametrize("content", ["{}", "result"])
+def test_report_refuses_a_side_file_of_another_kind(capsys, tmp_path, option, content):
+    """`{}` or a result JSON where the input info, config, scaling, best, peers or previous summary belongs was
+    rendered as a report with blank provenance (exit 0); now exit 2 naming the file and what it lacks."""
+    files = _report_inputs(tmp_path)
+    wrong = files["result"] if content == "result" else tmp_path / "empty.json"
+    wrong.write_text(files["result"].read_text() if content == "result" else "{}")
+    sides = {"--input-info": files["info"], "--config": files["config"], "--scaling": files["scaling"], option: wrong}
+    argv = ["report", files["result"], *(str(x) for kv in sides.items() for x in kv), "--html", tmp_path / "r.html"]
+    code, lines = run_main(capsys, *argv)
+    assert_one_line(code, lines, 2, f"{wrong}: not a {option} file (no ")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_writes_all_of_its_files_or_none(capsys, tmp_path):
+    """A --summary that is a directory used to fail after report.html was written (exit 2, half a report)."""
+    files = _report_inputs(tmp_path)
+    (tmp_path / "d").mkdir()
+    argv = ["report", files["result"], "--input-info", files["info"], "--config", files["config"]]
+    argv += ["--scaling", files["scaling"], "--html", tmp_path / "r.html", "--text", tmp_path / "r.txt"]
+    code, lines = run_main(capsys, *argv, "--summary", tmp_path / "d")
+    assert_one_line(code, lines, 2, "is a directory")
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "r.txt").exists()
+    assert run_main(capsys, *argv, "--summary", tmp_path / "s.json")[0] == 0
+    assert all((tmp_path / n).is_file() for n in ("r.html", "r.txt", "s.json"))
+
+
 def test_json_command_output_is_a_directory(capsys, tmp_path):
     result = tmp_path / "result.json"
     result.write_text(

@@ -173,6 +173,23 @@ def test_resumed_runs_are_flagged_and_refused_for_scaling_and_checkpoint_overhea
     assert slower_with.status == "PASS" and slower_with.reason is None
 
 
+def test_without_world_size_the_record_names_the_ranks_that_ran_and_scaling_reads_it(tmp_path, capsys):
+    """`--world-size` left at its default recorded `null`, and `scaling` and `report` then failed on it with a
+    TypeError (exit 1); the record now says 1 on the CPU, what the default ran."""
+    from virnucpro.report.results import analyse_run as analyse
+    from virnucpro.report.scaling import scaling_report
+
+    ids, seqs = make_sequences(30, 5, "short-reads")
+    fasta = tmp_path / "in.fa"
+    write_fasta(fasta, ids, seqs)
+    result = tmp_path / "ws.run.json"
+    assert run_point(capsys, fasta, tmp_path / "ws", result)[0] == 0
+    rec = json.loads(result.read_text())
+    assert rec["status"] == "ok" and rec["params"]["world_size"] == 1
+    [row] = scaling_report([analyse(rec, 0.0, 0, 1, 6_000_000)], 6_000_000, 10, 95)["rows"]
+    assert row["world_size"] == 1 and row["speedup"] == 1.0
+
+
 def test_every_run_is_marked_valid_or_invalid_by_its_warm_up(tmp_path):
     """Point 4: a 30-second run under a 60-second warm-up excluded nothing: it must say so, not pass as steady."""
     rec = collect_run(fake_outdir(tmp_path, KNOBS), "p", "packing", KNOBS, 0, None)

@@ -34,9 +34,12 @@ def run(args) -> int:
     from virnucpro.report.results import load_results
     from virnucpro.utils.jsonfile import read_object
 
-    info, config = read_object(args.input_info, "--input-info"), read_object(args.config, "--config")
-    best, scaling = read_object(args.best, "--best"), read_object(args.scaling, "--scaling")
-    peers, previous = read_object(args.peers, "--peers"), read_object(args.compare_to, "--compare-to")
+    info = read_object(args.input_info, "--input-info", ("source", "num_sequences", "sha256"))
+    config = read_object(args.config, "--config", ("model", "engine"))
+    best = read_object(args.best, "--best", ("label", "significant"))
+    scaling = read_object(args.scaling, "--scaling", ("rows", "projections"))
+    peers = read_object(args.peers, "--peers", ("runs",))
+    previous = read_object(args.compare_to, "--compare-to", ("verdicts",))
     ctx = write_report(
         load_results(args.results),
         info,

@@ -147,6 +147,8 @@ def run_point(cfg, label: str, group: str, result_path: Path, strict: bool, disc
     from virnucpro.pipeline.measurement import prepare_outdir
     from virnucpro.report.results import collect_run
 
+    if cfg.world_size is None:  # the default, made explicit: the record names the ranks that ran (scaling needs it)
+        cfg = replace(cfg, world_size=_default_world_size(cfg))
     cleared = prepare_outdir(cfg)
     if cleared:
         print(f"{label}: cleared {cfg.outdir}: {cleared}", file=sys.stderr)
@@ -172,6 +174,15 @@ def run_point(cfg, label: str, group: str, result_path: Path, strict: bool, disc
     if strict and result["status"] != "ok":
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _default_world_size(cfg) -> int | None:
+    """The number of ranks `--world-size`'s default gives here; None where the device is not usable (the run
+    failed on it, and its record says why)."""
+    try:
+        return cfg.resolved_world_size(cfg.resolved_device())
+    except UserError:
+        return None
 
 
 def _measure(cfgs, protocol, strict: bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from virnucpro.report.precision import precision_rows
 from virnucpro.report.results import at_target, speedup
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, accuracy_verdicts, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
-from virnucpro.utils.jsonfile import write_json_atomic
+from virnucpro.utils.jsonfile import check_output_paths, write_text_atomic
 
 SWEEP_GROUPS = ("baseline", "dataloader", "packing", "interaction", "precision")
 ENGINE_KNOBS = ("token_budget", "buffer_size", "num_workers", "prefetch_factor")
@@ -369,14 +370,15 @@ def write_report(
     accuracy: dict[str, dict] | None = None,
 ) -> dict:
     """Render report.html, report.txt and summary.json from one context; `previous` = (path, summary.json)."""
-    html_path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_paths(html_path, text_path, json_path)
     context = build_context(results, input_info, config, best, html_path.parent, workflow_dir, scaling, peers, accuracy)
     context["merged_links"] = [_rel(str(p), html_path.parent) for p in merged_telemetry]
     if previous is not None:
         context["comparison"] = compare(summary_json(context), previous[1], previous[0])
-    html_path.write_text(render_html(context))
-    if text_path is not None:
-        text_path.write_text(render_text(context))
-    if json_path is not None:
-        write_json_atomic(json_path, summary_json(context), default=str)
+    pages = {html_path: render_html(context), text_path: render_text(context) if text_path else None}
+    summary = json.dumps(summary_json(context), indent=2, default=str) if json_path else None
+    for path, text in {**pages, json_path: summary}.items():  # all rendered first: a failure writes nothing
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, text)
     return context
