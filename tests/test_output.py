@@ -82,7 +82,7 @@ def test_finalize_refuses_missing_ids(tmp_path):
 
 def test_a_full_disk_is_refused_before_computing(tmp_path, monkeypatch):
     monkeypatch.setattr(output.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
-    with pytest.raises(OutputError, match="need .* GB and only"):
+    with pytest.raises(OutputError, match="need 1.07 MB and only 0.001 MB are free"):
         make_layout(tmp_path, n=100, dim=64)
 
 
@@ -399,3 +399,26 @@ def test_output_deleted_mid_run_is_a_clear_error_and_a_rerun_finishes(
 
 def test_user_errors_are_user_errors():
     assert issubclass(OutputError, UserError)
+
+
+@pytest.mark.parametrize(
+    ("err", "exit_code", "fragment"),
+    [(errno.EROFS, 74, "read-only"), (errno.ENOSPC, 74, "disk is full"), (errno.EACCES, 2, "Permission denied")],
+)
+def test_an_unwritable_output_directory_is_74_for_the_storage_and_2_for_the_path(
+    tmp_path, monkeypatch, err, exit_code, fragment
+):
+    """A read-only mount or a full disk is the storage's state (exit 74, rerun later), as for the same failure
+    mid-run; a path the user may not write is a bad option (exit 2). A read-only mount was exit 2."""
+
+    def refuse(**_):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(output.tempfile, "mkdtemp", refuse)
+    with pytest.raises(UserError) as caught:
+        output.check_outdir(tmp_path / "out")
+    assert caught.value.exit_code == exit_code and fragment in str(caught.value), caught.value
+
+
+def test_sizes_in_messages_are_never_a_bare_zero():
+    assert output.size_text(2_048) == "0.00205 MB" and output.size_text(61_440_000_000) == "61.4 GB"

@@ -102,6 +102,8 @@ def check_outdir(outdir: Path) -> None:
     try:  # the only sure test of writability (read-only mounts, /proc, ACLs): make and remove a directory
         os.rmdir(tempfile.mkdtemp(prefix=".virnucpro-probe-", dir=existing))
     except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):  # the storage's state, not the path: exit 74
+            raise io_error("write the output directory in", existing, exc) from None
         raise UserError(f"{outdir}: cannot write the output directory ({exc.strerror or exc} in {existing})") from None
 
 
@@ -158,6 +160,11 @@ class Layout:
         return self.dim * np.dtype(OUTPUT_DTYPES[self.dtype]).itemsize
 
 
+def size_text(n: int) -> str:
+    """Bytes for a message: GB from 1 GB up, else MB with enough digits not to print "0.0" for a small file."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
+
+
 def create_data_file(path: Path, ids: list[str], dim: int, dtype: str, fingerprint: dict) -> Layout:
     """Write ids and an allocated, unfilled contiguous `embeddings` dataset; refuse if the disk cannot hold it."""
     n = len(ids)
@@ -165,7 +172,7 @@ def create_data_file(path: Path, ids: list[str], dim: int, dtype: str, fingerpri
     free = shutil.disk_usage(path.parent).free
     if need > free:
         raise OutputError(
-            f"{path.parent}: the embeddings need {need / 1e9:.1f} GB and only {free / 1e9:.1f} GB "
+            f"{path.parent}: the embeddings need {size_text(need)} and only {size_text(free)} "
             f"are free; free space, use another directory or --output-dtype float16"
         )
     tmp = path.with_name(path.name + ".tmp")
