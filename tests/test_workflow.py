@@ -189,6 +189,21 @@ def test_optional_peers_job_and_compare_to_are_inputs_of_the_report(tmp_path):
     assert res.returncode != 0 and "copy the previous one elsewhere" in res.stdout + res.stderr
 
 
+def test_a_config_typo_is_one_line_naming_the_key_not_the_schema(tmp_path):
+    """A misspelled key printed the whole JSON schema (1,302 lines for a top-level typo)."""
+    extra = tmp_path / "typo.yaml"
+    for text, expected in (
+        ("enigne:\n  num_workers: 1\n", "at top level: Additional properties are not allowed ('enigne' was"),
+        ("engine:\n  token_bugdet: 4096\n", "at engine: Additional properties are not allowed ('token_bugdet'"),
+        ("engine:\n  token_budget: lots\n", "at engine.token_budget: 'lots' is not of type 'integer'"),
+    ):
+        extra.write_text(text)
+        res = snakemake("-n", "--configfile", str(extra))
+        out = res.stdout + res.stderr
+        assert res.returncode != 0 and f"invalid configuration {expected}" in out, out[-2000:]
+        assert len(out.splitlines()) < 12 and "schema[" not in out, out[-2000:]
+
+
 def test_a_precision_sweep_plans_one_point_and_one_accuracy_job_per_precision(tmp_path):
     """sweeps.precision (issue 17): each precision a point of group `precision` overriding model.precision, each
     checked by an accuracy job on the same weights; best-config and the report read those results (inputs)."""
