@@ -862,3 +862,11 @@ def test_sample_size_without_an_output_is_refused(capsys, small_fasta, tmp_path)
     code, lines = run_main(capsys, "sample", small_fasta, "-n", "5", "--info", tmp_path / "i.json")
     assert_one_line(code, lines, 2, "--num-sequences needs -o/--output")
     assert not (tmp_path / "i.json").exists()
+
+
+def test_a_stop_during_start_up_says_so(capsys):
+    """SIGTERM before `embed` installs its flushing handler: exit 75 (rerun) with a line, not silently."""
+    with pytest.raises(SystemExit) as stopped:
+        cli._stop_during_startup(signal.SIGTERM, None)
+    assert stopped.value.code == 75
+    assert capsys.readouterr().err == "virnucpro: stopped by SIGTERM while starting; rerun the same command\n"

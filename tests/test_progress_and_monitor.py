@@ -34,6 +34,7 @@ def test_interval_zero_prints_every_update_and_no_duplicate_last_line():
             rep.update(done, {"num_tokens": 10})
     lines = out.getvalue().splitlines()
     assert len(lines) == 5 and "GPU N/A" in lines[-1] and "packing N/A" in lines[-1]
+    assert "| ? tok/s |" in lines[1]  # one batch gives no rate yet: unknown, not "0 tok/s"
 
 
 def test_tty_uses_a_rich_bar_and_records_telemetry(tmp_path):

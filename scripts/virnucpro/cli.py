@@ -48,7 +48,11 @@ def build_parser() -> OneLineParser:
 
 
 def _stop_during_startup(signum, frame) -> None:
-    raise SystemExit(EXIT_PREEMPTED)  # nothing computed yet, nothing to flush: "stopped, rerun to resume"
+    """Nothing computed yet, nothing to flush: say so (it exited 75 silently) and stop: "rerun to resume"."""
+    print(
+        f"virnucpro: stopped by {signal.Signals(signum).name} while starting; rerun the same command", file=sys.stderr
+    )
+    raise SystemExit(EXIT_PREEMPTED)
 
 
 #: CPython's SystemError for an error it lost (a C function failed and no exception was set).

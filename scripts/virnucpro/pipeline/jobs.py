@@ -65,9 +65,10 @@ def execute_embed(cfg) -> int:
         _record_earlier_completion(status_path, cfg, summary)
         return EXIT_OK
     write_json_atomic(status_path, {"status": "ok", "reason": None, "config": config_dict(cfg), "summary": summary})
+    n, rate = summary["total_sequences"], summary["avg_tokens_per_sec"]
     print(
-        f"embedded {summary['total_sequences']} sequences in {summary['elapsed_seconds']:.2f} s "
-        f"({summary['avg_tokens_per_sec'] or 0:,.0f} tokens/s) -> {outdir / 'embeddings.h5'}"
+        f"embedded {n:,} sequence{'' if n == 1 else 's'} in {summary['elapsed_seconds']:.2f} s "
+        f"({'N/A' if rate is None else f'{rate:,.0f}'} tokens/s) -> {outdir / 'embeddings.h5'}"
     )
     return EXIT_OK
 

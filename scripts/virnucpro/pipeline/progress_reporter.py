@@ -104,9 +104,10 @@ class InferenceProgressReporter:
         """The compact one-line state used in non-interactive logs."""
         done = 100 * self.sequences / self.total_sequences if self.total_sequences else 100.0
         tps = self.tokens_per_sec()
+        rate = "?" if tps is None else f"{tps:,.0f}"  # one batch gives no rate yet: unknown, not 0
         return (
             f"[{self.description}] {self.sequences:,}/{self.total_sequences:,} seq ({done:.1f}%) | "
-            f"{tps or 0:,.0f} tok/s | GPU {_pct(self.gpu_util())} | packing {_pct(self.packing_pct())} | "
+            f"{rate} tok/s | GPU {_pct(self.gpu_util())} | packing {_pct(self.packing_pct())} | "
             f"elapsed {_hms(self.elapsed())} | ETA {_hms(self.eta_seconds())}"
         )
 

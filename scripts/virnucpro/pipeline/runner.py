@@ -826,9 +826,8 @@ def run_embed(
         with clock.phase("prepare_output"):
             prepare_output(prep)
         if prep.already_complete:
-            logger.warning(
-                "%s is already complete for this input and model; nothing to do", cfg.outdir / output.FINAL_FILE
-            )
+            # said once, by the command (`execute_embed` prints it on stdout); here only with -v
+            logger.info("%s is already complete for this input and model", cfg.outdir / output.FINAL_FILE)
             output.discard_partial(cfg.outdir / output.PARTIAL_DIR)  # left by a kill after the final rename
             return {**job_summary(prep, []), "already_complete": True}
         t_embed = time.perf_counter()
