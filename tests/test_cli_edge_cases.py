@@ -870,3 +870,21 @@ def test_a_stop_during_start_up_says_so(capsys):
         cli._stop_during_startup(signal.SIGTERM, None)
     assert stopped.value.code == 75
     assert capsys.readouterr().err == "virnucpro: stopped by SIGTERM while starting; rerun the same command\n"
+
+
+@pytest.mark.parametrize(("command", "group"), [("scaling", "packing"), ("best-config", "production")])
+def test_a_result_of_the_wrong_group_is_refused(capsys, tmp_path, command, group):
+    """`scaling` measured a sweep point as a production run and `best-config` ranked a production run among
+    the sweep points (exit 0); each names the file and what it is instead."""
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps({"label": "a", "group": group, "status": "failed", "params": {"world_size": 1}}))
+    code, lines = run_main(capsys, command, result, "-o", tmp_path / "out.json")
+    assert_one_line(code, lines, 2, f"r.json: a '{group}' result, not a")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_analyse_run_refuses_a_negative_warm_up(capsys, tmp_path):
+    code, lines = run_main(
+        capsys, "analyse-run", tmp_path / "r.json", "-o", tmp_path / "o.json", "--warmup-seconds", "-1"
+    )
+    assert_one_line(code, lines, 2, "--warmup-seconds and --warmup-batches must be >= 0")

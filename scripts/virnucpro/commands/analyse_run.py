@@ -49,6 +49,8 @@ def run(args) -> int:
 
     if args.min_steady_batches < 1 or args.target_sequences < 1:
         raise UserError("--min-steady-batches and --target-sequences must be at least 1")
+    if args.warmup_seconds < 0 or args.warmup_batches < 0:
+        raise UserError("--warmup-seconds and --warmup-batches must be >= 0")
     result = analyse_run(
         load_results([args.run])[0],
         args.warmup_seconds,

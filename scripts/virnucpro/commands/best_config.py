@@ -50,8 +50,9 @@ def run(args) -> int:
 
     if args.min_gain < 0 or args.between_job_cv < 0:
         raise UserError("--min-gain and --between-job-cv must be >= 0")
+    points = load_results(args.results, lambda group: group != "production", "a sweep point or the baseline")
     decision = sweep_decision(
-        load_results(args.results),
+        points,
         args.min_packing,
         args.min_gain,
         between_job_cv=args.between_job_cv,

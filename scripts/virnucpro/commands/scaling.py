@@ -33,7 +33,8 @@ def run(args) -> int:
         raise UserError("scaling: --target-sequences and --max-hours must be positive")
     if args.output.is_dir():
         raise UserError(f"{args.output}: is a directory; -o names the scaling JSON to write")
-    report = scaling_report(load_results(args.results), args.target_sequences, args.max_hours, args.min_efficiency)
+    production = load_results(args.results, lambda group: group == "production", "a production run")
+    report = scaling_report(production, args.target_sequences, args.max_hours, args.min_efficiency)
     write_json_atomic(args.output, report)
     for r in report["rows"]:
         print(f"{r['world_size']} rank(s): {r['speedup']:.2f}x, {r['efficiency']:.1f} % efficiency")

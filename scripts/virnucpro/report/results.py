@@ -14,11 +14,12 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from virnucpro.models.weights import ModelSpec
 from virnucpro.report.significance import sweep_decision
 from virnucpro.report.stats import describe
+from virnucpro.errors import UserError
 from virnucpro.utils.jsonfile import read_json
 from virnucpro.defaults import TARGET_SEQUENCES, TARGET_TOKENS_PER_SEQUENCE
 from virnucpro.utils.telemetry import calculate_scaling_efficiency, steady_state
@@ -321,8 +322,14 @@ def resumed_na_reason(*results: dict | None) -> str | None:
 RESULT_KEYS = ("label", "group", "status", "params")
 
 
-def load_results(paths: list[str | Path]) -> list[dict]:
-    return [read_json(p, "run-point/measure result", RESULT_KEYS) for p in paths]
+def load_results(paths: list[str | Path], groups: Callable[[str], bool] | None = None, wanted: str = "") -> list[dict]:
+    """The results at `paths`; with `groups`, each result's group must pass it (else: "a <group> result, not
+    `wanted`", exit 2: a sweep point given to `scaling` would be measured as a production run)."""
+    results = [read_json(p, "run-point/measure result", RESULT_KEYS) for p in paths]
+    for path, result in zip(paths, results):
+        if groups is not None and not groups(result["group"]):
+            raise UserError(f"{path}: a {result['group']!r} result, not {wanted}")
+    return results
 
 
 def best_point(
