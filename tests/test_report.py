@@ -230,6 +230,19 @@ def test_report_txt_html_and_summary_render_the_same_verdicts(tmp_path):
     assert {"target_sequences", "loop_hours", "job_hours"} <= set(proj) and proj["target_sequences"] == 100_000
 
 
+def test_a_sweep_point_with_the_baseline_settings_is_marked_as_such(tmp_path):
+    """A grid point that repeats the baseline's settings measures noise, not a setting: the table says so."""
+    same = point("packing:b4096_buf2000", 103.0, 0.95)
+    same["params"] = {"token_budget": 4096, "buffer_size": 2000, "num_workers": 1, "prefetch_factor": 2}
+    same["steady"].update(avg_tokens_per_sec=5150.0, p95_wait_time_ms=1.0)
+    ctx, out = full_context(tmp_path, extra=[same])
+    marked = {r["label"] for r in ctx["sweep_rows"] if r["baseline_settings"]}
+    assert marked == {"packing:b4096_buf2000"}  # not the baseline itself, not packing:b2
+    assert out["html"].count("the baseline's settings: its speedup is run-to-run noise") == 1
+    points = {p["label"]: p for p in json.loads(out["json"])["sweep_points"]}
+    assert points["packing:b4096_buf2000"]["baseline_settings"] and not points["packing:b2"]["baseline_settings"]
+
+
 def test_best_json_is_shown_not_rechosen_and_no_winner_says_so(tmp_path):
     params = {"token_budget": 4096, "buffer_size": 2000, "num_workers": 1, "prefetch_factor": 2}
     no_winner = {

@@ -183,7 +183,12 @@ def _sweeps(by_group: dict[str, list[dict]], baseline: dict | None) -> dict[str,
     optimal = (by_group.get("optimal") or [None])[0]
     return {
         "sweep_rows": [
-            {**r, "speedup": speedup(r, baseline), "precision": result_precision(r)}
+            {
+                **r,
+                "speedup": speedup(r, baseline),
+                "precision": result_precision(r),
+                "baseline_settings": bool(baseline) and r is not baseline and r["params"] == baseline["params"],
+            }
             for group in SWEEP_GROUPS
             for r in sorted(by_group.get(group, []), key=lambda r: r["label"])
         ],
@@ -319,7 +324,7 @@ PRODUCTION_KEYS = (
     "ci95",
     "ci95_tokens_per_sec",
 )
-SWEEP_POINT_KEYS = ("label", "group", "params", "precision", "status", "reason", "repeats", "ci95")
+SWEEP_POINT_KEYS = ("label", "group", "params", "precision", "status", "reason", "repeats", "ci95", "baseline_settings")
 FLAGGED_KEYS = ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")
 
 
