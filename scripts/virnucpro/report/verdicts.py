@@ -50,13 +50,10 @@ def _check(value: float | None, ok: bool | None, na_reason: str) -> tuple[str, s
 def invalid_runs_na(verdict: Verdict, *runs: dict | None) -> Verdict:
     """A PASS or FAIL that rests on a run flagged INVALID (warm-up not excluded, too few steady batches) becomes
     N/A: the figure stays visible with what it would have said, but it is not a verdict anyone should act on."""
-    bad = [r for r in runs if r and r.get("status") == "ok" and not r.get("valid", True)]
+    bad = [r["label"] for r in runs if r and r.get("status") == "ok" and not r.get("valid", True)]
     if verdict.status not in ("PASS", "FAIL") or not bad:
         return verdict
-    why = "; ".join(
-        f"{r['label']} is INVALID ({', '.join(r.get('invalid_reasons') or ['see Runs flagged'])})" for r in bad
-    )
-    note = f"not judged: {why}; the figure alone would be {verdict.status}"
+    note = f"not judged: {', '.join(bad)} INVALID (see Runs flagged); the figure alone: {verdict.status}"
     verdict.status, verdict.reason = "N/A", f"{note}; {verdict.reason}" if verdict.reason else note
     return verdict
 
