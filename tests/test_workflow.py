@@ -326,6 +326,9 @@ def test_runs_are_marked_valid_or_not_with_the_reason(workflow_run):
     assert "INVALID" in (results / "report.html").read_text()
     on_it = [v for v in summary["verdicts"] if v["scope"].startswith("production_ws1")]  # no verdict rests on it
     assert on_it and all(v["status"] == "N/A" for v in on_it), on_it
+    model = json.loads((results / "production/scaling.json").read_text())["model"]
+    assert model["basis"] == "production_ws1"  # and the GPU model built on it says what it rests on
+    assert "from production_ws1 (an INVALID run: see Runs flagged)" in (results / "report.txt").read_text()
 
 
 def test_moving_the_checkout_or_changing_analysis_settings_reruns_no_gpu_job(workflow_run, tmp_path):

@@ -256,6 +256,7 @@ def build_context(
         ],
         "site": config.get("site"),
         "flagged": [r for r in results if r["status"] == "ok" and (r.get("resumed") or not r.get("valid", True))],
+        "invalid_labels": [r["label"] for r in results if r["status"] == "ok" and not r.get("valid", True)],
         "peers": peer_comparison(peers, production),
         "comparison": None,
     }
