@@ -18,7 +18,7 @@ from virnucpro.report.compare import compare
 from virnucpro.report.accuracy import result_precision
 from virnucpro.report.peers import peer_comparison
 from virnucpro.report.precision import precision_rows
-from virnucpro.report.results import at_target, speedup
+from virnucpro.report.results import at_target, invalid_run, speedup
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, accuracy_verdicts, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
 from virnucpro.utils.jsonfile import check_output_paths, write_text_atomic
@@ -255,8 +255,8 @@ def build_context(
             for k in r.get("ranks", [])
         ],
         "site": config.get("site"),
-        "flagged": [r for r in results if r["status"] == "ok" and (r.get("resumed") or not r.get("valid", True))],
-        "invalid_labels": [r["label"] for r in results if r["status"] == "ok" and not r.get("valid", True)],
+        "flagged": [r for r in results if invalid_run(r) or (r["status"] == "ok" and r.get("resumed"))],
+        "invalid_labels": [r["label"] for r in results if invalid_run(r)],
         "peers": peer_comparison(peers, production),
         "comparison": None,
     }
@@ -381,10 +381,12 @@ def write_report(
     context["merged_links"] = [_rel(str(p), html_path.parent) for p in merged_telemetry]
     if previous is not None:
         context["comparison"] = compare(summary_json(context), previous[1], previous[0])
-    pages = {html_path: render_html(context), text_path: render_text(context) if text_path else None}
-    summary = json.dumps(summary_json(context), indent=2, default=str) if json_path else None
-    for path, text in {**pages, json_path: summary}.items():  # all rendered first: a failure writes nothing
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, text)
+    outputs = [(html_path, render_html(context))]  # all rendered first: a failure writes nothing
+    if text_path is not None:
+        outputs.append((text_path, render_text(context)))
+    if json_path is not None:
+        outputs.append((json_path, json.dumps(summary_json(context), indent=2, default=str)))
+    for path, text in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
     return context

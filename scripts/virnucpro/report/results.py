@@ -322,6 +322,11 @@ def resumed_na_reason(*results: dict | None) -> str | None:
 RESULT_KEYS = ("label", "group", "status", "params")
 
 
+def invalid_run(result: dict | None) -> bool:
+    """A finished run that `analyse_run` marked invalid: what it measured is shown, but nothing is judged on it."""
+    return bool(result) and result["status"] == "ok" and not result.get("valid", True)
+
+
 def load_results(paths: list[str | Path], groups: Callable[[str], bool] | None = None, wanted: str = "") -> list[dict]:
     """The results at `paths`; with `groups`, each result's group must pass it (else: "a <group> result, not
     `wanted`", exit 2: a sweep point given to `scaling` would be measured as a production run)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from virnucpro.defaults import TARGET_SEQUENCES
 from virnucpro.report.accuracy import GATE
-from virnucpro.report.results import checkpoint_overhead, resumed_na_reason
+from virnucpro.report.results import checkpoint_overhead, invalid_run, resumed_na_reason
 
 DEFAULT_THRESHOLDS = {
     "target_sequences": TARGET_SEQUENCES,
@@ -50,7 +50,7 @@ def _check(value: float | None, ok: bool | None, na_reason: str) -> tuple[str, s
 def invalid_runs_na(verdict: Verdict, *runs: dict | None) -> Verdict:
     """A PASS or FAIL that rests on a run flagged INVALID (warm-up not excluded, too few steady batches) becomes
     N/A: the figure stays visible with what it would have said, but it is not a verdict anyone should act on."""
-    bad = [r["label"] for r in runs if r and r.get("status") == "ok" and not r.get("valid", True)]
+    bad = [r["label"] for r in runs if invalid_run(r)]
     if verdict.status not in ("PASS", "FAIL") or not bad:
         return verdict
     note = f"not judged: {', '.join(bad)} INVALID (see Runs flagged); the figure alone: {verdict.status}"
