@@ -28,11 +28,11 @@ def run(args) -> int:
     from virnucpro.pipeline.output import write_json_atomic
     from virnucpro.report.results import load_results
     from virnucpro.report.scaling import scaling_report
+    from virnucpro.utils.jsonfile import check_output_paths
 
     if args.target_sequences < 1 or args.max_hours <= 0:
         raise UserError("scaling: --target-sequences and --max-hours must be positive")
-    if args.output.is_dir():
-        raise UserError(f"{args.output}: is a directory; -o names the scaling JSON to write")
+    check_output_paths(args.output)
     production = load_results(args.results, lambda group: group == "production", "a production run")
     report = scaling_report(production, args.target_sequences, args.max_hours, args.min_efficiency)
     write_json_atomic(args.output, report)
