@@ -132,6 +132,11 @@ def test_steady_state_excludes_larger_warmup_and_never_everything():
     s = steady_state(batches, warmup_seconds=1.0, warmup_batches=10)
     assert s["excluded_batches"] == 10 and s["elapsed_seconds"] == pytest.approx(20.0)
     assert s["p95_wait_time_ms"] == pytest.approx(10 + 0.95 * 19)
+    # no warm-up at all (warmup.batches: 0, a window shorter than the first batch): every batch, timed from the
+    # first one's start (it measured nothing before: the last batch's timestamp minus itself)
+    s = steady_state(batches, warmup_seconds=0.5, warmup_batches=0)
+    assert s["excluded_batches"] == 0 and s["total_batches"] == 30 and s["elapsed_seconds"] == pytest.approx(35.0)
+    assert s["avg_tokens_per_sec"] == pytest.approx(3000 / 35)
     assert steady_state([])["total_batches"] == 0
 
 

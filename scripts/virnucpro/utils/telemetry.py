@@ -221,5 +221,5 @@ def steady_state(
             "note": "run shorter than the warm-up window: nothing excluded",
         }
     kept = batches[excluded:]
-    elapsed = kept[-1]["timestamp"] - batches[excluded - 1]["timestamp"]
+    elapsed = kept[-1]["timestamp"] - (batches[excluded - 1]["timestamp"] if excluded else start)
     return {**summarize(kept, elapsed, **summary_kwargs), "warmup_excluded": True, "excluded_batches": excluded}
