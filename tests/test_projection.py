@@ -108,6 +108,13 @@ def test_scaling_report_at_target_and_model_hand_values():
     assert need["as_one_job"]["gpus_per_job"] == 4 and need["as_one_job"]["job_hours"] == pytest.approx(3_118 / 3600)
     assert all(g["job_hours"] <= 1.0 for g in need["per_gpus_per_job"])
     assert "model, not a measurement" in model["assumptions"]
+    # the measured 2-rank run agrees with the model within 10 % (5,881 s vs 5,618 s): no caveat
+    [check] = model["measured_checks"]
+    assert check["world_size"] == 2 and check["ratio"] == pytest.approx(job2 / (18 + 600 + 5_000))
+    assert model["caveat"] is None
+    # a 2-rank run that scaled poorly (11 sequences/s): the model's ideal 2-GPU hours are called out
+    slow = scaling_report([run(ws=2, sps=11.0, tps=1100.0, n=1000), run()], 100_000, 1.0, 95)["model"]
+    assert "the measured 2-GPU run (production_ws2) projects 2.7 h where the model predicts 1.56 h" in slow["caveat"]
 
 
 def test_model_says_when_fixed_costs_alone_exceed_the_limit_and_without_phases():

@@ -36,6 +36,30 @@ def _tokens_per_sequence(production: list[dict]) -> float:
     )
 
 
+def _against_measured(runs: list[tuple[dict, dict]], basis: dict, c: dict, rate: float, target: int) -> dict:
+    """The model's one-job hours against each other measured run's own projection: where a measured run of k
+    GPUs is more than 10 % slower than the model says, the ideal data-parallel loop overstates k-GPU jobs here."""
+    checks = []
+    for r, p in runs:
+        k = r["params"]["world_size"]
+        if r is basis or not p.get("job_hours"):
+            continue
+        modelled = model_job_hours(c, rate, target, k, 1)
+        checks.append(
+            {"world_size": k, "measured_job_hours": p["job_hours"], "model_job_hours": modelled}
+            | {"ratio": p["job_hours"] / modelled, "label": r["label"]}
+        )
+    worst = max(checks, key=lambda ch: ch["ratio"], default=None)
+    caveat = None
+    if worst and worst["ratio"] > 1.1:
+        caveat = (
+            f"the measured {worst['world_size']}-GPU run ({worst['label']}) projects "
+            f"{worst['measured_job_hours']:.3g} h where the model predicts {worst['model_job_hours']:.3g} h "
+            f"({worst['ratio']:.2f}x): the model's ideal scaling overstates multi-GPU jobs here"
+        )
+    return {"measured_checks": checks, "caveat": caveat}
+
+
 def gpus_model(runs: list[tuple[dict, dict]], target: int, max_hours: float) -> dict[str, Any]:
     """The predicted curve from the narrowest run with measured phases; `runs` is [(result, projection)]."""
     basis = next(((r, p) for r, p in runs if p["components"]), None)
@@ -63,6 +87,7 @@ def gpus_model(runs: list[tuple[dict, dict]], target: int, max_hours: float) -> 
         "basis": result["label"],
         "per_gpu_sequences_per_sec": rate,
         "assumptions": MODEL_ASSUMPTIONS,
+        **_against_measured(runs, result, c, rate, target),
         "grid": grid,
         "gpus_needed": {
             "max_hours": max_hours,
