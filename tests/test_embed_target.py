@@ -438,7 +438,7 @@ def test_the_split_refuses_a_long_sequence_when_the_shard_jobs_would(tmp_path):
     assert split_fasta(fasta, 2, tmp_path / "shards", tmp_path / "m.json")["num_sequences"] == 2
 
 
-def test_use_best_makes_the_target_run_the_sweeps_and_each_shard_apply_best_json(tmp_path):
+def test_use_best_makes_the_target_run_the_sweeps_and_each_shard_apply_the_recommendation(tmp_path):
     root = copy_project(tmp_path / "wf")
     fasta = tmp_path / "in.fa"
     write_input(fasta, 20)
@@ -447,9 +447,10 @@ def test_use_best_makes_the_target_run_the_sweeps_and_each_shard_apply_best_json
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
     assert counts["embed_shard"] == 4 and counts["best_config"] == 1 and counts["sweep_point"] > 1
+    assert counts["optimal_validation"] == 1 and counts["recommend"] == 1  # a winner runs only once validated
     shards = shell_commands(res.stdout, "embed_shard")
-    assert all("--params-from results/sweeps/best.json" in c and "--world-size 2" in c for c in shards)
-    assert "--best results/sweeps/best.json" in shell_commands(res.stdout, "embed_report")[0]
+    assert all("--params-from results/sweeps/recommended.json" in c and "--world-size 2" in c for c in shards)
+    assert "--best results/sweeps/recommended.json" in shell_commands(res.stdout, "embed_report")[0]
     slurm = snakemake("--profile", "profiles/slurm", "embed", "-n", "--configfile", "embed.yaml", cwd=root)
     assert slurm.returncode == 0, slurm.stderr
     jobs = [ln for ln in slurm.stdout.splitlines() if "resources:" in ln and "gpu=2" in ln and "runtime=240" in ln]

@@ -59,13 +59,13 @@ def test_intervals_hand_values():
     assert p["low"] == pytest.approx(math.exp(0.2 - half), rel=1e-6) and paired_ratio_ci([1.0], [2.0]) is None
 
 
-def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95, reps=None):
-    """A finished point with `repeats` noisy windows around `rate` (or exactly `reps`)."""
+def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95, reps=None, budget=1):
+    """A finished point with `repeats` noisy windows around `rate` (or exactly `reps`), token budget `budget`."""
     reps = reps or [rate * math.exp(rng.gauss(0.0, sigma)) for _ in range(repeats)]
     return {
         "label": label,
         "group": group,
-        "params": {"token_budget": 1},
+        "params": {"token_budget": budget},
         "status": "ok",
         "reason": None,
         "steady": {"min_packing_efficiency": packing, "avg_sequences_per_sec": sorted(reps)[1]},
@@ -80,7 +80,7 @@ def simulated_sweep(rng, sigma, gains=(), points=15, job_sd=0.005):
     results = [simulated("baseline", "baseline", 1000 * job(), rng, sigma)]
     for k in range(points):
         gain = gains[k] if k < len(gains) else 1.0
-        results.append(simulated(f"p{k}", "packing", 1000 * gain * job(), rng, sigma))
+        results.append(simulated(f"p{k}", "packing", 1000 * gain * job(), rng, sigma, budget=k + 2))
     return results
 
 
@@ -101,7 +101,7 @@ def test_a_placebo_sweep_never_yields_a_winner_and_a_real_gain_is_found():
     ]
     assert sum(d["significant"] and d["label"] == "p1" for d in found) >= 45
     d = found[0]
-    assert d["params"] == {"token_budget": 1} and d["comparisons"] == 15 and d["speedup_ci95"][0] > 1.02
+    assert d["params"] == {"token_budget": 3} and d["comparisons"] == 15 and d["speedup_ci95"][0] > 1.02
 
 
 def test_drift_between_jobs_needs_its_allowance():
@@ -125,8 +125,22 @@ def test_the_cpu_defaults_allowance_covers_a_slow_baseline_job_seen_in_ci():
             ("same_b", "dataloader", [1500.0, 1770.9, 2100.0]),
         )
     ]
+    # as distinct settings (what the sweep believed), 0.05 crowns the faster one and 0.15 does not
+    for k, r in enumerate(results):
+        r["params"] = {"token_budget": k + 1}
     assert sweep_decision(results, 0.5, between_job_cv=0.05)["significant"]
     assert not sweep_decision(results, 0.5, between_job_cv=0.15)["significant"]
+    # as they were, one configuration: the sweep checks its own allowance on them and refuses 0.05
+    for r in results:
+        r["params"] = {"token_budget": 1}
+    d = sweep_decision(results, 0.5, between_job_cv=0.05)
+    noise = d["noise_check"]
+    assert noise["refuted"] and not d["significant"] and "between_job_cv 0.05 is too small" in d["note"]
+    assert [(p["label"], p["same_as"]) for p in noise["pairs"]] == [("same_a", "baseline"), ("same_b", "baseline")]
+    covering = max(p["covering_cv"] for p in noise["pairs"])
+    assert 0.05 < covering < 0.15 and f"needs between_job_cv >= {covering:.2f}" in d["note"]
+    assert not sweep_decision(results, 0.5, between_job_cv=covering + 0.01)["noise_check"]["refuted"]
+    assert all(not r["compared"] for r in d["sweep_points"][1:])  # the baseline's configuration never competes
 
 
 def test_unadjusted_intervals_would_crown_noise():
@@ -314,8 +328,9 @@ def test_a_real_placebo_sweep_on_cpu_declares_no_winner(tmp_path, tiny_checkpoin
         == 0
     )  # config.yaml's CPU allowance
     decision = json.loads(best.read_text())
-    assert decision["significant"] is False and decision["label"] == "baseline" and decision["comparisons"] == 2
-    assert decision["params"] == r["params"]
+    # same_a and same_b run the baseline's configuration: they check the noise model and never compete
+    assert decision["significant"] is False and decision["label"] == "baseline" and decision["comparisons"] == 0
+    assert decision["params"] == r["params"] and len(decision["noise_check"]["pairs"]) == 2
     rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
     assert [row["label"] for row in rows] == ["baseline", "same_a", "same_b"]
     assert all(row["significant"] == "no" and row["seq_per_sec_ci95_low"] for row in rows)
@@ -482,7 +497,7 @@ def test_a_precision_that_fails_the_accuracy_gate_is_never_best(tmp_path):
     assert d["accuracy_gate"] == {"bf16": "PASS", "fp8": "PASS"}
     failing = {**passing, **load_accuracy([accuracy_file(tmp_path / "f.json", "fp8", False, fraction=0.9)])}
     d = sweep_decision(results, 0.90, between_job_cv=0.01, accuracy=failing)
-    assert not d["significant"] and d["label"] == "baseline" and d["comparisons"] == 2
+    assert not d["significant"] and d["label"] == "baseline" and d["comparisons"] == 1  # bf16 is the baseline's own
     row = next(r for r in d["sweep_points"] if r["label"] == "precision:fp8")
     assert not row["compared"] and row["precision"] == "fp8"
     assert "fp8 fails the accuracy gate" in row["not_compared_because"] and "90.0 %" in row["not_compared_because"]
@@ -530,3 +545,61 @@ def test_best_config_reads_accuracy_files_and_params_from_carries_the_precision(
     (tmp_path / "other.json").write_text(json.dumps({"model": "m", "weights": "w"}))
     assert cli.main([*args, "--accuracy", str(tmp_path / "other.json")]) == 2
     assert "not a `virnucpro bench accuracy` result" in capsys.readouterr().err
+
+
+def test_points_that_cannot_be_compared_say_why_instead_of_crashing_or_winning():
+    """A window without a rate, windows of single batches, prefetch without workers: never a winner."""
+    rng = random.Random(11)
+    results = simulated_sweep(rng, 0.002, gains=(1.5, 1.5, 1.5, 1.5), points=4, job_sd=0.0)
+    results[1]["repeats"][1] = None  # a window in which no batch finished
+    results[2]["repeats"][0] = 0.0
+    results[3]["measurement"] = {"windows": [{"batches": b} for b in (4, 1, 4)]}
+    results[4]["params"] = {"token_budget": 1, "num_workers": 0, "prefetch_factor": 4}  # as the baseline runs
+    results[0]["params"] = {"token_budget": 1, "num_workers": 0, "prefetch_factor": 2}
+    d = sweep_decision(results, 0.90, between_job_cv=0.01)
+    why = {r["label"]: r["not_compared_because"] for r in d["sweep_points"]}
+    assert not d["significant"] and d["comparisons"] == 0
+    assert why["p0"] == why["p1"] == "a measured window has no rate (no batch finished in it)"
+    assert why["p2"].startswith("a measured window held 1 batch(es), fewer than 3")
+    assert why["p3"] == "the baseline's configuration: it checks the noise, it cannot beat it"
+    # p3 ran 1.5x the baseline with the same configuration: the allowance of 0.01 is refuted, so nothing wins
+    assert d["noise_check"]["refuted"] and "between_job_cv 0.01 is too small" in d["note"]
+    results[3]["measurement"]["windows"][1]["batches"] = 3  # now comparable: it would win, but the noise says no
+    assert not sweep_decision(results, 0.90, between_job_cv=0.01)["significant"]
+    del results[4]  # without the placebo the same gain is a winner: the check is what held it back
+    assert sweep_decision(results, 0.90, between_job_cv=0.01)["label"] == "p2"
+    # a baseline without a usable measurement says why
+    results[0]["repeats"][2] = None
+    assert (
+        "the baseline has no usable measurement (a measured window has no rate" in sweep_decision(results, 0.9)["note"]
+    )
+
+
+def test_recommend_runs_a_winner_only_once_its_validation_confirmed_it(tmp_path):
+    from virnucpro.pipeline.jobs import apply_params_from
+    from virnucpro.pipeline.runner import EmbedConfig
+
+    rng = random.Random(4)
+    results = simulated_sweep(rng, 0.002, gains=(1.3,), points=2, job_sd=0.0)
+    for r in results:
+        r["steady"]["avg_tokens_per_sec"] = 50 * r["steady"]["avg_sequences_per_sec"]
+    decision = sweep_decision(results, 0.90, between_job_cv=0.01)
+    assert decision["label"] == "p0" and decision["significant"]
+    best, base, opt, out = (tmp_path / f"{n}.json" for n in ("best", "baseline", "optimal", "rec"))
+    best.write_text(json.dumps(decision))
+    base.write_text(json.dumps(results[0]))
+    validation = {"confirmed": False, "contradicted": True, "speedup": 1.0, "speedup_ci95": [0.98, 1.02]}
+    opt.write_text(json.dumps({**results[1], "group": "optimal", "validation": validation}))
+    argv = ["recommend", str(best), "--validation", str(opt), "--baseline", str(base), "-o", str(out)]
+    assert cli.main(argv) == 0
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "contradicted" and rec["label"] == "baseline" and rec["candidate"] == "p0"
+    assert rec["params"] == results[0]["params"] and rec["steady"] == results[0]["steady"]
+    cfg = apply_params_from(EmbedConfig(fasta=tmp_path / "x.fa", outdir=tmp_path / "o", token_budget=7), out)
+    assert cfg.token_budget == 1  # the embed target's shards run the baseline's settings, not the refuted winner
+    opt.write_text(json.dumps({**results[1], "group": "optimal", "validation": {**validation, "confirmed": True}}))
+    assert cli.main(argv) == 0
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "validated" and rec["params"] == {"token_budget": 2} and rec["steady"] == decision["steady"]
+    opt.write_text(json.dumps(results[1]))  # a result, but not the validation's
+    assert cli.main(argv) == 2

@@ -33,7 +33,7 @@ def point(label, sps, pack, status="ok", group="packing", elapsed=10.0):
         "group": group,
         "status": status,
         "steady": steady,
-        "params": {"checkpoint_every": 5},
+        "params": {"checkpoint_every": 5, "buffer_size": sum(map(ord, label))},  # one configuration per label
         "summary": {"elapsed_seconds": elapsed},
         "reason": None if status == "ok" else "OOM",
         "repeats": [sps * f for f in (0.99, 1.0, 1.01)] if status == "ok" else [],
@@ -238,9 +238,36 @@ def test_a_sweep_point_with_the_baseline_settings_is_marked_as_such(tmp_path):
     ctx, out = full_context(tmp_path, extra=[same])
     marked = {r["label"] for r in ctx["sweep_rows"] if r["baseline_settings"]}
     assert marked == {"packing:b4096_buf2000"}  # not the baseline itself, not packing:b2
-    assert out["html"].count("the baseline's settings: its speedup is run-to-run noise") == 1
+    assert out["html"].count("the baseline's configuration: its speedup is run-to-run noise") == 1
     points = {p["label"]: p for p in json.loads(out["json"])["sweep_points"]}
     assert points["packing:b4096_buf2000"]["baseline_settings"] and not points["packing:b2"]["baseline_settings"]
+
+
+def test_the_sweep_table_shows_the_decisions_speedup_interval_and_why_a_point_was_not_compared(tmp_path):
+    """One statistic for the table and the decision: best.json's ratio of geometric means and its simultaneous
+    interval (not a ratio of medians), or the reason a point was left out; without best.json, the median ratio."""
+    from virnucpro.report.significance import sweep_decision
+
+    sparse = point("packing:sparse", 300.0, 0.5)
+    sparse["params"] = {"token_budget": 9, "buffer_size": 2000, "num_workers": 1, "prefetch_factor": 2}
+    ctx, out = full_context(tmp_path / "plain", extra=[sparse])
+    rows = {r["label"]: r for r in ctx["sweep_rows"]}
+    assert rows["packing:sparse"]["speedup"] == 3.0 and rows["packing:sparse"]["speedup_source"] == "ratio of medians"
+    assert "ratio of medians (best.json was not given: no interval)" in " ".join(out["html"].split())
+    results = [r for r in ctx["sweep_rows"] if r["group"] in ("baseline", "packing")]
+    best = sweep_decision(results, 0.90, between_job_cv=0.01)
+    ctx, out = full_context(tmp_path / "best", best=best, extra=[sparse])
+    rows = {r["label"]: r for r in ctx["sweep_rows"]}
+    b2 = rows["packing:b2"]
+    assert b2["speedup_source"] == "best.json" and b2["speedup_ci95"][0] < b2["speedup"] < b2["speedup_ci95"][1]
+    assert rows["packing:sparse"]["speedup"] is None
+    table = out["html"].split('id="sweeps"')[1].split("</table>")[0]
+    assert "not compared: packing efficiency 0.500 &lt; 0.90" in table
+    assert f"{b2['speedup']:.2f}× [{b2['speedup_ci95'][0]:.2f}–{b2['speedup_ci95'][1]:.2f}]" in table
+    points = {p["label"]: p for p in json.loads(out["json"])["sweep_points"]}
+    assert points["packing:b2"]["speedup_ci95"] == b2["speedup_ci95"] and points["packing:b2"]["significant"] is False
+    assert points["packing:sparse"]["not_compared_because"].startswith("packing efficiency")
+    assert "Noise check: no two points ran one configuration" in " ".join(out["html"].split())
 
 
 def test_best_json_is_shown_not_rechosen_and_no_winner_says_so(tmp_path):
@@ -263,12 +290,34 @@ def test_best_json_is_shown_not_rechosen_and_no_winner_says_so(tmp_path):
         "label": "packing:b2",
         "params": {**params, "token_budget": 2},
         "steady": {"avg_sequences_per_sec": 1.0},
+        "speedup": 1.2,
         "speedup_over_baseline": 1.2,
         "significant": True,
         "speedup_ci95": [1.1, 1.3],
+        "baseline_label": "baseline",
+        "sweep_points": [{"label": "baseline", "params": params}],
     }
+    # a sweep's winner is a candidate until its own job confirms it: before that, the baseline's settings
     ctx, out = full_context(tmp_path, best=winner)
+    assert not ctx["winner"] and ctx["recommendation"]["status"] == "not validated"
+    assert "Not recommended:</b> packing:b2 (1.20x the baseline in the sweep) is not recommended" in out["html"]
+    assert "token_budget: 4096" in ctx["snippet"] and "Ready to paste" not in out["html"]
+    assert "NOT RECOMMENDED" in out["txt"]
+    optimal = point("optimal_validation", 1.0, 0.95, group="optimal")
+    optimal["validation"] = {"speedup": 1.15, "speedup_ci95": [1.08, 1.22], "confirmed": True, "contradicted": False}
+    ctx, out = full_context(tmp_path, best=winner, extra=[optimal])
     assert ctx["winner"] and "Ready to paste" in out["html"] and "token_budget: 2" in ctx["snippet"]
+    assert "confirmed by its validation: 1.15x" in out["html"]
+    optimal["validation"] |= {"speedup": 0.99, "speedup_ci95": [0.95, 1.03], "confirmed": False, "contradicted": True}
+    ctx, out = full_context(tmp_path, best=winner, extra=[optimal])
+    assert (
+        not ctx["winner"]
+        and "its validation contradicts the sweep" in out["html"]
+        and "Ready to paste" not in out["html"]
+    )
+    best = json.loads(out["json"])["best"]
+    assert best["recommendation"]["status"] == "contradicted" and best["recommendation"]["params"] == params
+    assert best["validation"]["contradicted"] and best["validation"]["speedup_ci95"] == [0.95, 1.03]
 
 
 def test_compare_to_marks_changes_significant_only_with_separate_intervals(tmp_path):
@@ -300,6 +349,13 @@ def test_compare_to_marks_changes_significant_only_with_separate_intervals(tmp_p
     assert rows["b: sequences/s"]["significant"] is False
     assert rows["c: sequences/s"]["significant"] is None and rows["c: sequences/s"]["note"] == "no interval"
     assert rows["ws1: job hours at target"]["change_pct"] == 25.0
+    # with the windows on both sides, two jobs are compared as the sweep compares them: a 0.5 % shift with tight
+    # windows is a change only if jobs never drift (between_job_cv 0); the H200 runs of one setting moved 0.3 %
+    tight = {"sweep_points": [{"label": "a", "sequences_per_sec": 100.5, "repeats": [100.4, 100.5, 100.6]}]}
+    prior = {"sweep_points": [{"label": "a", "sequences_per_sec": 100.0, "repeats": [99.9, 100.0, 100.1]}]}
+    row = compare(tight, prior, "p")["rows"][0]
+    assert row["significant"] is True and "with the between-job allowance" in row["note"]
+    assert compare(tight, prior, "p", between_job_cv=0.01)["rows"][0]["significant"] is False
     ctx, out = full_context(tmp_path / "a")
     ctx2, out2 = full_context(tmp_path / "b", previous=("prev/summary.json", json.loads(out["json"])))
     table = out2["html"].split('id="comparison-table"')[1].split("</table>")[0]
@@ -446,8 +502,14 @@ def test_the_precision_table_puts_accuracy_next_to_speed_and_says_why_where_not_
         ]
     )
     winner = {"label": "precision:bf16", "params": bf16["params"], "significant": True, "speedup_ci95": [1.4, 1.6]}
+    optimal = point("optimal_validation", 150.0, 0.95, group="optimal")
+    optimal["validation"] = {"speedup": 1.5, "speedup_ci95": [1.4, 1.6], "confirmed": True}
     ctx, out = full_context(
-        tmp_path / "r", best=winner, extra=[bf16, fp8, fp16], accuracy=accuracy, config={"model": {"precision": "auto"}}
+        tmp_path / "r",
+        best=winner,
+        extra=[bf16, fp8, fp16, optimal],
+        accuracy=accuracy,
+        config={"model": {"precision": "auto"}},
     )
     rows = {r["label"]: r for r in ctx["precision_rows"]}
     assert list(rows) == ["baseline", "precision:bf16", "precision:fp16", "precision:fp8"]

@@ -41,6 +41,7 @@ def _number(kind: Callable, what: str, ok: Callable[[float], bool]) -> Callable[
 positive_int = _number(int, "a positive integer", lambda v: v >= 1)
 nonnegative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
 nonnegative_float = _number(float, "a number >= 0", lambda v: math.isfinite(v) and v >= 0)
+positive_float = _number(float, "a number > 0", lambda v: math.isfinite(v) and v > 0)
 fraction = _number(float, "a number between 0 and 1", lambda v: 0 <= v <= 1)
 percentage = _number(float, "a percentage between 0 and 100", lambda v: 0 < v <= 100)
 

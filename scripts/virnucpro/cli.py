@@ -27,7 +27,8 @@ from virnucpro.errors import EXIT_INTERRUPTED, EXIT_OOM, EXIT_PREEMPTED, EXIT_US
 from virnucpro.errors import host_allocation_failed, memory_limited, thread_out_of_memory
 
 #: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
-FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "report", "merge-telemetry", "scaling"}
+FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "recommend", "report", "merge-telemetry"}
+FILE_COMMANDS |= {"scaling"}
 FILE_COMMANDS |= {"shard", "gather", "embed-report"}
 #: Commands whose Ctrl-C keeps checkpointed rows for a rerun.
 RESUMABLE = ("embed", "run-point", "embed-shard")

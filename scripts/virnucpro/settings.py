@@ -203,6 +203,15 @@ def auto_precision(device_type: str) -> str:
 KNOBS = tuple(s.name for s in SETTINGS if s.tunable)
 
 
+def effective_knobs(params: dict) -> dict:
+    """`params`' knobs as the engine runs them: without DataLoader workers `prefetch_factor` does nothing
+    (`data.loader.make_loader`), so two points differing only there run the same configuration."""
+    knobs = {k: params.get(k) for k in KNOBS if k != "world_size"}
+    if not knobs.get("num_workers"):
+        knobs["prefetch_factor"] = None
+    return knobs
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every setting as an option of `parser`, in definition order."""
     for s in SETTINGS:

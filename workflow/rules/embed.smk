@@ -8,8 +8,9 @@ import shlex
 
 EMBED = config["embed"]
 EMBED_SHARDS = [f"results/embed/shards/{k}" for k in range(EMBED["shards"])]
-# with use_best, every shard job runs the best configuration, so the target runs the sweeps first
-EMBED_BEST = "results/sweeps/best.json" if EMBED["use_best"] else []
+# with use_best, every shard job runs the recommended configuration (the sweep's winner once its validation
+# confirmed it, else the baseline's settings), so the target runs the sweeps and the validation first
+EMBED_BEST = "results/sweeps/recommended.json" if EMBED["use_best"] else []
 
 
 localrules:

@@ -101,3 +101,21 @@ use rule sweep_point as optimal_validation with:
         ),
         label="optimal_validation",
         group="optimal",
+
+
+# What to run: the winner once its validation confirmed it, else the baseline's settings (the `embed` target's
+# settings with embed.use_best).
+rule recommend:
+    input:
+        best=rules.best_config.output.best,
+        validation=rules.optimal_validation.output,
+        baseline="results/sweeps/baseline/baseline.json",
+    output:
+        "results/sweeps/recommended.json",
+    log:
+        "results/logs/sweeps/recommend.log",
+    conda:
+        ENV
+    shell:
+        "virnucpro recommend {input.best:q} --validation {input.validation:q} --baseline {input.baseline:q} "
+        "-o {output:q} > {log:q} 2>&1"

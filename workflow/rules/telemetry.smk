@@ -9,6 +9,7 @@ localrules:
     workload_fasta,
     analyse_run,
     best_config,
+    recommend,
     merge_telemetry,
     scaling,
     report,

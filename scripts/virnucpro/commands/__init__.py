@@ -28,6 +28,7 @@ MODULES = (
     "sample",
     "measure",
     "best_config",
+    "recommend",
     "report",
     "merge_telemetry",
     "scaling",

@@ -19,6 +19,7 @@ from virnucpro.report.accuracy import result_precision
 from virnucpro.report.peers import peer_comparison
 from virnucpro.report.precision import precision_rows
 from virnucpro.report.results import at_target, invalid_run, speedup
+from virnucpro.report.significance import recommendation, same_configuration
 from virnucpro.report.verdicts import DEFAULT_THRESHOLDS, accuracy_verdicts, checkpoint_verdict, production_verdicts
 from virnucpro.utils.hardware import package_versions
 from virnucpro.utils.jsonfile import check_output_paths, write_text_atomic
@@ -64,17 +65,23 @@ def _rel(path: str, start: Path) -> str:
         return path
 
 
-def _best_section(best: dict | None, config: dict) -> dict[str, Any]:
-    """What the report says about best.json (written by `best-config`; never re-chosen here). A recommended
-    precision other than the configured one goes in the snippet's `model` section, where the config holds it."""
-    if best is None:
-        return {"best": None, "snippet": None, "winner": False}
-    params = best.get("params") or {}
+def _best_section(best: dict | None, config: dict, validation: dict | None) -> dict[str, Any]:
+    """What the report says about best.json (written by `best-config`; never re-chosen here) and its validation:
+    the snippet is what `significance.recommendation` recommends (a winner only once validated). A precision other
+    than the configured one goes in the snippet's `model` section, where the config holds it."""
+    rec = recommendation(best, validation)
+    if rec is None:
+        return {"best": best, "snippet": None, "winner": False, "recommendation": None}
+    params = rec.get("params") or {}
     snippet = {"engine": {k: params[k] for k in ENGINE_KNOBS if k in params}}
     if params.get("precision") not in (None, (config.get("model") or {}).get("precision")):
         snippet = {"model": {"precision": params["precision"]}, **snippet}
-    winner = bool(best.get("label")) and best.get("significant") is not False
-    return {"best": best, "winner": winner, "snippet": yaml.safe_dump(snippet, sort_keys=False)}
+    return {
+        "best": best,
+        "winner": rec["status"] == "validated",
+        "recommendation": rec,
+        "snippet": yaml.safe_dump(snippet, sort_keys=False) if params else None,
+    }
 
 
 def _figures(production, by_group, scaling, warmup_seconds, warmup_batches) -> dict[str, Any]:
@@ -178,20 +185,32 @@ def _by_group(results: list[dict], scaling: dict) -> tuple[dict[str, list[dict]]
     return by_group, production
 
 
-def _sweeps(by_group: dict[str, list[dict]], baseline: dict | None) -> dict[str, Any]:
+#: What the sweep table takes from best.json's row of each point: the decision's own figures.
+DECISION_KEYS = ("speedup", "speedup_ci95", "significant", "compared", "not_compared_because")
+
+
+def _sweep_row(r: dict, baseline: dict | None, decided: dict | None) -> dict:
+    """One point as the sweep table shows it: with best.json, the speedup (ratio of geometric means) and the
+    simultaneous interval the decision used, or why the point was not compared; without it, the ratio of
+    medians alone (`speedup_source` says which)."""
+    row = {**r, "precision": result_precision(r)}
+    row["baseline_settings"] = bool(baseline) and r is not baseline and same_configuration(r, baseline)
+    if decided is not None:
+        return {**row, **{k: decided.get(k) for k in DECISION_KEYS}, "speedup_source": "best.json"}
+    return {**row, "speedup": speedup(r, baseline), "speedup_ci95": None, "speedup_source": "ratio of medians"}
+
+
+def _sweeps(by_group: dict[str, list[dict]], baseline: dict | None, best: dict | None) -> dict[str, Any]:
     """The sweep table (each point's speedup over the baseline), the interaction table and the optimal run."""
     optimal = (by_group.get("optimal") or [None])[0]
+    decided = {row["label"]: row for row in (best or {}).get("sweep_points") or []}
     return {
         "sweep_rows": [
-            {
-                **r,
-                "speedup": speedup(r, baseline),
-                "precision": result_precision(r),
-                "baseline_settings": bool(baseline) and r is not baseline and r["params"] == baseline["params"],
-            }
+            _sweep_row(r, baseline, decided.get(r["label"]) if decided else None)
             for group in SWEEP_GROUPS
             for r in sorted(by_group.get(group, []), key=lambda r: r["label"])
         ],
+        "noise_check": (best or {}).get("noise_check"),
         "interaction": sorted(
             by_group.get("interaction", []), key=lambda r: (r["params"]["num_workers"], r["params"]["token_budget"])
         ),
@@ -244,9 +263,9 @@ def build_context(
         "scaling": scaling.get("rows") or [],
         "scaling_file": scaling,
         "figures": _figures(production, by_group, scaling, warmup_seconds, warmup_batches),
-        **_sweeps(by_group, baseline),
+        **_sweeps(by_group, baseline, best),
         "precision_rows": precision,
-        **_best_section(best, config),
+        **_best_section(best, config, ((by_group.get("optimal") or [None])[0] or {}).get("validation")),
         "subset": by_group.get("subset", []),
         "checkpoint_runs": [r for r in (ckpt_off, ckpt_on) if r],
         "telemetry_links": [
@@ -326,16 +345,21 @@ PRODUCTION_KEYS = (
     "ci95_tokens_per_sec",
 )
 SWEEP_POINT_KEYS = ("label", "group", "params", "precision", "status", "reason", "repeats", "ci95", "baseline_settings")
+SWEEP_POINT_KEYS += ("speedup", "speedup_ci95", "significant", "not_compared_because", "speedup_source")
+VALIDATION_KEYS = ("comparison", "speedup", "speedup_ci95", "confirmed", "contradicted", "drift_between_jobs", "note")
 FLAGGED_KEYS = ("label", "valid", "invalid_reasons", "resumed", "resumed_sequences")
 
 
-def _summary_best(best: dict | None) -> dict | None:
+def _summary_best(best: dict | None, validation: dict | None, rec: dict | None) -> dict | None:
     if not best:
         return None
     return {
         **_result_fields(best, ("label", "params", "steady", "speedup_over_baseline", "note")),
         "significant": best.get("significant"),
         "speedup_ci95": best.get("speedup_ci95"),
+        "noise_check": best.get("noise_check"),
+        "validation": _result_fields(validation, VALIDATION_KEYS) if validation else None,
+        "recommendation": rec,
     }
 
 
@@ -345,7 +369,7 @@ def summary_json(context: dict) -> dict:
     out["scaling_model"] = {k: context["scaling_file"].get(k) for k in ("at_target", "model", "note")}
     out["production"] = [_result_fields(r, PRODUCTION_KEYS) for r in context["production"]]
     best = context["best"]
-    out["best"] = _summary_best(best)
+    out["best"] = _summary_best(best, context["validation"], context["recommendation"])
     out["best_speedup_over_baseline"] = best.get("speedup_over_baseline") if best else None
     out["flagged_runs"] = [_result_fields(r, FLAGGED_KEYS) for r in context["flagged"]]
     out["precision"] = context["precision_rows"]
@@ -353,7 +377,6 @@ def summary_json(context: dict) -> dict:
         {
             **_result_fields(r, SWEEP_POINT_KEYS),
             "sequences_per_sec": (r.get("steady") or {}).get("avg_sequences_per_sec"),
-            "speedup": r.get("speedup"),
         }
         for r in context["sweep_rows"]
     ]
@@ -380,7 +403,8 @@ def write_report(
     context = build_context(results, input_info, config, best, html_path.parent, workflow_dir, scaling, peers, accuracy)
     context["merged_links"] = [_rel(str(p), html_path.parent) for p in merged_telemetry]
     if previous is not None:
-        context["comparison"] = compare(summary_json(context), previous[1], previous[0])
+        cv = float((config.get("measure") or {}).get("between_job_cv", 0.0))
+        context["comparison"] = compare(summary_json(context), previous[1], previous[0], cv)
     outputs = [(html_path, render_html(context))]  # all rendered first: a failure writes nothing
     if text_path is not None:
         outputs.append((text_path, render_text(context)))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from virnucpro.report.accuracy import gate, gate_refusal, result_precision
 from virnucpro.report.stats import describe, paired_ratio_ci, ratio_ci
+from virnucpro.settings import effective_knobs
 
 ALPHA = 0.05
 METHOD = (
@@ -41,14 +42,35 @@ def _rates(result: dict, key: str = "sequences_per_sec") -> list[float]:
     return list((result.get("tokens_per_sec") or {}).get("repeats") or [])
 
 
+#: Fewest batches a measured window may hold: with fewer, a repeat is one or two batches' length mix rather than
+#: a steady rate, and the spread of the repeats measures the batches, not the noise.
+MIN_WINDOW_BATCHES = 3
+
+
+def same_configuration(a: dict, b: dict) -> bool:
+    """Whether two results ran the same configuration (prefetch without workers is no setting; precision as run)."""
+    return {**effective_knobs(a["params"]), "precision": result_precision(a)} == {
+        **effective_knobs(b["params"]),
+        "precision": result_precision(b),
+    }
+
+
 def _why_not_compared(result: dict, min_packing: float) -> str | None:
     if result["status"] != "ok":
         return f"did not finish ({result.get('reason')})"
+    if any(r is None or not r > 0 for r in _rates(result)):
+        return "a measured window has no rate (no batch finished in it)"
     packing = (result.get("steady") or {}).get("min_packing_efficiency") or 0.0
     if packing < min_packing:
         return f"packing efficiency {packing:.3f} < {min_packing:.2f}"
     if len(_rates(result)) < 2:
         return "fewer than 2 measured repeats: no interval"
+    batches = [w.get("batches", 0) for w in (result.get("measurement") or {}).get("windows") or []]
+    if batches and min(batches) < MIN_WINDOW_BATCHES:
+        return (
+            f"a measured window held {min(batches)} batch(es), fewer than {MIN_WINDOW_BATCHES}: its repeats are "
+            "single batches' length mixes, not steady rates (lengthen measure.seconds)"
+        )
     return None
 
 
@@ -79,19 +101,91 @@ def point_row(
     }
 
 
-def _decision_note(best: dict | None, base_usable: bool, m: int, min_gain: float, base_refusal: str | None) -> str:
+def _decision_note(best: dict | None, base_why: str | None, m: int, min_gain: float, base_refusal: str | None) -> str:
     if best:
         return (
             f"{best['label']} beats the baseline: speedup {best['speedup']:.3f}x, simultaneous 95 % interval "
             f"[{best['speedup_ci95'][0]:.3f}, {best['speedup_ci95'][1]:.3f}] above {1 + min_gain:.2f}x"
         )
-    if not base_usable:
-        return "the baseline has no usable measurement: no speedup can be established; the settings are the baseline's"
+    if base_why:
+        return (
+            f"the baseline has no usable measurement ({base_why}): no speedup can be established; the settings "
+            "are the baseline's"
+        )
     note = (
         f"no point beats the baseline beyond noise (none of the {m} compared has its simultaneous 95 % "
         f"interval above {1 + min_gain:.2f}x): the recommended settings are the baseline's"
     )
     return note + (f"; but the baseline's own {base_refusal}" if base_refusal else "")
+
+
+def _covering_cv(a: list[float], b: list[float], level: float) -> float:
+    """The smallest between_job_cv whose allowance puts 1 inside `a`/`b`'s interval (bisection; <= 10)."""
+    lo, hi = 0.0, 10.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        r = ratio_ci(a, b, level, job_variance(mid))
+        lo, hi = (lo, mid) if r["low"] <= 1.0 <= r["high"] else (mid, hi)
+    return hi
+
+
+def noise_check(results: list[dict], between_job_cv: float, alpha: float = ALPHA) -> dict:
+    """Points that run one configuration in separate jobs (the baseline's own settings in a grid, prefetch
+    without workers) measure the drift between jobs directly: each pair's speedup interval, with the allowance
+    for `between_job_cv`, must contain 1 (all pairs at once: Bonferroni). If one does not, jobs on this host
+    drift more than the allowance, every speedup interval is too narrow, and no winner can be declared."""
+    usable = [r for r in results if _why_not_compared(r, 0.0) is None]
+    usable.sort(key=lambda r: r["group"] != "baseline")  # a pair's reference: the baseline where it is one
+    pairs = []
+    for k, r in enumerate(usable):
+        ref = next((s for s in usable[:k] if same_configuration(s, r)), None)
+        if ref is not None:
+            pairs.append((r, ref))
+    level = 1.0 - alpha / max(1, len(pairs))
+    rows = []
+    for r, ref in pairs:
+        ci = ratio_ci(_rates(r), _rates(ref), level, job_variance(between_job_cv))
+        covering = _covering_cv(_rates(r), _rates(ref), level)
+        rows.append(
+            {
+                "label": r["label"],
+                "same_as": ref["label"],
+                "ratio": ci["ratio"],
+                "ci": [ci["low"], ci["high"]],
+                "contains_one": ci["low"] <= 1.0 <= ci["high"],
+                "covering_cv": covering,
+            }
+        )
+    bad = [row for row in rows if not row["contains_one"]]
+    if not rows:
+        note = (
+            "no two points ran one configuration: between_job_cv is taken on trust (keep the baseline's "
+            "settings in a grid to check it)"
+        )
+    elif not bad:
+        note = f"{len(rows)} repeated configuration(s) agree within between_job_cv {between_job_cv:g}"
+    else:
+        worst = max(bad, key=lambda row: row["covering_cv"])
+        note = (
+            f"between_job_cv {between_job_cv:g} is too small for this host: {worst['label']} ran the same "
+            f"configuration as {worst['same_as']} at {worst['ratio']:.2f}x [{worst['ci'][0]:.2f}, "
+            f"{worst['ci'][1]:.2f}]; covering that drift needs between_job_cv >= {worst['covering_cv']:.2f}"
+        )
+    return {"pairs": rows, "level": level, "refuted": bool(bad), "note": note}
+
+
+def _why_not_a_candidate(
+    r: dict, baseline: dict | None, base_usable: bool, min_packing: float, accuracy: dict | None
+) -> str | None:
+    """Why point `r` cannot win (None: it is compared): no usable baseline, no sound measurement, the baseline's
+    own configuration (a placebo: it checks the noise), or a precision that fails the accuracy gate."""
+    if not base_usable:
+        return "the baseline has no interval"
+    if why := _why_not_compared(r, min_packing):
+        return why
+    if same_configuration(r, baseline):
+        return "the baseline's configuration: it checks the noise, it cannot beat it"
+    return gate_refusal(result_precision(r), accuracy, result_precision(baseline))
 
 
 def sweep_decision(
@@ -106,26 +200,26 @@ def sweep_decision(
     `accuracy` (a precision sweep's `bench accuracy` rows), a point whose precision fails the gate is not
     compared, saying why (`accuracy.gate_refusal`)."""
     baseline = next((r for r in results if r["group"] == "baseline"), None)
-    base_usable = baseline is not None and _why_not_compared(baseline, 0.0) is None
+    base_why = _why_not_compared(baseline, 0.0) if baseline is not None else "there is no baseline"
+    base_usable = base_why is None
     base_precision = result_precision(baseline) if baseline else None
     others = [r for r in results if r is not baseline]
-    why = {
-        id(r): (
-            (_why_not_compared(r, min_packing) or gate_refusal(result_precision(r), accuracy, base_precision))
-            if base_usable
-            else "the baseline has no interval"
-        )
-        for r in others
-    }
+    why = {id(r): _why_not_a_candidate(r, baseline, base_usable, min_packing, accuracy) for r in others}
     m = sum(why[id(r)] is None for r in others)
     level = 1.0 - alpha / max(1, m)
     rows = [point_row(baseline, None, level, None, min_gain)] if baseline else []
     rows += [point_row(r, baseline, level, why[id(r)], min_gain, job_variance(between_job_cv)) for r in others]
+    noise = noise_check(results, between_job_cv, alpha)
+    if noise["refuted"]:
+        for row in rows:
+            row["significant"] = False
     winners = [row for row in rows if row["significant"]]
     best = max(winners, key=lambda row: row["speedup_ci95"][0]) if winners else None
     chosen = best or (rows[0] if baseline else None)
     base_refusal = gate_refusal(base_precision, accuracy, base_precision) if baseline else None
-    note = _decision_note(best, base_usable, m, min_gain, base_refusal)
+    note = _decision_note(best, base_why, m, min_gain, base_refusal)
+    if noise["refuted"]:
+        note = f"no winner can be declared: {noise['note']}; the recommended settings are the baseline's"
     return {
         "label": chosen["label"] if chosen else None,
         "params": chosen["params"] if chosen else None,
@@ -146,6 +240,7 @@ def sweep_decision(
         "candidates": len(results),
         "accuracy_gate": {p: gate(row)[0] for p, row in sorted((accuracy or {}).items())},
         "baseline_accuracy_refusal": base_refusal,
+        "noise_check": noise,
         "sweep_points": rows,
     }
 
@@ -238,6 +333,41 @@ def validation_check(result: dict, baseline: dict | None, best: dict) -> dict:
                 "job show"
             )
     return {**out, "confirmed": confirmed, "contradicted": contradicted, "note": "; ".join(notes)}
+
+
+def recommendation(best: dict | None, validation: dict | None) -> dict | None:
+    """The settings to run, from best.json and its validation (optimal.json's `validation`, None before it ran):
+    the sweep's winner only once its own job confirmed it against the baseline's settings measured beside it;
+    otherwise the baseline's settings, saying why. `status`: validated, baseline (no winner), not validated,
+    not confirmed or contradicted."""
+    if not best:
+        return None
+    if not best.get("significant"):
+        return {
+            "status": "baseline",
+            "label": best.get("label"),
+            "params": best.get("params"),
+            "note": best.get("note"),
+        }
+    label = best["label"]
+    claim = f"{label} ({best['speedup']:.2f}x the baseline in the sweep)" if best.get("speedup") else label
+    if validation and validation.get("confirmed"):
+        note = f"{claim}, confirmed by its validation: {validation['speedup']:.2f}x the baseline's settings in one job"
+        return {"status": "validated", "label": label, "params": best.get("params"), "note": note}
+    if not validation:
+        status, why = "not validated", "its validation (results/sweeps/optimal.json) has not run"
+    elif validation.get("contradicted"):
+        status, why = "contradicted", "its validation contradicts the sweep"
+    else:
+        status, why = "not confirmed", "its validation did not confirm a gain beyond min_gain"
+    base = next((r for r in best.get("sweep_points") or [] if r["label"] == best.get("baseline_label")), None)
+    return {
+        "status": status,
+        "label": best.get("baseline_label"),
+        "params": base["params"] if base else None,
+        "candidate": label,
+        "note": f"{claim} is not recommended: {why}; the settings are the baseline's",
+    }
 
 
 def _fmt(value) -> str:

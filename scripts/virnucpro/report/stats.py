@@ -140,11 +140,13 @@ def paired_ratio_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95)
 
 
 def describe(values: Sequence[float], level: float = 0.95) -> dict:
-    """Per-repeat values with their median and the `level` interval of their geometric mean."""
-    values = [float(v) for v in values]
-    ci = geometric_ci(values, level) if values else None
+    """Per-repeat values with their median and the `level` interval of their geometric mean (none when a value
+    is missing or not positive: a window without a finished batch has no rate)."""
+    values = [None if v is None else float(v) for v in values]
+    rates = [v for v in values if v is not None]
+    ci = geometric_ci(values, level) if values and all(v is not None and v > 0 for v in values) else None
     return {
         "repeats": values,
-        "median": statistics.median(values) if values else None,
+        "median": statistics.median(rates) if rates else None,
         "ci95": list(ci) if ci else None,
     }
