@@ -29,7 +29,7 @@ from virnucpro.errors import host_allocation_failed, memory_limited, thread_out_
 #: Commands that only turn files into files: an OSError there is about a path the user gave (exit 2).
 FILE_COMMANDS = {"make-fasta", "sample", "analyse-run", "best-config", "recommend", "report", "merge-telemetry"}
 FILE_COMMANDS |= {"scaling"}
-FILE_COMMANDS |= {"shard", "gather", "embed-report"}
+FILE_COMMANDS |= {"shard", "gather", "materialise", "embed-report"}
 #: Commands whose Ctrl-C keeps checkpointed rows for a rerun.
 RESUMABLE = ("embed", "run-point", "embed-shard")
 

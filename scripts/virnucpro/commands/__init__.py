@@ -35,6 +35,7 @@ MODULES = (
     "shard",
     "embed_shard",
     "gather",
+    "materialise",
     "embed_report",
 )
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from virnucpro.errors import UserError
-from virnucpro.pipeline.output import publish
+from virnucpro.errors import OutputError, UserError
+from virnucpro.pipeline.output import publish, size_text
 from virnucpro.pipeline.shards import MANIFEST_FORMAT, iter_records
 from virnucpro.utils.jsonfile import read_json
 
@@ -115,7 +116,8 @@ def check_agreement(shards: list[dict]) -> None:
             if first["attrs"].get(key) != other["attrs"].get(key):
                 raise UserError(
                     f"{other['path']}: {key} is {other['attrs'].get(key)!r} but {first['path']} has "
-                    f"{first['attrs'].get(key)!r}; shards of one output must agree (rerun the embed target)"
+                    f"{first['attrs'].get(key)!r}; shards of one output must agree: rerun the embed target with "
+                    "--forcerun embed_shard (a shard whose input and settings did not change is reused, not redone)"
                 )
         for what, a, b in (("dtype", first["dtype"], other["dtype"]), ("width", first["shape"][1], other["shape"][1])):
             if a != b:
@@ -198,3 +200,42 @@ def _write(out: Path, ids: list[str], shards: list[dict], attrs: dict) -> None:
         for name, value in attrs.items():
             f.attrs[name] = json.dumps(value) if value is None or isinstance(value, (dict, list)) else value
     publish(tmp, out)
+
+
+def materialise(src: Path, dst: Path, block_rows: int = 1 << 16) -> int:
+    """A self-contained copy of a gathered file, to move or share on its own: the virtual rows read (every
+    shard file in place: a row of a missing one reads as NaN, refused) and written as one contiguous dataset,
+    `ids` and the attributes as they are; streamed in blocks, so memory holds one block. Returns the rows."""
+    if not src.is_file():
+        raise UserError(f"{src}: not a file")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise UserError(f"{dst}: is the gathered file itself; name another path")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        with h5py.File(src, "r") as s:
+            if not isinstance(s.get("embeddings"), h5py.Dataset) or not isinstance(s.get("ids"), h5py.Dataset):
+                raise UserError(f"{src}: no `ids` and `embeddings` datasets: not an embeddings file")
+            rows = s["embeddings"]
+            need = rows.size * rows.dtype.itemsize
+            if need > shutil.disk_usage(dst.parent).free:
+                raise OutputError(f"{dst.parent}: the copy needs {size_text(need)} and less is free")
+            with h5py.File(tmp, "w") as d:
+                d.create_dataset("ids", data=s["ids"][()], dtype=h5py.string_dtype("utf-8"))
+                out = d.create_dataset("embeddings", shape=rows.shape, dtype=rows.dtype)
+                for start in range(0, rows.shape[0], block_rows):
+                    block = rows[start : start + block_rows]
+                    missing = np.flatnonzero(np.isnan(block).all(axis=1)) if block.dtype.kind == "f" else []
+                    if len(missing):
+                        raise UserError(
+                            f"{src}: row {start + int(missing[0])} reads as NaN: a shard file it points to is "
+                            "missing or moved (keep results/embed together, or gather again)"
+                        )
+                    out[start : start + len(block)] = block
+                for name, value in s.attrs.items():
+                    d.attrs[name] = value
+                d.attrs["materialised_from"] = str(src)
+        publish(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows.shape[0]
