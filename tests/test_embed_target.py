@@ -112,7 +112,7 @@ def test_checkpoints_of_another_input_are_discarded_and_those_of_the_same_input_
     assert (out / "attempts.jsonl").is_file()  # the attempts of the run this one resumes
     (partial / "manifest.json").write_text(json.dumps({"input_sha256": "0" * 64}))
     assert "another input" in prepare_shard_outdir(out, fasta) and not partial.exists()
-    assert not (out / "attempts.jsonl").exists()  # a fresh start: earlier attempts were another run's
+    assert (out / "attempts.jsonl").is_file()  # kept: those attempts spent GPU time on this shard too
     assert prepare_shard_outdir(out, fasta) is None  # nothing left to discard
 
 
@@ -159,6 +159,35 @@ def test_gather_writes_a_virtual_dataset_readable_from_elsewhere_and_after_a_mov
     shutil.move(tmp_path / "results" / "embed", moved)
     with h5py.File(moved / "embeddings.h5") as f:
         assert np.array_equal(f["embeddings"][()], rows)
+
+
+def test_materialise_makes_a_self_contained_copy_and_refuses_rows_of_a_missing_shard(tmp_path, capsys):
+    """A copy of the gathered file alone reads as NaN (its rows live in the shards' files): `materialise`
+    writes every row into one file, in blocks, and refuses when a shard file is gone."""
+    from virnucpro import cli
+    from virnucpro.pipeline.gather import materialise
+
+    manifest, dirs, rows = fake_shards(tmp_path)
+    out = tmp_path / "results" / "embed" / "embeddings.h5"
+    gather(manifest, dirs, out)
+    alone = tmp_path / "mail" / "alone.h5"
+    alone.parent.mkdir()
+    shutil.copy(out, alone)
+    with h5py.File(alone) as f:
+        assert np.isnan(f["embeddings"][()]).all()  # what a user who copies the file alone gets
+    copy = tmp_path / "mail" / "copy.h5"
+    assert materialise(out, copy, block_rows=7) == 30  # blocks that straddle the shards' boundaries
+    shutil.rmtree(tmp_path / "results")  # the copy needs nothing else
+    with h5py.File(copy) as f:
+        assert not f["embeddings"].is_virtual and np.array_equal(f["embeddings"][()], rows)
+        assert f["ids"].asstr()[()].tolist()[1:5] == ODD_IDS and f.attrs["input_sha256"]
+    manifest, dirs, rows = fake_shards(tmp_path / "again")
+    out = tmp_path / "again" / "results" / "embed" / "embeddings.h5"
+    gather(manifest, dirs, out)
+    (dirs[1] / "embeddings.h5").unlink()
+    assert cli.main(["materialise", str(out), "-o", str(tmp_path / "bad.h5")]) == 2
+    assert "row 10 reads as NaN: a shard file it points to is missing" in capsys.readouterr().err
+    assert not (tmp_path / "bad.h5").exists() and not (tmp_path / "bad.h5.tmp").exists()
 
 
 def _rewrite_ids(d: Path, change) -> None:
@@ -478,3 +507,61 @@ def test_the_target_refuses_random_weights_on_the_cluster_and_another_input_over
     for cmd in shell_commands(res.stdout, "embed_shard"):
         assert "rm -f results/embed/embeddings.h5 results/embed/report.html" in cmd.split("&&")[0], cmd
         assert "--overwrite" not in cmd, cmd
+
+
+def test_the_split_refuses_a_token_budget_a_sequence_cannot_fit(tmp_path):
+    """Before any shard job is submitted (Slurm would retry each one, with ever larger requests)."""
+    fasta = tmp_path / "in.fa"
+    write_fasta(fasta, ["a", "b", "c"], ["MKV", "M" * 60, "MK"])
+    with pytest.raises(
+        UserError, match=r"in.fa: token budget 50 is smaller .* \(62 tokens with BOS/EOS, input record #2\)"
+    ):
+        split_fasta(fasta, 2, tmp_path / "s", tmp_path / "m.json", token_budget=50)
+    write_fasta(fasta, ["a", "b", "c"], ["MKV", "M" * 60, "M" * 2000])
+    # a window holds at most 1,022 residues: the 2,000-residue record needs 1,024 tokens, truncated or chunked
+    with pytest.raises(UserError, match=r"\(1024 tokens with BOS/EOS, input record #3\)"):
+        split_fasta(fasta, 2, tmp_path / "s", tmp_path / "m.json", token_budget=1000, window_overlap=100)
+    assert not (tmp_path / "m.json").exists()
+    assert split_fasta(fasta, 2, tmp_path / "s", tmp_path / "m.json", token_budget=1024)["num_sequences"] == 3
+
+
+def test_editing_one_record_redoes_only_its_shard_and_new_settings_replace_old_results(tmp_path, tiny_checkpoint):
+    """A re-split rewrites every shard file, so Snakemake reruns every shard job: the unchanged shards reuse their
+    finished embeddings (a hard link kept beside the output) instead of embedding again; the edited one is redone,
+    and the gathered result equals one embed of the edited input."""
+    root = copy_project(tmp_path / "wf")
+    fasta = root / "input.fa"
+    ids = write_input(fasta, 60)
+    embed_config(root, fasta, tiny_checkpoint)
+    args = ("embed", "--configfile", "ci.yaml", "embed.yaml")
+    assert snakemake(*args, cwd=root, timeout=1200).returncode == 0
+    text = fasta.read_text().splitlines()
+    text[-1] = "W" + text[-1][1:]  # the last record: in the last shard only
+    fasta.write_text("\n".join(text) + "\n")
+    res = snakemake(*args, cwd=root, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    logs = {k: (root / f"results/logs/embed/shard_{k}.log").read_text() for k in range(3)}
+    for k in (0, 1):
+        assert "unchanged since this shard finished with the same settings" in logs[k] and "already complete" in logs[k]
+        attempts = [
+            json.loads(ln) for ln in (root / f"results/embed/shards/{k}/attempts.jsonl").read_text().splitlines()
+        ]
+        assert [a["event"] for a in attempts] == ["start", "end"] * 2  # both tries are on record
+    assert "reused" not in logs[2] and "embedded" in logs[2]
+    single = single_embed(fasta, tmp_path / "single", "--checkpoint", str(tiny_checkpoint))
+    assert_same_embeddings(root / "results/embed/embeddings.h5", single, ids)
+    # a shard directory holding another configuration's finished result: the job replaces it, as asked
+    shard = root / "results/embed/shards/0"
+    res = subprocess.run(
+        [sys.executable, "-m", "virnucpro.cli", "embed-shard", str(root / "results/embed/input/0.fasta")]
+        + ["-o", str(shard), "--checkpoint", str(tiny_checkpoint), "--repr-layer", "1", "--device", "cpu"]
+        + ["--precision", "fp32", "--num-workers", "0", "--record", str(tmp_path / "job.json")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "scripts")},
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "is a complete result of another configuration (differs in" in res.stderr and "discarded" in res.stderr
+    with h5py.File(shard / "embeddings.h5") as f:
+        assert json.loads(f.attrs["fingerprint"])["repr_layer"] == 1

@@ -15,6 +15,11 @@ class UserError(Exception):
     exit_code = EXIT_USAGE
 
 
+class OtherRunsResults(UserError):
+    """The output directory holds another configuration's results (checkpoints or a finished file): `embed`
+    refuses to mix or replace them; a workflow job that owns the directory may discard them instead."""
+
+
 class OutputError(UserError):
     """The output could not be written (disk full, quota, a deleted directory): one line, rerun to resume."""
 

@@ -39,9 +39,15 @@ rule embed_split:
             "chunk": f"--window-overlap {config['engine']['window_overlap']}",
             "error": "--refuse-long",
         }.get(config["engine"]["long_sequences"], ""),
+        # the shard jobs' budget, when the split can know it (with use_best it comes from the sweeps)
+        budget=(
+            ""
+            if EMBED["use_best"]
+            else f"--token-budget {config['engine']['token_budget']}"
+        ),
     shell:
         "virnucpro shard {input:q} --shards {params.shards} -o {params.outdir:q} "
-        "--manifest {output.manifest:q} {params.long_sequences} > {log:q} 2>&1"
+        "--manifest {output.manifest:q} {params.long_sequences} {params.budget} > {log:q} 2>&1"
 
 
 rule embed_shard:

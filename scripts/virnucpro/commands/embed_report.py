@@ -35,5 +35,5 @@ def run(args) -> int:
 
     context = embed_report.build(args.manifest, args.shards, args.gathered, args.best, args.gpus_per_job)
     embed_report.write(context, args.html, args.summary)
-    print(f"{args.html}: {len(context['shards'])} shards, {context['total_gpu_hours']:.4f} GPU-hours")
+    print(f"{args.html}: {len(context['shards'])} shards, {context['total_gpu_hours']:.4f} {context['hours_unit']}")
     return 0

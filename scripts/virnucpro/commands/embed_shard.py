@@ -31,18 +31,40 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
+#: What the job record's settings leave out: paths (the record has them) and what does not change the result.
+NOT_SETTINGS = ("fasta", "outdir", "extra_metadata", "progress_interval")
+
+
 def run(args) -> int:
-    from virnucpro.pipeline.jobs import apply_params_from, config_dict, execute_embed
-    from virnucpro.pipeline.shards import attempt, prepare_shard_outdir, write_job_record
+    from virnucpro.pipeline.jobs import apply_params_from, config_dict
+    from virnucpro.pipeline.shards import attempt, prepare_shard_outdir, remember_finished, restore_finished
+    from virnucpro.pipeline.shards import write_job_record
 
     if args.progress_interval is None:
         args.progress_interval = progress_from_env()
     cfg = apply_params_from(embed.embed_config(args), args.params_from)
-    if note := prepare_shard_outdir(cfg.outdir, cfg.fasta):
-        print(note, file=sys.stderr)
+    settings = {k: v for k, v in config_dict(cfg).items() if k not in NOT_SETTINGS}
+    for note in (prepare_shard_outdir(cfg.outdir, cfg.fasta), restore_finished(cfg.outdir, cfg.fasta, settings)):
+        if note:
+            print(note, file=sys.stderr)
     with attempt(cfg.outdir, cfg.world_size or 1) as state:
-        state["exit_code"] = code = execute_embed(cfg)
+        state["exit_code"] = code = _embed_over_other_runs(cfg)
     if code == 0:
-        settings = {k: v for k, v in config_dict(cfg).items() if k not in ("fasta", "outdir", "extra_metadata")}
         write_job_record(args.record, cfg.outdir, cfg.fasta, settings)
+        remember_finished(cfg.outdir, cfg.fasta, settings)
     return code
+
+
+def _embed_over_other_runs(cfg) -> int:
+    """`embed`, discarding results of other settings that it refuses (the workflow reran this shard for its new
+    settings: `embed`'s advice, a new directory or --overwrite, is no option a workflow user has)."""
+    from virnucpro.errors import OtherRunsResults
+    from virnucpro.pipeline.jobs import execute_embed
+    from virnucpro.pipeline.shards import discard_other_runs
+
+    try:
+        return execute_embed(cfg)
+    except OtherRunsResults as exc:
+        print(f"{str(exc).split(';')[0]}: discarded (this job runs the workflow's new settings)", file=sys.stderr)
+        discard_other_runs(cfg.outdir)
+        return execute_embed(cfg)

@@ -35,13 +35,21 @@ def register(sub) -> None:
         action="store_true",
         help="the shard jobs run --long-sequences error: refuse a sequence over 1022 residues here, before any job",
     )
+    p.add_argument(
+        "--token-budget",
+        type=positive_int,
+        default=None,
+        help="the shard jobs' token budget: refuse a sequence (or window) that cannot fit it here, before any job",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from virnucpro.pipeline.shards import split_fasta
 
-    manifest = split_fasta(args.fasta, args.shards, args.outdir, args.manifest, args.window_overlap, args.refuse_long)
+    manifest = split_fasta(
+        args.fasta, args.shards, args.outdir, args.manifest, args.window_overlap, args.refuse_long, args.token_budget
+    )
     sizes = ", ".join(f"{s['sequences']:,} seq/{s['tokens']:,} tok" for s in manifest["shards"])
     print(f"{manifest['num_sequences']:,} sequences in {args.shards} shards: {sizes}")
     return 0

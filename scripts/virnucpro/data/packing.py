@@ -51,10 +51,10 @@ def check_budget(residue_lengths: Sequence[int], token_budget: int) -> None:
             f"token budget {token_budget:,} is larger than the largest this engine supports "
             f"({MAX_TOKEN_BUDGET:,} tokens: batch offsets are 32-bit); lower --token-budget"
         )
-    if not residue_lengths:
+    if len(residue_lengths) == 0:
         return
     longest = max(range(len(residue_lengths)), key=residue_lengths.__getitem__)
-    need = token_length(residue_lengths[longest])
+    need = token_length(int(residue_lengths[longest]))
     if need > token_budget:
         raise UserError(
             f"token budget {token_budget} is smaller than the longest sequence ({need} tokens with BOS/EOS, "

@@ -36,7 +36,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from virnucpro.errors import OutputError, UserError
+from virnucpro.errors import OtherRunsResults, OutputError, UserError
 from virnucpro.utils.jsonfile import write_json_atomic
 
 logger = logging.getLogger("virnucpro.pipeline.output")
@@ -384,7 +384,7 @@ def check_manifest(directory: Path, fingerprint: dict) -> None:
             raise UserError(f"{path}: not valid JSON (damaged?); delete {directory} to start this run afresh") from None
         if old != json.loads(json.dumps(fingerprint)):
             changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            raise UserError(
+            raise OtherRunsResults(
                 f"{directory.parent}: holds partial results of a different run (differs in {', '.join(changed)}); "
                 f"use a new output directory, delete {directory}, or pass --overwrite"
             )

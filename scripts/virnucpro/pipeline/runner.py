@@ -24,7 +24,7 @@ from virnucpro.data.loader import CLOSE_ATTEMPTS, DEATH_WAIT_SECONDS, PackedBatc
 from virnucpro.data.loader import close_workers, collate, make_loader, torch_worker_death
 from virnucpro.data.packing import SPECIAL_TOKENS, check_budget, pack_batches
 from virnucpro.data.windows import Items, WindowSums, check_overlap, embedded_tokens, split_into_windows
-from virnucpro.errors import UserError
+from virnucpro.errors import OtherRunsResults, UserError
 from virnucpro.models.fp8 import E4M3, check_fp8_device, recipe_facts
 from virnucpro.models.packed_esm2 import PackedESM2, fused_gelu_applies
 from virnucpro.models.weights import Weights, resolve_weights
@@ -653,7 +653,7 @@ def prepare_output(prep: Prepared) -> None:
             prep.already_complete = True
             return
         changed = sorted(k for k in set(existing) | set(prep.fingerprint) if existing.get(k) != prep.fingerprint.get(k))
-        raise UserError(
+        raise OtherRunsResults(
             f"{final_path} is a complete result of another configuration (differs in "
             f"{', '.join(changed)}); use a new output directory or pass --overwrite"
         )

@@ -23,14 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.data.fasta import MAX_RESIDUES, iter_records, too_long
+from virnucpro.data.packing import check_budget
 from virnucpro.data.windows import embedded_tokens
 from virnucpro.errors import UserError
 from virnucpro.pipeline.input_check import file_sha256
-from virnucpro.pipeline.output import MANIFEST, PARTIAL_DIR, OutdirLock, write_json_atomic
+from virnucpro.pipeline.output import FINAL_FILE, MANIFEST, PARTIAL_DIR, OutdirLock, write_json_atomic
 from virnucpro.utils.phases import process_start_epoch
 
 MANIFEST_FORMAT = "virnucpro-embed-shards/1"
 ATTEMPTS = "attempts.jsonl"
+FINISHED_DIR = ".finished"  # a hard link to the last finished embeddings and what made them
+MADE_BY = "made_by.json"
 
 
 def id_hash(rid: str) -> int:
@@ -53,10 +56,13 @@ def cut_points(tokens: np.ndarray, shards: int) -> list[int]:
     return starts
 
 
-def _first_pass(path: Path, window_overlap: int | None, refuse_long: bool) -> tuple[np.ndarray, str, str]:
+def _first_pass(
+    path: Path, window_overlap: int | None, refuse_long: bool, token_budget: int | None = None
+) -> tuple[np.ndarray, str, str]:
     """Token counts (BOS/EOS included, as the engine will embed them) and the input's sha256; duplicate ids
     refused, and with `refuse_long` (the shard jobs run --long-sequences error) a sequence over the model's
-    window too: here, before any shard job spends GPU time, not by the one job that holds it."""
+    window too, and with `token_budget` (the shard jobs' budget) a sequence or window that cannot fit it: here,
+    before any shard job spends GPU time (and Slurm retries it), not by the one job that holds it."""
     digest, ids_digest = hashlib.sha256(), hashlib.sha256()
     lengths, hashes = array("q"), array("Q")
     for line, rid, seq in iter_records(path, digest):
@@ -69,6 +75,11 @@ def _first_pass(path: Path, window_overlap: int | None, refuse_long: bool) -> tu
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
     _refuse_duplicates(path, np.frombuffer(hashes, dtype=np.uint64))
     residues = np.frombuffer(lengths, dtype=np.int64)
+    if token_budget is not None:  # records numbered in the whole input; a window holds at most MAX_RESIDUES
+        try:
+            check_budget(np.minimum(residues, MAX_RESIDUES), token_budget)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc} (engine.token_budget)") from None
     if window_overlap is None:  # the shard jobs truncate long sequences to the model window
         residues = np.minimum(residues, MAX_RESIDUES)
     return embedded_tokens(residues, window_overlap), digest.hexdigest(), ids_digest.hexdigest()
@@ -131,14 +142,16 @@ def split_fasta(
     manifest_path: Path,
     window_overlap: int | None = None,
     refuse_long: bool = False,
+    token_budget: int | None = None,
 ) -> dict:
     """Write `outdir/{k}.fasta` for k < `shards` and the manifest; return the manifest. `window_overlap`: the
     shard jobs embed long sequences in windows (--long-sequences chunk), which the token balance counts;
-    `refuse_long`: they refuse them (--long-sequences error), so the split does first."""
+    `refuse_long`: they refuse them (--long-sequences error), so the split does first; `token_budget`: the shard
+    jobs' budget, which every sequence must fit (else refused here too)."""
     if not Path(path).is_file():
         raise UserError(f"{path}: not a regular file (the split reads the input twice; save a pipe to a file)")
     stat = os.stat(path)
-    tokens, sha, ids_sha = _first_pass(path, window_overlap, refuse_long)
+    tokens, sha, ids_sha = _first_pass(path, window_overlap, refuse_long, token_budget)
     if shards > len(tokens):
         raise UserError(f"{path}: {len(tokens)} sequences cannot make {shards} shards (embed.shards)")
     starts = cut_points(tokens, shards) + [len(tokens)]
@@ -166,19 +179,61 @@ def split_fasta(
 def prepare_shard_outdir(outdir: Path, fasta: Path) -> str | None:
     """Before a shard job's attempt: remove checkpoints of another input (left before the split was redone over a
     changed input: never resumable, and `embed` would refuse to start); keep those of the same input, so the job
-    resumes. With nothing to resume, earlier attempts are another run's: their log starts anew."""
-    note = None
+    resumes. The attempts log is kept whatever happens: every attempt spent GPU time on this shard."""
     try:
         recorded = json.loads((outdir / PARTIAL_DIR / MANIFEST).read_text()).get("input_sha256")
     except (OSError, ValueError, AttributeError):
         recorded = None
-    if recorded is not None and recorded != file_sha256(fasta):
-        with OutdirLock(outdir):  # refused, naming it, while another run writes there
-            shutil.rmtree(outdir / PARTIAL_DIR)
-        note = f"removed {outdir / PARTIAL_DIR}: checkpoints of another input than {fasta} (an earlier split)"
-    if not (outdir / PARTIAL_DIR).exists():
-        (outdir / ATTEMPTS).unlink(missing_ok=True)
-    return note
+    if recorded is None or recorded == file_sha256(fasta):
+        return None
+    with OutdirLock(outdir):  # refused, naming it, while another run writes there
+        shutil.rmtree(outdir / PARTIAL_DIR)
+    return f"removed {outdir / PARTIAL_DIR}: checkpoints of another input than {fasta} (an earlier split)"
+
+
+def discard_other_runs(outdir: Path) -> None:
+    """A shard directory's results of other settings (checkpoints, a finished file): the workflow owns the
+    directory and reran the job for its new settings, so they are discarded rather than refused."""
+    with OutdirLock(outdir):
+        shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
+        shutil.rmtree(outdir / FINISHED_DIR, ignore_errors=True)
+        (outdir / FINAL_FILE).unlink(missing_ok=True)
+
+
+# --- a finished shard kept beside its declared output, so that an unchanged shard is never embedded twice -----
+
+
+def remember_finished(outdir: Path, fasta: Path, settings: dict) -> None:
+    """After a shard job: a hard link to its embeddings (no copy: it costs no space while the output exists)
+    and what made them, in a directory Snakemake does not know. Snakemake deletes a job's outputs before it
+    reruns the job (a re-split rewrites every shard file, so every shard's input is newer); `restore_finished`
+    then puts the same file back when the shard's input and settings did not change."""
+    keep = outdir / FINISHED_DIR
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir()
+    try:
+        os.link(outdir / FINAL_FILE, keep / FINAL_FILE)
+    except OSError:  # a file system without hard links: nothing will be reused
+        shutil.rmtree(keep, ignore_errors=True)
+        return
+    write_json_atomic(keep / MADE_BY, {"shard_sha256": file_sha256(fasta), "settings": settings})
+
+
+def restore_finished(outdir: Path, fasta: Path, settings: dict) -> str | None:
+    """Before a shard job: relink the finished embeddings of this very shard input and settings (`embed` then
+    checks their fingerprint and has nothing to do); drop them, freeing their space, when anything changed."""
+    keep, final = outdir / FINISHED_DIR, outdir / FINAL_FILE
+    if final.exists() or not (keep / MADE_BY).is_file():
+        return None
+    try:
+        made = json.loads((keep / MADE_BY).read_text())
+    except ValueError:
+        made = None
+    if made != {"shard_sha256": file_sha256(fasta), "settings": settings}:
+        shutil.rmtree(keep, ignore_errors=True)
+        return None
+    os.link(keep / FINAL_FILE, final)
+    return f"{fasta}: unchanged since this shard finished with the same settings: its embeddings are reused"
 
 
 # --- a shard job's attempts: every try (a cancelled or preempted one too) counts in the GPU-hours -------------

@@ -183,6 +183,7 @@ def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path
     starts = [s["started"] for s in shards if s["started"]]
     ends = [s["ended"] for s in shards if s["ended"]]
     best = read_json(best_path, "best-config JSON", keys=("params",)) if best_path else None
+    where = ran_on(shard_dirs)
     return {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": git_commit(Path(__file__).parent),
@@ -190,7 +191,9 @@ def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path
         "gathered": str(gathered),
         "model": gathered_model(gathered),
         "gpus_per_job": gpus,
-        "ran_on": ran_on(shard_dirs),
+        "ran_on": where,
+        # jobs on CPUs (the local default) hold no GPU: the same sums, named for what they count
+        "hours_unit": "GPU-hours" if "cuda" in where["devices"] or not where["devices"] else "CPU job-hours",
         "shards": shards,
         "median_wall_seconds": median,
         "stragglers": [s["index"] for s in shards if s["straggler"]],
