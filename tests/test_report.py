@@ -482,6 +482,16 @@ def test_no_verdict_rests_on_an_invalid_run_but_its_figure_stays_visible():
     assert v.status == "N/A" and abs(v.value - 10.0) < 1e-9 and "ws1 INVALID" in v.reason
 
 
+def test_report_txt_lists_the_runs_flagged_that_its_verdicts_point_to(tmp_path):
+    flagged = production(1, 10.0, "cuda:0")
+    flagged.update(label="checkpoint_off", group="checkpoint", valid=False, invalid_reasons=["warm-up not excluded"])
+    for k in flagged["ranks"]:
+        k["telemetry"] = str(tmp_path / "off.json")
+    _, out = full_context(tmp_path, extra=[flagged])
+    assert "Runs flagged\n  checkpoint_off: INVALID (warm-up not excluded)\n" in out["txt"]
+    assert 'id="flagged"' in out["html"]
+
+
 def test_the_precision_table_puts_accuracy_next_to_speed_and_says_why_where_not_measured(tmp_path):
     from test_measure import accuracy_file
 
