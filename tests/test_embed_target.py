@@ -548,6 +548,9 @@ def test_editing_one_record_redoes_only_its_shard_and_new_settings_replace_old_r
         ]
         assert [a["event"] for a in attempts] == ["start", "end"] * 2  # both tries are on record
     assert "reused" not in logs[2] and "embedded" in logs[2]
+    kept = (root / "results/embed/shards/0/attempts.log").read_text().split("=== attempt ended ")[1:]
+    assert len(kept) == 2 and all(", exit 0, Slurm job none\n" in k for k in kept)  # each attempt's whole log
+    assert "embedded" in kept[0] and "reused" in kept[1]
     single = single_embed(fasta, tmp_path / "single", "--checkpoint", str(tiny_checkpoint))
     assert_same_embeddings(root / "results/embed/embeddings.h5", single, ids)
     # a shard directory holding another configuration's finished result: the job replaces it, as asked

@@ -82,9 +82,14 @@ rule embed_shard:
             "results/embed/summary.json",
         ],
     shell:
-        "rm -f {params.stale:q} && "
+        # Snakemake deletes the log before each attempt (a retry too): each attempt appends its own log to the
+        # shard's attempts.log when it ends, so the reason of every failed or preempted try stays readable; the
+        # trap keeps this shell alive on Slurm's SIGTERM until the job has flushed its checkpoints and exited
+        "rm -f {params.stale:q} && mkdir -p {params.outdir:q} && trap true TERM INT && rc=0 && "
         "virnucpro embed-shard {input.fasta:q} -o {params.outdir:q} {params.args} {params.best} "
-        "--record {output.record:q} > {log:q} 2>&1"
+        "--record {output.record:q} > {log:q} 2>&1 || rc=$?; "
+        '{{ echo "=== attempt ended $(date -u +%FT%TZ), exit $rc, Slurm job ${{SLURM_JOB_ID:-none}}"; cat {log:q}; }} '
+        ">> {params.outdir:q}/attempts.log; exit $rc"
 
 
 rule embed_gather:
