@@ -551,6 +551,11 @@ def test_editing_one_record_redoes_only_its_shard_and_new_settings_replace_old_r
     kept = (root / "results/embed/shards/0/attempts.log").read_text().split("=== attempt ended ")[1:]
     assert len(kept) == 2 and all(", exit 0, Slurm job none\n" in k for k in kept)  # each attempt's whole log
     assert "embedded" in kept[0] and "reused" in kept[1]
+    # the report counts the attempts behind this result: the reused shards' two, the edited shard's new one
+    # (its first attempt embedded the old content: shown apart, as GPU time spent on earlier inputs)
+    rows = json.loads((root / "results/embed/summary.json").read_text())["shards"]
+    assert [(r["attempts"], r["earlier_attempts"]) for r in rows] == [(2, 0), (2, 0), (1, 1)]
+    assert rows[2]["earlier_gpu_hours"] > 0
     single = single_embed(fasta, tmp_path / "single", "--checkpoint", str(tiny_checkpoint))
     assert_same_embeddings(root / "results/embed/embeddings.h5", single, ids)
     # a shard directory holding another configuration's finished result: the job replaces it, as asked

@@ -38,20 +38,21 @@ NOT_SETTINGS = ("fasta", "outdir", "extra_metadata", "progress_interval")
 def run(args) -> int:
     from virnucpro.pipeline.jobs import apply_params_from, config_dict
     from virnucpro.pipeline.shards import attempt, prepare_shard_outdir, remember_finished, restore_finished
-    from virnucpro.pipeline.shards import write_job_record
+    from virnucpro.pipeline.shards import what_made, write_job_record
 
     if args.progress_interval is None:
         args.progress_interval = progress_from_env()
     cfg = apply_params_from(embed.embed_config(args), args.params_from)
     settings = {k: v for k, v in config_dict(cfg).items() if k not in NOT_SETTINGS}
-    for note in (prepare_shard_outdir(cfg.outdir, cfg.fasta), restore_finished(cfg.outdir, cfg.fasta, settings)):
+    made = what_made(cfg.fasta, settings)
+    for note in (prepare_shard_outdir(cfg.outdir, cfg.fasta), restore_finished(cfg.outdir, cfg.fasta, made)):
         if note:
             print(note, file=sys.stderr)
-    with attempt(cfg.outdir, cfg.world_size or 1) as state:
+    with attempt(cfg.outdir, cfg.world_size or 1, made["key"]) as state:
         state["exit_code"] = code = _embed_over_other_runs(cfg)
     if code == 0:
         write_job_record(args.record, cfg.outdir, cfg.fasta, settings)
-        remember_finished(cfg.outdir, cfg.fasta, settings)
+        remember_finished(cfg.outdir, made)
     return code
 
 

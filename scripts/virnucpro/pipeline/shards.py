@@ -203,7 +203,13 @@ def discard_other_runs(outdir: Path) -> None:
 # --- a finished shard kept beside its declared output, so that an unchanged shard is never embedded twice -----
 
 
-def remember_finished(outdir: Path, fasta: Path, settings: dict) -> None:
+def what_made(fasta: Path, settings: dict) -> dict:
+    """What decides a shard's embeddings: its file's content and the job's settings (`made["key"]` digests them)."""
+    made = {"shard_sha256": file_sha256(fasta), "settings": settings}
+    return {**made, "key": hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def remember_finished(outdir: Path, made: dict) -> None:
     """After a shard job: a hard link to its embeddings (no copy: it costs no space while the output exists)
     and what made them, in a directory Snakemake does not know. Snakemake deletes a job's outputs before it
     reruns the job (a re-split rewrites every shard file, so every shard's input is newer); `restore_finished`
@@ -216,20 +222,20 @@ def remember_finished(outdir: Path, fasta: Path, settings: dict) -> None:
     except OSError:  # a file system without hard links: nothing will be reused
         shutil.rmtree(keep, ignore_errors=True)
         return
-    write_json_atomic(keep / MADE_BY, {"shard_sha256": file_sha256(fasta), "settings": settings})
+    write_json_atomic(keep / MADE_BY, made)
 
 
-def restore_finished(outdir: Path, fasta: Path, settings: dict) -> str | None:
+def restore_finished(outdir: Path, fasta: Path, made: dict) -> str | None:
     """Before a shard job: relink the finished embeddings of this very shard input and settings (`embed` then
     checks their fingerprint and has nothing to do); drop them, freeing their space, when anything changed."""
     keep, final = outdir / FINISHED_DIR, outdir / FINAL_FILE
     if final.exists() or not (keep / MADE_BY).is_file():
         return None
     try:
-        made = json.loads((keep / MADE_BY).read_text())
+        recorded = json.loads((keep / MADE_BY).read_text())
     except ValueError:
-        made = None
-    if made != {"shard_sha256": file_sha256(fasta), "settings": settings}:
+        recorded = None
+    if recorded != made:
         shutil.rmtree(keep, ignore_errors=True)
         return None
     os.link(keep / FINAL_FILE, final)
@@ -247,14 +253,17 @@ def _append(path: Path, entry: dict) -> None:
 
 
 @contextmanager
-def attempt(outdir: Path, gpus: int):
-    """Record this attempt's start and end (exit code, wall seconds, Slurm job id) in `OUTDIR/attempts.jsonl`.
+def attempt(outdir: Path, gpus: int, key: str | None = None):
+    """Record this attempt's start and end (exit code, wall seconds, Slurm job id) in `OUTDIR/attempts.jsonl`,
+    with `key` (`what_made`: which shard content and settings it worked for, so that the report can tell the
+    attempts behind the current result from those of earlier inputs or settings).
 
     The file is no declared output of the workflow, so Snakemake keeps it across retries. A SIGKILLed attempt
     leaves its start line only. Yields a dict whose `exit_code` the caller sets.
     """
     outdir.mkdir(parents=True, exist_ok=True)
     entry = {
+        "key": key,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "host": platform.node(),
         "gpus": gpus,

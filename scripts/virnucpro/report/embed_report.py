@@ -29,11 +29,26 @@ STRAGGLER_FACTOR = 1.25
 OVERHEAD_LIMIT = 0.05
 
 
+def _this_result(attempts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The attempts behind the current result (those for the shard content and settings of the last completed
+    attempt) and those of earlier inputs or settings (a log from before attempts carried keys: all current)."""
+    done = [a for a in attempts if a.get("exit_code") == 0]
+    key = done[-1].get("key") if done else None
+    if key is None:
+        return attempts, []
+    return [a for a in attempts if a.get("key") == key], [a for a in attempts if a.get("key") != key]
+
+
+def _hours(attempts: list[dict], gpus: int) -> float:
+    return sum(a.get("wall_seconds") or 0.0 for a in attempts) * gpus / 3600
+
+
 def shard_row(entry: dict, directory: Path, gpus: int) -> dict[str, Any]:
-    """One shard's figures from its status.json (the completing attempt) and attempts.jsonl (every attempt)."""
+    """One shard's figures from its status.json (the completing attempt) and attempts.jsonl: the attempts for
+    this result (their wall time, GPU-hours, stragglers), and the GPU-hours of earlier inputs' or settings'."""
     status = read_json(directory / "status.json", "shard status.json", keys=("status",))
     summary = status.get("summary") or {}
-    attempts = read_attempts(directory)
+    attempts, earlier = _this_result(read_attempts(directory))
     timed = [a["wall_seconds"] for a in attempts if a.get("wall_seconds") is not None]
     wall = sum(timed) if timed else summary.get("job_wall_seconds")
     ids = sorted({a["slurm_job_id"] for a in attempts if a.get("slurm_job_id")})
@@ -47,6 +62,8 @@ def shard_row(entry: dict, directory: Path, gpus: int) -> dict[str, Any]:
         "untimed_attempts": len(attempts) - len(timed),
         "wall_seconds": wall,
         "gpu_hours": wall * gpus / 3600 if wall is not None else None,
+        "earlier_attempts": len(earlier),
+        "earlier_gpu_hours": _hours(earlier, gpus),
         "loop_seconds": phases.get("loop"),
         "fixed_phases": fixed,  # the completing attempt's phases that any job pays whatever its size
         "fixed_seconds": sum(fixed.values()) if "loop" in phases else None,
@@ -198,6 +215,7 @@ def build(manifest_path: Path, shard_dirs: list[Path], gathered: Path, best_path
         "median_wall_seconds": median,
         "stragglers": [s["index"] for s in shards if s["straggler"]],
         "total_gpu_hours": sum(s["gpu_hours"] for s in shards if s["gpu_hours"] is not None),
+        "earlier_gpu_hours": sum(s["earlier_gpu_hours"] for s in shards),  # for other inputs or settings
         "span_seconds": max(ends) - min(starts) if starts and ends else None,
         "projection": projection(best, manifest["total_tokens"], shards, gpus),
         "overhead": job_overhead(shards),
