@@ -74,13 +74,15 @@ def simulated(label, group, rate, rng, sigma, repeats=3, packing=0.95, reps=None
     }
 
 
-def simulated_sweep(rng, sigma, gains=(), points=15, job_sd=0.005):
-    """A baseline and `points` points, each job with its own small drift (job_sd) and noisy repeats (sigma)."""
+def simulated_sweep(rng, sigma, gains=(), points=15, job_sd=0.005, placebos=0):
+    """A baseline and `points` points, each job with its own small drift (job_sd) and noisy repeats (sigma), and
+    `placebos` more points with the baseline's own settings (they check the between-job allowance)."""
     job = lambda: math.exp(rng.gauss(0.0, job_sd))  # noqa: E731
     results = [simulated("baseline", "baseline", 1000 * job(), rng, sigma)]
     for k in range(points):
         gain = gains[k] if k < len(gains) else 1.0
         results.append(simulated(f"p{k}", "packing", 1000 * gain * job(), rng, sigma, budget=k + 2))
+    results += [simulated(f"same{k}", "packing", 1000 * job(), rng, sigma) for k in range(placebos)]
     return results
 
 
@@ -603,3 +605,19 @@ def test_recommend_runs_a_winner_only_once_its_validation_confirmed_it(tmp_path)
     assert rec["status"] == "validated" and rec["params"] == {"token_budget": 2} and rec["steady"] == decision["steady"]
     opt.write_text(json.dumps(results[1]))  # a result, but not the validation's
     assert cli.main(argv) == 2
+
+
+def test_repeated_configurations_catch_an_understated_between_job_cv():
+    """Jobs drifting 5 % against an allowance of 0.01: without a repeated configuration most placebo sweeps crown
+    noise; with two points at the baseline's settings the noise check refuses most of them."""
+    rng = random.Random(1)
+    blind = sum(
+        sweep_decision(simulated_sweep(rng, 0.002, job_sd=0.05), 0.9, between_job_cv=0.01)["significant"]
+        for _ in range(60)
+    )
+    checked = [
+        sweep_decision(simulated_sweep(rng, 0.002, job_sd=0.05, placebos=2), 0.9, between_job_cv=0.01)
+        for _ in range(60)
+    ]
+    assert blind >= 25 and sum(d["significant"] for d in checked) <= blind / 3
+    assert sum(d["noise_check"]["refuted"] for d in checked) >= 25

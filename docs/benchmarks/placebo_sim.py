@@ -3,48 +3,26 @@ without points that repeat the baseline's configuration (the noise check)? A CPU
 `sweep_decision`: 15 points with no real gain, 3 windows each (0.2 % noise inside a job), every job drifting by
 a log-normal factor of the given spread, the allowance configured at 0.01 (the cluster default).
 
-    PYTHONPATH=scripts python3 docs/benchmarks/placebo_sim.py
+    PYTHONPATH=scripts:tests .venv/bin/python docs/benchmarks/placebo_sim.py   (the sweeps of tests/test_measure.py)
 
 2026-12-08, 300 sweeps per row: true drift 1 %: 0 % false winners with 0, 1 or 2 placebos; 3 %: 41.7 % / 14.3 %
 / 12.0 %; 5 %: 66.0 % / 21.7 % / 10.7 %. The check narrows the gap but does not close it: the winner's own
 validation (paired windows in one job, immune to drift between jobs) is what a recommendation must pass.
 """
 
-import math
 import random
 
+from test_measure import simulated_sweep
 from virnucpro.report.significance import sweep_decision
-
-
-def sweep(rng, sigma, job_sd, points=15, placebos=1):
-    def job():
-        return math.exp(rng.gauss(0.0, job_sd))
-
-    def pt(label, group, rate, budget):
-        reps = [rate * math.exp(rng.gauss(0.0, sigma)) for _ in range(3)]
-        return {
-            "label": label,
-            "group": group,
-            "params": {"token_budget": budget},
-            "status": "ok",
-            "reason": None,
-            "steady": {"min_packing_efficiency": 0.95, "avg_sequences_per_sec": sorted(reps)[1]},
-            "repeats": reps,
-            "tokens_per_sec": {"repeats": [50 * x for x in reps]},
-        }
-
-    res = [pt("baseline", "baseline", 1000 * job(), 1)]
-    res += [pt(f"p{k}", "packing", 1000 * job(), k + 2) for k in range(points)]
-    res += [pt(f"same{k}", "packing", 1000 * job(), 1) for k in range(placebos)]
-    return res
-
 
 rng = random.Random(1)
 for drift in (0.01, 0.03, 0.05):
     for placebos in (0, 1, 2):
         n = 300
         wins = sum(
-            sweep_decision(sweep(rng, 0.002, drift, placebos=placebos), 0.9, between_job_cv=0.01)["significant"]
+            sweep_decision(simulated_sweep(rng, 0.002, job_sd=drift, placebos=placebos), 0.9, between_job_cv=0.01)[
+                "significant"
+            ]
             for _ in range(n)
         )
         print(f"true drift {drift:.0%}, cv 0.01, placebos {placebos}: false winners {wins / n:.1%}")
