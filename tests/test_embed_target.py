@@ -24,7 +24,7 @@ from virnucpro.data.synthetic import make_sequences
 from virnucpro.data.windows import window_starts
 from virnucpro.errors import UserError
 from virnucpro.pipeline.gather import gather
-from virnucpro.pipeline.input_check import input_changed_unseen
+from virnucpro.pipeline.input_check import file_sha256, input_changed_unseen
 from virnucpro.pipeline.shards import cut_points, prepare_shard_outdir, split_fasta
 from virnucpro.report import embed_report
 
@@ -108,12 +108,12 @@ def test_checkpoints_of_another_input_are_discarded_and_those_of_the_same_input_
     (out / "attempts.jsonl").write_text('{"event": "start", "started": 1.0}\n')
     same = hashlib.sha256(fasta.read_bytes()).hexdigest()
     (partial / "manifest.json").write_text(json.dumps({"input_sha256": same}))
-    assert prepare_shard_outdir(out, fasta) is None and (partial / "chunk_r0_x.h5").is_file()
+    assert prepare_shard_outdir(out, fasta, file_sha256(fasta)) is None and (partial / "chunk_r0_x.h5").is_file()
     assert (out / "attempts.jsonl").is_file()  # the attempts of the run this one resumes
     (partial / "manifest.json").write_text(json.dumps({"input_sha256": "0" * 64}))
-    assert "another input" in prepare_shard_outdir(out, fasta) and not partial.exists()
+    assert "another input" in prepare_shard_outdir(out, fasta, file_sha256(fasta)) and not partial.exists()
     assert (out / "attempts.jsonl").is_file()  # kept: those attempts spent GPU time on this shard too
-    assert prepare_shard_outdir(out, fasta) is None  # nothing left to discard
+    assert prepare_shard_outdir(out, fasta, file_sha256(fasta)) is None  # nothing left to discard
 
 
 def fake_shards(root: Path, n=30, shards=3, dim=4) -> tuple[Path, list[Path], np.ndarray]:

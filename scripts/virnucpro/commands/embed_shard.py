@@ -45,7 +45,8 @@ def run(args) -> int:
     cfg = apply_params_from(embed.embed_config(args), args.params_from)
     settings = {k: v for k, v in config_dict(cfg).items() if k not in NOT_SETTINGS}
     made = what_made(cfg.fasta, settings)
-    for note in (prepare_shard_outdir(cfg.outdir, cfg.fasta), restore_finished(cfg.outdir, cfg.fasta, made)):
+    prepared = prepare_shard_outdir(cfg.outdir, cfg.fasta, made["shard_sha256"])  # the shard hashed once
+    for note in (prepared, restore_finished(cfg.outdir, cfg.fasta, made)):
         if note:
             print(note, file=sys.stderr)
     with attempt(cfg.outdir, cfg.world_size or 1, made["key"]) as state:

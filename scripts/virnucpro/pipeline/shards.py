@@ -75,13 +75,14 @@ def _first_pass(
         raise UserError(f"{path}: empty FASTA file (no '>' records)")
     _refuse_duplicates(path, np.frombuffer(hashes, dtype=np.uint64))
     residues = np.frombuffer(lengths, dtype=np.int64)
-    if token_budget is not None:  # records numbered in the whole input; a window holds at most MAX_RESIDUES
+    capped = np.minimum(residues, MAX_RESIDUES)  # a truncated sequence, or the longest window of a chunked one
+    if token_budget is not None:  # records numbered in the whole input
         try:
-            check_budget(np.minimum(residues, MAX_RESIDUES), token_budget)
+            check_budget(capped, token_budget)
         except UserError as exc:
             raise UserError(f"{path}: {exc} (engine.token_budget)") from None
     if window_overlap is None:  # the shard jobs truncate long sequences to the model window
-        residues = np.minimum(residues, MAX_RESIDUES)
+        residues = capped
     return embedded_tokens(residues, window_overlap), digest.hexdigest(), ids_digest.hexdigest()
 
 
@@ -176,15 +177,16 @@ def split_fasta(
     return manifest
 
 
-def prepare_shard_outdir(outdir: Path, fasta: Path) -> str | None:
-    """Before a shard job's attempt: remove checkpoints of another input (left before the split was redone over a
-    changed input: never resumable, and `embed` would refuse to start); keep those of the same input, so the job
-    resumes. The attempts log is kept whatever happens: every attempt spent GPU time on this shard."""
+def prepare_shard_outdir(outdir: Path, fasta: Path, shard_sha256: str) -> str | None:
+    """Before a shard job's attempt: remove checkpoints of another input than `fasta` (whose sha256 the caller
+    has: `what_made`) left before the split was redone over a changed input (never resumable, and `embed` would
+    refuse to start); keep those of the same input, so the job resumes. The attempts log is kept whatever
+    happens: every attempt spent GPU time on this shard."""
     try:
         recorded = json.loads((outdir / PARTIAL_DIR / MANIFEST).read_text()).get("input_sha256")
     except (OSError, ValueError, AttributeError):
         recorded = None
-    if recorded is None or recorded == file_sha256(fasta):
+    if recorded is None or recorded == shard_sha256:
         return None
     with OutdirLock(outdir):  # refused, naming it, while another run writes there
         shutil.rmtree(outdir / PARTIAL_DIR)
