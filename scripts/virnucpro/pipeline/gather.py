@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from virnucpro.errors import OutputError, UserError
-from virnucpro.pipeline.output import publish, size_text
+from virnucpro.errors import UserError
+from virnucpro.pipeline.output import publish, require_free_space
 from virnucpro.pipeline.shards import MANIFEST_FORMAT, iter_records
 from virnucpro.utils.jsonfile import read_json
 
@@ -217,9 +216,9 @@ def materialise(src: Path, dst: Path, block_rows: int = 1 << 16) -> int:
             if not isinstance(s.get("embeddings"), h5py.Dataset) or not isinstance(s.get("ids"), h5py.Dataset):
                 raise UserError(f"{src}: no `ids` and `embeddings` datasets: not an embeddings file")
             rows = s["embeddings"]
-            need = rows.size * rows.dtype.itemsize
-            if need > shutil.disk_usage(dst.parent).free:
-                raise OutputError(f"{dst.parent}: the copy needs {size_text(need)} and less is free")
+            require_free_space(
+                dst.parent, rows.size * rows.dtype.itemsize, "the copy needs", "free space or name another path"
+            )
             with h5py.File(tmp, "w") as d:
                 d.create_dataset("ids", data=s["ids"][()], dtype=h5py.string_dtype("utf-8"))
                 out = d.create_dataset("embeddings", shape=rows.shape, dtype=rows.dtype)

@@ -165,16 +165,20 @@ def size_text(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
 
 
+def require_free_space(directory: Path, need: int, what: str, advice: str) -> None:
+    """Refuse (exit 74, before anything is written) when `directory`'s disk has less than `need` bytes free."""
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise OutputError(f"{directory}: {what} {size_text(need)} and only {size_text(free)} are free; {advice}")
+
+
 def create_data_file(path: Path, ids: list[str], dim: int, dtype: str, fingerprint: dict) -> Layout:
     """Write ids and an allocated, unfilled contiguous `embeddings` dataset; refuse if the disk cannot hold it."""
     n = len(ids)
     need = n * dim * np.dtype(OUTPUT_DTYPES[dtype]).itemsize + sum(map(len, ids)) + (1 << 20)
-    free = shutil.disk_usage(path.parent).free
-    if need > free:
-        raise OutputError(
-            f"{path.parent}: the embeddings need {size_text(need)} and only {size_text(free)} "
-            f"are free; free space, use another directory or --output-dtype float16"
-        )
+    require_free_space(
+        path.parent, need, "the embeddings need", "free space, use another directory or --output-dtype float16"
+    )
     tmp = path.with_name(path.name + ".tmp")
     try:
         with h5py.File(tmp, "w") as f:
