@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from virnucpro.report.significance import ALPHA, job_variance
-from virnucpro.report.stats import ratio_ci
+from virnucpro.report.stats import all_rates, ratio_ci
 
 
 def _figure(value, unit: str, higher_is_better: bool | None, ci95=None, repeats=None) -> dict[str, Any] | None:
@@ -25,12 +25,8 @@ def _figure(value, unit: str, higher_is_better: bool | None, ci95=None, repeats=
         "unit": unit,
         "higher_is_better": higher_is_better,
         "ci95": [float(ci95[0]), float(ci95[1])] if ok_ci else None,
-        "repeats": repeats if isinstance(repeats, list) and all(_positive(x) for x in repeats) else None,
+        "repeats": repeats if isinstance(repeats, list) and all_rates(repeats) else None,
     }
-
-
-def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
 def figures(summary: dict) -> dict[str, dict]:

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from virnucpro.report.accuracy import gate, gate_refusal, result_precision
-from virnucpro.report.stats import describe, paired_ratio_ci, ratio_ci
+from virnucpro.report.stats import all_rates, describe, paired_ratio_ci, ratio_ci
 from virnucpro.settings import effective_knobs
 
 ALPHA = 0.05
@@ -58,7 +58,7 @@ def same_configuration(a: dict, b: dict) -> bool:
 def _why_not_compared(result: dict, min_packing: float) -> str | None:
     if result["status"] != "ok":
         return f"did not finish ({result.get('reason')})"
-    if any(r is None or not r > 0 for r in _rates(result)):
+    if not all_rates(_rates(result)):
         return "a measured window has no rate (no batch finished in it)"
     packing = (result.get("steady") or {}).get("min_packing_efficiency") or 0.0
     if packing < min_packing:

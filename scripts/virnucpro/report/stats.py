@@ -79,8 +79,13 @@ def t_quantile(p: float, df: float) -> float:
     return t
 
 
+def all_rates(values: Sequence) -> bool:
+    """Whether every value is a rate: a positive number (a window in which no batch finished has none)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+
+
 def _logs(values: Sequence[float]) -> list[float]:
-    if any(v is None or not v > 0 for v in values):
+    if not all_rates(values):
         raise ValueError(f"rates must be positive numbers, not {list(values)}")
     return [math.log(v) for v in values]
 
@@ -144,7 +149,7 @@ def describe(values: Sequence[float], level: float = 0.95) -> dict:
     is missing or not positive: a window without a finished batch has no rate)."""
     values = [None if v is None else float(v) for v in values]
     rates = [v for v in values if v is not None]
-    ci = geometric_ci(values, level) if values and all(v is not None and v > 0 for v in values) else None
+    ci = geometric_ci(values, level) if values and all_rates(values) else None
     return {
         "repeats": values,
         "median": statistics.median(rates) if rates else None,
