@@ -200,9 +200,10 @@ def _sweep_row(r: dict, baseline: dict | None, decided: dict | None) -> dict:
     return {**row, "speedup": speedup(r, baseline), "speedup_ci95": None, "speedup_source": "ratio of medians"}
 
 
-def _sweeps(by_group: dict[str, list[dict]], baseline: dict | None, best: dict | None) -> dict[str, Any]:
+def _sweeps(
+    by_group: dict[str, list[dict]], baseline: dict | None, best: dict | None, optimal: dict | None
+) -> dict[str, Any]:
     """The sweep table (each point's speedup over the baseline), the interaction table and the optimal run."""
-    optimal = (by_group.get("optimal") or [None])[0]
     decided = {row["label"]: row for row in (best or {}).get("sweep_points") or []}
     return {
         "sweep_rows": [
@@ -244,6 +245,7 @@ def build_context(
     ckpt = {r["label"]: r for r in by_group.get("checkpoint", [])}
     ckpt_on, ckpt_off = ckpt.get("checkpoint_on"), ckpt.get("checkpoint_off")
     baseline = (by_group.get("baseline") or [None])[0]
+    optimal = (by_group.get("optimal") or [None])[0]  # the validation of the recommended settings
     precision = precision_rows(by_group, baseline, accuracy or {})
     verdicts = (
         production_verdicts(production, thresholds, scaling)
@@ -263,9 +265,9 @@ def build_context(
         "scaling": scaling.get("rows") or [],
         "scaling_file": scaling,
         "figures": _figures(production, by_group, scaling, warmup_seconds, warmup_batches),
-        **_sweeps(by_group, baseline, best),
+        **_sweeps(by_group, baseline, best, optimal),
         "precision_rows": precision,
-        **_best_section(best, config, ((by_group.get("optimal") or [None])[0] or {}).get("validation")),
+        **_best_section(best, config, (optimal or {}).get("validation")),
         "subset": by_group.get("subset", []),
         "checkpoint_runs": [r for r in (ckpt_off, ckpt_on) if r],
         "telemetry_links": [
